@@ -1,0 +1,1 @@
+"""Apps: pure logic that names processes as applications and keeps per-app totals."""

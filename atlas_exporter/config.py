@@ -1,0 +1,298 @@
+"""The YAML configuration: typed options with strict validation.
+
+Every key is optional. A problem is reported as `ConfigError("FILE: key.path: reason")`;
+every problem in the file is listed, one per line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(Exception):
+    """A configuration file that cannot be used; the message names file, key and reason."""
+
+
+DEFAULT_CSV_PATH = "~/.atlas_agent/data/app_resources.csv"
+DEFAULT_CSV_MAX_BYTES = 10 * 1024 * 1024
+MATCH_FIELDS = ("comm", "exe", "cmdline", "user", "cgroup")
+
+
+@dataclass(frozen=True, slots=True)
+class NamingRule:
+    """One `apps` entry. Every given matcher must match (regexes, `search` semantics).
+
+    `name` is a template: `{comm}`, `{exe}` (basename), `{exe_path}`, `{user}`,
+    `{unit}` (cgroup unit name) and the matchers' named or numbered regex groups
+    (`{1}`, `{service}`).
+    """
+
+    name: str
+    comm: re.Pattern[str] | None = None
+    exe: re.Pattern[str] | None = None
+    cmdline: re.Pattern[str] | None = None
+    user: re.Pattern[str] | None = None
+    cgroup: re.Pattern[str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HangOptions:
+    threshold_seconds: float = 30.0
+    check_interval_seconds: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class CrashOptions:
+    report_dirs: tuple[str, ...] = ()  # extra crash report folders (macOS DiagnosticReports, /var/crash)
+    state_file: str | None = None  # where seen macOS reports are remembered across restarts
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkOptions:
+    sample_interval_seconds: float = 1.0
+    all_namespaces: bool = False  # Linux: also dump sockets of other network namespaces (root)
+    nettop_timeout_seconds: float = 5.0  # macOS
+
+
+@dataclass(frozen=True, slots=True)
+class CsvOptions:
+    enabled: bool = False
+    path: str = DEFAULT_CSV_PATH
+    interval_seconds: float = 60.0
+    top: int = 20
+    max_bytes: int = DEFAULT_CSV_MAX_BYTES
+    backup_count: int = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    apps: tuple[NamingRule, ...] = ()
+    max_apps: int = 500
+    retention_seconds: float = 3600.0  # how long an app with no processes stays exported
+    snapshot_max_age_seconds: float = 1.0  # scrapes closer than this share one snapshot
+    hang: HangOptions = field(default_factory=HangOptions)
+    crash: CrashOptions = field(default_factory=CrashOptions)
+    network: NetworkOptions = field(default_factory=NetworkOptions)
+    csv: CsvOptions = field(default_factory=CsvOptions)
+    source: str = "<defaults>"
+
+
+_TOP_KEYS = {"apps", "max_apps", "retention_seconds", "snapshot_max_age_seconds", "hang", "crash", "network", "csv"}
+
+
+class _Checker:
+    """Collects every problem found while converting the raw YAML tree."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.problems: list[str] = []
+
+    def fail(self, path: str, reason: str) -> None:
+        self.problems.append(f"{self.source}: {path}: {reason}")
+
+    def mapping(self, value: Any, path: str, allowed: set[str]) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.fail(path, f"must be a mapping, got {_kind(value)}")
+            return {}
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if not isinstance(key, str) or key not in allowed:
+                hint = _closest(str(key), allowed)
+                self.fail(f"{path}.{key}" if path else str(key),
+                          "unknown key" + (f" (did you mean '{hint}'?)" if hint else ""))
+                continue
+            out[key] = item
+        return out
+
+    def number(self, raw: dict[str, Any], key: str, path: str, default: float, *,
+               minimum: float = 0.0, integer: bool = False, exclusive: bool = True) -> Any:
+        if key not in raw:
+            return default
+        value = raw[key]
+        where = f"{path}.{key}" if path else key
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
+            self.fail(where, f"must be {'an integer' if integer else 'a number'}, got {_kind(value)}")
+            return default
+        if value < minimum or (exclusive and value == minimum):
+            self.fail(where, f"must be {'greater than' if exclusive else 'at least'} {minimum:g}, got {value}")
+            return default
+        return value
+
+    def boolean(self, raw: dict[str, Any], key: str, path: str, default: bool) -> bool:
+        if key not in raw:
+            return default
+        if not isinstance(raw[key], bool):
+            self.fail(f"{path}.{key}", f"must be true or false, got {_kind(raw[key])}")
+            return default
+        return raw[key]
+
+    def string(self, raw: dict[str, Any], key: str, path: str, default: str | None) -> Any:
+        if key not in raw:
+            return default
+        if not isinstance(raw[key], str) or not raw[key]:
+            self.fail(f"{path}.{key}", f"must be a non-empty string, got {_kind(raw[key])}")
+            return default
+        return raw[key]
+
+    def strings(self, raw: dict[str, Any], key: str, path: str) -> tuple[str, ...]:
+        if key not in raw:
+            return ()
+        value = raw[key]
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            self.fail(f"{path}.{key}", "must be a list of non-empty strings")
+            return ()
+        return tuple(value)
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            list: "a list", dict: "a mapping"}.get(type(value), type(value).__name__)
+
+
+def _closest(key: str, allowed: set[str]) -> str | None:
+    import difflib
+
+    found = difflib.get_close_matches(key, sorted(allowed), n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
+def _rule(check: _Checker, raw: Any, index: int) -> NamingRule | None:
+    path = f"apps[{index}]"
+    entry = check.mapping(raw, path, {"name", *MATCH_FIELDS})
+    if not entry:
+        if isinstance(raw, dict):
+            check.fail(path, "a rule needs a name and at least one of " + ", ".join(MATCH_FIELDS))
+        return None
+    name = check.string(entry, "name", path, None)
+    if name is None and "name" not in entry:
+        check.fail(f"{path}.name", "missing (every rule needs a name template)")
+    patterns: dict[str, re.Pattern[str]] = {}
+    for key in MATCH_FIELDS:
+        if key not in entry:
+            continue
+        text = check.string(entry, key, path, None)
+        if text is None:
+            continue
+        try:
+            patterns[key] = re.compile(text)
+        except re.error as err:
+            check.fail(f"{path}.{key}", f"bad regular expression: {err}")
+    if not patterns and not any(k in entry for k in MATCH_FIELDS):
+        check.fail(path, "a rule needs at least one of " + ", ".join(MATCH_FIELDS))
+    if name is None or len(patterns) != sum(k in entry for k in MATCH_FIELDS):
+        return None
+    try:
+        _check_template(name, patterns)
+    except ValueError as err:
+        check.fail(f"{path}.name", str(err))
+        return None
+    return NamingRule(name=name, **patterns)
+
+
+_TEMPLATE_FIELD = re.compile(r"{([^{}]*)}")
+TEMPLATE_KEYS = {"comm", "exe", "exe_path", "user", "unit", "cgroup"}
+
+
+def _check_template(name: str, patterns: dict[str, re.Pattern[str]]) -> None:
+    groups: set[str] = set()
+    numbered = 0
+    for pattern in patterns.values():
+        groups |= set(pattern.groupindex)
+        numbered = max(numbered, pattern.groups)
+    for key in _TEMPLATE_FIELD.findall(name):
+        if key in TEMPLATE_KEYS or key in groups:
+            continue
+        if key.isdigit() and 0 <= int(key) <= numbered:
+            continue
+        raise ValueError(f"unknown template field '{{{key}}}' (use one of {', '.join(sorted(TEMPLATE_KEYS))},"
+                         " or a regex group)")
+
+
+def parse_config(raw: Any, source: str = "<config>") -> Config:
+    """Turn a parsed YAML tree into a `Config`, or raise `ConfigError` listing every problem."""
+    check = _Checker(source)
+    top = check.mapping(raw, "", _TOP_KEYS) if raw is not None else {}
+    rules: list[NamingRule] = []
+    if "apps" in top:
+        if not isinstance(top["apps"], list):
+            check.fail("apps", f"must be a list of rules, got {_kind(top['apps'])}")
+        else:
+            for i, item in enumerate(top["apps"]):
+                rule = _rule(check, item, i)
+                if rule is not None:
+                    rules.append(rule)
+    hang_raw = check.mapping(top.get("hang"), "hang", {"threshold_seconds", "check_interval_seconds"})
+    hang = HangOptions(
+        threshold_seconds=check.number(hang_raw, "threshold_seconds", "hang", 30.0),
+        check_interval_seconds=check.number(hang_raw, "check_interval_seconds", "hang", 5.0),
+    )
+    crash_raw = check.mapping(top.get("crash"), "crash", {"report_dirs", "state_file"})
+    crash = CrashOptions(
+        report_dirs=check.strings(crash_raw, "report_dirs", "crash"),
+        state_file=check.string(crash_raw, "state_file", "crash", None),
+    )
+    net_raw = check.mapping(top.get("network"), "network",
+                            {"sample_interval_seconds", "all_namespaces", "nettop_timeout_seconds"})
+    network = NetworkOptions(
+        sample_interval_seconds=check.number(net_raw, "sample_interval_seconds", "network", 1.0),
+        all_namespaces=check.boolean(net_raw, "all_namespaces", "network", False),
+        nettop_timeout_seconds=check.number(net_raw, "nettop_timeout_seconds", "network", 5.0),
+    )
+    csv_raw = check.mapping(top.get("csv"), "csv",
+                            {"enabled", "path", "interval_seconds", "top", "max_bytes", "backup_count"})
+    csv = CsvOptions(
+        enabled=check.boolean(csv_raw, "enabled", "csv", False),
+        path=check.string(csv_raw, "path", "csv", DEFAULT_CSV_PATH),
+        interval_seconds=check.number(csv_raw, "interval_seconds", "csv", 60.0),
+        top=check.number(csv_raw, "top", "csv", 20, minimum=1, integer=True, exclusive=False),
+        max_bytes=check.number(csv_raw, "max_bytes", "csv", DEFAULT_CSV_MAX_BYTES, minimum=1024,
+                               integer=True, exclusive=False),
+        backup_count=check.number(csv_raw, "backup_count", "csv", 5, integer=True, exclusive=False),
+    )
+    config = Config(
+        apps=tuple(rules),
+        max_apps=check.number(top, "max_apps", "", 500, minimum=1, integer=True, exclusive=False),
+        retention_seconds=check.number(top, "retention_seconds", "", 3600.0, exclusive=False),
+        snapshot_max_age_seconds=check.number(top, "snapshot_max_age_seconds", "", 1.0, exclusive=False),
+        hang=hang,
+        crash=crash,
+        network=network,
+        csv=csv,
+        source=source,
+    )
+    if check.problems:
+        raise ConfigError("\n".join(check.problems))
+    return config
+
+
+def load_config(path: str | os.PathLike[str] | None) -> Config:
+    """Read and validate a YAML file; None gives the built-in defaults."""
+    if path is None:
+        return Config()
+    name = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{name}: file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{name}: is a directory, not a file") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{name}: cannot read: {getattr(err, 'strerror', None) or err}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "YAML"
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{name}: {where}: YAML syntax error: {problem}") from None
+    return parse_config(raw, name)

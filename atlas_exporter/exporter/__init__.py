@@ -1,0 +1,1 @@
+"""Exporter: the Prometheus collector, the HTTP server and the status page."""

@@ -1,0 +1,163 @@
+"""Plain data shared by sources, apps and the exporter.
+
+Sources fill `ProcSample`s; the tracker turns them into `AppView`s inside a `Snapshot`;
+sub-collectors (`Source`) read a snapshot and yield metric families.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from prometheus_client.metrics_core import Metric
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessId:
+    """A process identity that survives pid reuse: the pid plus an opaque start token.
+
+    `started` is the platform's start time in its own units (clock ticks since boot on
+    Linux, microseconds since the epoch on macOS). Only equality matters.
+    """
+
+    pid: int
+    started: int
+
+
+@dataclass(slots=True)
+class ProcIdentity:
+    """Static attributes of a process, read once per `ProcessId` and used for naming."""
+
+    comm: str
+    exe: str | None = None
+    cmdline: tuple[str, ...] = ()
+    user: str | None = None
+    cgroup: str | None = None  # Linux: the cgroup v2 path ("0::" line); macOS: None
+    bundle: str | None = None  # macOS: display name of the outermost .app/.appex bundle
+
+
+@dataclass(slots=True)
+class ProcSample:
+    """One reading of one process. A field the platform or privilege cannot read is None."""
+
+    id: ProcessId
+    ppid: int
+    state: str  # one-letter state as in /proc/<pid>/stat ("R", "S", "D", "Z", ...)
+    cpu_user_seconds: float
+    cpu_system_seconds: float
+    threads: int
+    resident_bytes: int
+    start_time_seconds: float  # Unix time the process started
+    open_fds: int | None = None
+    read_bytes: int | None = None
+    written_bytes: int | None = None  # Linux: write_bytes - cancelled_write_bytes
+    read_ops: int | None = None
+    write_ops: int | None = None
+    footprint_bytes: int | None = None  # macOS physical footprint
+
+
+@dataclass(slots=True)
+class ReadErrors:
+    """Per-scan counts of processes or fields that could not be read."""
+
+    access_denied: int = 0
+    vanished: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessScan:
+    """What a process source returns for one pass over the process table."""
+
+    samples: list[ProcSample]
+    errors: ReadErrors
+    monotonic: float  # time.monotonic() when the pass started
+
+
+@dataclass(slots=True)
+class AppView:
+    """One application at one snapshot: gauges now, counters as monotonic totals.
+
+    A counter or gauge that no process of the app could provide is None (the series is
+    absent). `pids` lists (pid, start time) of the live processes, oldest first.
+    """
+
+    name: str
+    processes: int = 0
+    threads: int = 0
+    resident_bytes: int | None = None
+    open_fds: int | None = None
+    disk_wait_processes: int = 0
+    oldest_start_time_seconds: float | None = None
+    oldest_pid: int | None = None
+    cpu_user_seconds_total: float = 0.0
+    cpu_system_seconds_total: float = 0.0
+    read_bytes_total: float | None = None
+    written_bytes_total: float | None = None
+    read_ops_total: float | None = None
+    write_ops_total: float | None = None
+    network_receive_bytes_total: float | None = None
+    network_transmit_bytes_total: float | None = None
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """One consistent reading of the machine, shared by every sub-collector of a scrape."""
+
+    wall_time: float  # time.time()
+    monotonic: float  # time.monotonic()
+    apps: dict[str, AppView] = field(default_factory=dict)
+    read_errors_total: dict[str, int] = field(default_factory=dict)  # reason -> count
+
+
+@dataclass(frozen=True, slots=True)
+class SourceStatus:
+    """What a source reports about itself for the status page and `atlas_source_active`.
+
+    `privilege` is a short word such as "root", "user" or "none"; `reason` says why the
+    source is off or degraded, in one sentence, or is empty.
+    """
+
+    name: str
+    active: bool
+    privilege: str = ""
+    reason: str = ""
+
+
+# Resolves a live pid to its (already folded) app name, or None when the process is gone
+# or cannot be read. Thread-safe; watchers call it from their own threads.
+AppOfPid = Callable[[int], str | None]
+
+
+class ProcessSource(Protocol):
+    """A platform's process table reader (`process_linux`, `process_darwin`)."""
+
+    def scan(self) -> ProcessScan: ...
+
+    def identity(self, pid: ProcessId) -> ProcIdentity | None:
+        """Static attributes for naming; None when the process is gone."""
+        ...
+
+    def start_token(self, pid: int) -> ProcessId | None:
+        """The current identity of a live pid (cheap), or None when it is gone."""
+        ...
+
+    def statuses(self) -> list[SourceStatus]: ...
+
+
+class Source(Protocol):
+    """A sub-collector: one `--collector.<name>` switch, isolated in the exporter.
+
+    `collect` must be fast and must not block on I/O for long; event sources do their
+    work in a background thread started by `start` and only report here.
+    """
+
+    name: str
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def statuses(self) -> list[SourceStatus]: ...
+
+    def collect(self, snapshot: Snapshot) -> Iterable[Metric]: ...

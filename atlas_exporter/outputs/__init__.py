@@ -1,0 +1,1 @@
+"""Outputs beyond /metrics (the CSV mirror)."""
