@@ -55,6 +55,7 @@ class ProcSample:
     read_ops: int | None = None
     write_ops: int | None = None
     footprint_bytes: int | None = None  # macOS physical footprint
+    comm: str | None = None  # the current process name; a change means the process exec'd
 
 
 @dataclass(slots=True)

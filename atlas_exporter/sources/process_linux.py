@@ -1,0 +1,344 @@
+"""Linux process table reader: `/proc/<pid>/stat`, `io` and the fd count, per pass.
+
+Returns `ProcessScan`s of `ProcSample`s and `ProcIdentity`s for naming. Reading is kept
+apart from parsing: `parse_stat(text)` and `parse_io(text)` are pure. A process that
+vanishes mid-read is skipped and counted; a field that is denied is None and counted.
+Kernel threads are not processes of any application and are left out.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import pwd
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from atlas_exporter.model import ProcessId, ProcessScan, ProcIdentity, ProcSample, ReadErrors, SourceStatus
+
+log = logging.getLogger(__name__)
+
+PF_KTHREAD = 0x00200000
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+# capability bit numbers (linux/capability.h)
+CAP_DAC_READ_SEARCH = 2
+CAP_NET_ADMIN = 12
+CAP_SYS_PTRACE = 19
+
+
+class ParseError(ValueError):
+    """A /proc file whose text is not in the expected format."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProcStat:
+    """The fields of `/proc/<pid>/stat` the exporter uses (times in clock ticks, rss in pages)."""
+
+    comm: str
+    state: str
+    ppid: int
+    flags: int
+    utime: int
+    stime: int
+    num_threads: int
+    starttime: int
+    rss_pages: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProcIO:
+    """`/proc/<pid>/io`: storage bytes and read/write system calls."""
+
+    read_bytes: int
+    write_bytes: int
+    cancelled_write_bytes: int
+    syscr: int
+    syscw: int
+
+
+def parse_stat(text: bytes | str) -> ProcStat:
+    """Parse `/proc/<pid>/stat`. The comm may hold spaces and parentheses: split at the last ')'."""
+    if isinstance(text, str):
+        text = text.encode("utf-8", "surrogateescape")
+    open_paren = text.find(b"(")
+    close_paren = text.rfind(b")")
+    if open_paren < 0 or close_paren < open_paren:
+        raise ParseError("stat: no '(comm)' field")
+    fields = text[close_paren + 2:].split()
+    if len(fields) < 22:
+        raise ParseError(f"stat: {len(fields) + 2} fields, expected at least 24")
+    try:
+        return ProcStat(
+            comm=text[open_paren + 1:close_paren].decode("utf-8", "replace"),
+            state=fields[0].decode("ascii", "replace"),
+            ppid=int(fields[1]),
+            flags=int(fields[6]),
+            utime=int(fields[11]),
+            stime=int(fields[12]),
+            num_threads=int(fields[17]),
+            starttime=int(fields[19]),
+            rss_pages=int(fields[21]),
+        )
+    except ValueError as err:
+        raise ParseError(f"stat: {err}") from None
+
+
+_IO_KEYS = {b"read_bytes:": 0, b"write_bytes:": 1, b"cancelled_write_bytes:": 2, b"syscr:": 3, b"syscw:": 4}
+
+
+def parse_io(text: bytes | str) -> ProcIO:
+    """Parse `/proc/<pid>/io` ("key: value" lines); every field the exporter uses must be there."""
+    if isinstance(text, str):
+        text = text.encode()
+    values = [-1] * 5
+    tokens = text.split()
+    for i in range(0, len(tokens) - 1, 2):
+        slot = _IO_KEYS.get(tokens[i])
+        if slot is not None:
+            try:
+                values[slot] = int(tokens[i + 1])
+            except ValueError:
+                raise ParseError(f"io: bad value for {tokens[i].decode(errors='replace')}") from None
+    if min(values) < 0:
+        raise ParseError("io: missing fields")
+    return ProcIO(*values)
+
+
+def parse_btime(text: str) -> float:
+    """Boot time (Unix seconds) from `/proc/stat`."""
+    for line in text.splitlines():
+        if line.startswith("btime "):
+            return float(line.split()[1])
+    raise ParseError("stat: no btime line")
+
+
+def parse_cgroup(text: str) -> str | None:
+    """The cgroup v2 path (the `0::` line) of `/proc/<pid>/cgroup`, else the systemd v1 path."""
+    fallback = None
+    for line in text.splitlines():
+        if line.startswith("0::"):
+            return line[3:] or "/"
+        if ":name=systemd:" in line:
+            fallback = line.split(":", 2)[2]
+    return fallback
+
+
+def parse_uid(status_text: str) -> int | None:
+    """The real uid from `/proc/<pid>/status`."""
+    for line in status_text.splitlines():
+        if line.startswith("Uid:"):
+            return int(line.split()[1])
+    return None
+
+
+def parse_capabilities(status_text: str) -> int:
+    """The effective capability mask (`CapEff`) from `/proc/<pid>/status`."""
+    for line in status_text.splitlines():
+        if line.startswith("CapEff:"):
+            return int(line.split()[1], 16)
+    return 0
+
+
+def privilege_of(status_text: str, euid: int) -> str:
+    """'root', 'capabilities' (ptrace/read-search granted) or 'user'."""
+    if euid == 0:
+        return "root"
+    caps = parse_capabilities(status_text)
+    if caps & (1 << CAP_SYS_PTRACE) or caps & (1 << CAP_DAC_READ_SEARCH):
+        return "capabilities"
+    return "user"
+
+
+def _read(path: str) -> bytes:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.read(fd, 65536)
+    finally:
+        os.close(fd)
+
+
+_VANISHED = (FileNotFoundError, ProcessLookupError)
+
+
+class LinuxProcessSource:
+    """Reads the process table under `procfs` (default `/proc`).
+
+    The fd count comes from `stat(/proc/<pid>/fd).st_size` where the kernel provides it
+    (Linux 6.2+), else from listing the folder.
+    """
+
+    def __init__(self, procfs: Path | str = Path("/proc")) -> None:
+        self.procfs = str(procfs)
+        self._btime = parse_btime(Path(self.procfs, "stat").read_text())
+        self._self_pid = os.getpid()
+        self._fd_size_is_count = self._probe_fd_size()
+        self._users: dict[int, str] = {}
+        self._io_available = self._probe_io()
+
+    def _probe_fd_size(self) -> bool:
+        """True when st_size of a /proc/<pid>/fd folder is its entry count.
+
+        Our own fd folder is skipped: listing it opens one more fd.
+        """
+        own = str(self._self_pid)
+        for name in sorted((n for n in os.listdir(self.procfs) if n.isdigit() and n != own), key=int)[:50]:
+            path = f"{self.procfs}/{name}/fd"
+            try:
+                count = len(os.listdir(path))
+                size = os.stat(path).st_size
+            except OSError:
+                continue
+            if count > 0:
+                return size == count
+        return False
+
+    def _probe_io(self) -> bool:
+        """True when the kernel has per-process I/O accounting (`/proc/<pid>/io` exists)."""
+        names = [n for n in os.listdir(self.procfs) if n.isdigit()][:20]
+        return any(os.path.exists(f"{self.procfs}/{n}/io") for n in ("self", *names))
+
+    def start_token(self, pid: int) -> ProcessId | None:
+        try:
+            st = parse_stat(_read(f"{self.procfs}/{pid}/stat"))
+        except (OSError, ParseError):
+            return None
+        return ProcessId(pid, st.starttime)
+
+    def identity(self, pid: ProcessId) -> ProcIdentity | None:
+        """Read comm, exe, cmdline, user and cgroup of a live process (None if it is gone)."""
+        base = f"{self.procfs}/{pid.pid}"
+        try:
+            st = parse_stat(_read(f"{base}/stat"))
+        except (OSError, ParseError):
+            return None
+        if st.starttime != pid.started:
+            return None
+        ident = ProcIdentity(comm=st.comm)
+        try:
+            ident.exe = os.readlink(f"{base}/exe")
+            if ident.exe.endswith(" (deleted)"):
+                ident.exe = ident.exe[: -len(" (deleted)")]
+        except OSError:
+            pass
+        try:
+            raw = _read(f"{base}/cmdline")
+            ident.cmdline = tuple(a.decode("utf-8", "replace") for a in raw.rstrip(b"\0").split(b"\0") if raw)
+        except OSError:
+            pass
+        try:
+            uid = parse_uid(_read(f"{base}/status").decode("utf-8", "replace"))
+            if uid is not None:
+                ident.user = self._user_name(uid)
+        except (OSError, ValueError):
+            pass
+        try:
+            ident.cgroup = parse_cgroup(_read(f"{base}/cgroup").decode("utf-8", "replace"))
+        except OSError:
+            pass
+        return ident
+
+    def _user_name(self, uid: int) -> str:
+        name = self._users.get(uid)
+        if name is None:
+            try:
+                name = pwd.getpwuid(uid).pw_name
+            except KeyError:
+                name = str(uid)
+            self._users[uid] = name
+        return name
+
+    def scan(self) -> ProcessScan:
+        """One pass over every process: stat, io and the fd count."""
+        started = time.monotonic()
+        errors = ReadErrors()
+        samples: list[ProcSample] = []
+        root = self.procfs
+        btime = self._btime
+        fd_size = self._fd_size_is_count
+        read_io = self._io_available
+        append = samples.append
+        for name in os.listdir(root):
+            if not name.isdigit():
+                continue
+            base = f"{root}/{name}"
+            try:
+                st = parse_stat(_read(base + "/stat"))
+            except _VANISHED:
+                errors.vanished += 1
+                continue
+            except (OSError, ParseError) as err:
+                log.debug("skipping pid %s: %s", name, err)
+                errors.vanished += 1
+                continue
+            if st.flags & PF_KTHREAD:
+                continue
+            sample = ProcSample(
+                id=ProcessId(int(name), st.starttime),
+                ppid=st.ppid,
+                state=st.state,
+                cpu_user_seconds=st.utime / CLK_TCK,
+                cpu_system_seconds=st.stime / CLK_TCK,
+                threads=st.num_threads,
+                resident_bytes=st.rss_pages * PAGE_SIZE,
+                start_time_seconds=btime + st.starttime / CLK_TCK,
+                comm=st.comm,
+            )
+            if st.state == "Z":  # exited, not yet reaped: no files, no fds
+                append(sample)
+                continue
+            try:
+                if fd_size:
+                    sample.open_fds = os.stat(base + "/fd").st_size
+                else:
+                    sample.open_fds = len(os.listdir(base + "/fd"))
+            except PermissionError:
+                errors.access_denied += 1
+            except _VANISHED:
+                errors.vanished += 1
+                continue
+            except OSError:
+                pass
+            if read_io:
+                try:
+                    io = parse_io(_read(base + "/io"))
+                except PermissionError:
+                    errors.access_denied += 1
+                except _VANISHED:
+                    errors.vanished += 1
+                    continue
+                except ParseError:
+                    pass
+                except OSError as err:
+                    if err.errno == errno.ENOENT:
+                        errors.vanished += 1
+                        continue
+                else:
+                    sample.read_bytes = io.read_bytes
+                    sample.written_bytes = max(io.write_bytes - io.cancelled_write_bytes, 0)
+                    sample.read_ops = io.syscr
+                    sample.write_ops = io.syscw
+            append(sample)
+        return ProcessScan(samples=samples, errors=errors, monotonic=started)
+
+    def statuses(self) -> list[SourceStatus]:
+        try:
+            status = Path(self.procfs, "self", "status").read_text()
+        except OSError:
+            status = ""
+        privilege = privilege_of(status, os.geteuid())
+        reason = ""
+        if privilege == "user":
+            reason = ("running unprivileged: disk I/O, I/O operations and open fds of other users' processes "
+                      "are absent (grant CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH, or run as root)")
+        if not self._io_available:
+            reason = "this kernel has no per-process I/O accounting (CONFIG_TASK_IO_ACCOUNTING): disk series absent"
+        return [SourceStatus(name="procfs", active=True, privilege=privilege, reason=reason)]
+
+
+def make_process_source(procfs: Path | str | None = None) -> LinuxProcessSource:
+    """The Linux process source over `procfs` (default `/proc`)."""
+    return LinuxProcessSource(procfs or Path("/proc"))
