@@ -1,0 +1,163 @@
+"""Per-process deltas folded into per-app totals that never decrease. Pure, no I/O.
+
+A process is identified by (pid, start time). The first time one is seen, its counters
+count in full (everything it used since it started); after that, only what it added
+since the previous pass. Totals stay when processes exit or pids are reused, and an app
+with no processes left stays exported for `retention_seconds`.
+
+On Linux a parent's I/O counters grow by a child's counters when it reaps the child. The
+tracker gives the parent a credit of the child's last-seen I/O when the child vanishes, so
+that I/O is counted once, not twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from atlas_exporter.model import AppView, ProcessId, ProcSample
+
+# index of each counter in the per-process and per-app vectors
+CPU_USER, CPU_SYSTEM, READ_BYTES, WRITTEN_BYTES, READ_OPS, WRITE_OPS = range(6)
+IO_FIELDS = (READ_BYTES, WRITTEN_BYTES, READ_OPS, WRITE_OPS)
+CREDIT_PASSES = 3  # a reap credit not used up within this many passes is dropped
+
+
+def counters_of(sample: ProcSample) -> tuple[float | None, ...]:
+    """The cumulative counters of one sample, in the order of the index constants."""
+    return (sample.cpu_user_seconds, sample.cpu_system_seconds, sample.read_bytes, sample.written_bytes,
+            sample.read_ops, sample.write_ops)
+
+
+@dataclass(slots=True)
+class _Proc:
+    app: str
+    ppid: int
+    last: tuple[float | None, ...]
+    credit: list[float] | None = None
+    credit_passes: int = 0
+
+
+@dataclass(slots=True)
+class _App:
+    totals: list[float | None] = field(default_factory=lambda: [0.0, 0.0, None, None, None, None])
+    last_seen: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class TrackerUpdate:
+    """What one pass changed: the apps now, processes gone, and apps retired."""
+
+    apps: dict[str, AppView]
+    gone: list[ProcessId]
+    retired: list[str]
+
+
+class Tracker:
+    """Keeps per-process last values and per-app monotonic totals across passes."""
+
+    def __init__(self, retention_seconds: float = 3600.0) -> None:
+        self.retention_seconds = retention_seconds
+        self._procs: dict[ProcessId, _Proc] = {}
+        self._apps: dict[str, _App] = {}
+
+    def update(self, named: Iterable[tuple[ProcSample, str]], now: float) -> TrackerUpdate:
+        """Fold one pass of (sample, app name) pairs into the totals; `now` is a monotonic time."""
+        named = list(named)
+        procs = self._procs
+        current = {sample.id for sample, _ in named}
+        gone = [pid for pid in procs if pid not in current]
+        if gone:
+            live_by_pid = {pid.pid: pid for pid in current}
+            for pid in gone:
+                child = procs.pop(pid)
+                parent_id = live_by_pid.get(child.ppid)
+                parent = procs.get(parent_id) if parent_id is not None else None
+                if parent is not None:
+                    _add_credit(parent, child.last)
+
+        views: dict[str, AppView] = {}
+        apps = self._apps
+        for sample, app in named:
+            now_values = counters_of(sample)
+            proc = procs.get(sample.id)
+            if proc is None:
+                delta = [v or 0.0 for v in now_values]
+                proc = procs[sample.id] = _Proc(app=app, ppid=sample.ppid, last=now_values)
+            else:
+                delta = [
+                    (now_v if prev_v is None else max(now_v - prev_v, 0.0)) if now_v is not None else 0.0
+                    for now_v, prev_v in zip(now_values, proc.last, strict=True)
+                ]
+                if proc.credit is not None:
+                    _use_credit(proc, delta)
+                proc.last = tuple(now if now is not None else prev for now, prev in zip(now_values, proc.last,
+                                                                                         strict=True))
+                proc.ppid = sample.ppid
+                proc.app = app
+            state = apps.get(app)
+            if state is None:
+                state = apps[app] = _App()
+            state.last_seen = now
+            totals = state.totals
+            for i, value in enumerate(delta):
+                if now_values[i] is not None or totals[i] is not None:
+                    totals[i] = (totals[i] or 0.0) + value
+            view = views.get(app)
+            if view is None:
+                view = views[app] = AppView(name=app)
+            if sample.state == "Z":
+                continue
+            view.processes += 1
+            view.threads += sample.threads
+            view.resident_bytes = (view.resident_bytes or 0) + sample.resident_bytes
+            if sample.open_fds is not None:
+                view.open_fds = (view.open_fds or 0) + sample.open_fds
+            if sample.state == "D":
+                view.disk_wait_processes += 1
+            if view.oldest_start_time_seconds is None or sample.start_time_seconds < view.oldest_start_time_seconds:
+                view.oldest_start_time_seconds = sample.start_time_seconds
+                view.oldest_pid = sample.id.pid
+
+        retired = [name for name, state in apps.items()
+                   if name not in views and now - state.last_seen > self.retention_seconds]
+        for name in retired:
+            del apps[name]
+        for name, state in apps.items():
+            view = views.get(name)
+            if view is None:
+                view = views[name] = AppView(name=name)
+            t = state.totals
+            view.cpu_user_seconds_total = t[CPU_USER] or 0.0
+            view.cpu_system_seconds_total = t[CPU_SYSTEM] or 0.0
+            view.read_bytes_total = t[READ_BYTES]
+            view.written_bytes_total = t[WRITTEN_BYTES]
+            view.read_ops_total = t[READ_OPS]
+            view.write_ops_total = t[WRITE_OPS]
+        for proc in procs.values():
+            if proc.credit is not None:
+                proc.credit_passes += 1
+                if proc.credit_passes > CREDIT_PASSES:
+                    proc.credit = None
+        return TrackerUpdate(apps=views, gone=gone, retired=retired)
+
+
+def _add_credit(parent: _Proc, child_last: tuple[float | None, ...]) -> None:
+    if all(child_last[i] is None for i in IO_FIELDS):
+        return
+    if parent.credit is None:
+        parent.credit = [0.0] * 6
+    for i in IO_FIELDS:
+        parent.credit[i] += child_last[i] or 0.0
+    parent.credit_passes = 0
+
+
+def _use_credit(proc: _Proc, delta: list[float]) -> None:
+    credit = proc.credit
+    assert credit is not None
+    for i in IO_FIELDS:
+        used = min(credit[i], delta[i])
+        delta[i] -= used
+        credit[i] -= used
+    if not any(credit[i] > 0 for i in IO_FIELDS):
+        proc.credit = None
