@@ -88,6 +88,8 @@ def app_of_unit(unit: str) -> str | None:
 
 
 def _strip_script(path: str) -> str | None:
+    if path.startswith(("/dev/fd/", "/proc/", "/dev/stdin")):
+        return None  # a script fed through a pipe or fd has no name of its own
     base = os.path.basename(path.rstrip("/"))
     if base in ("__main__.py", "__init__.py", "main.py", "index.js", "main.js", "app.js"):
         parent = os.path.basename(os.path.dirname(path.rstrip("/")))
@@ -165,16 +167,24 @@ def started_name(ident: ProcIdentity) -> str:
     """The executable's name as it was started, untruncated.
 
     comm is the first 15 bytes of the file name that was executed: prefer argv[0]'s or the
-    exe's basename when comm is a prefix of it (a symlinked tool keeps its own name).
+    exe's basename when comm is a prefix of it (a symlinked tool keeps its own name). A
+    retitled argv[0] ("nginx: worker process") counts by its first word. A program run from
+    a memfd has no file name: its argv[0] names it.
     """
     comm = ident.comm
-    for path in (ident.cmdline[0] if ident.cmdline else None, ident.exe):
+    argv0 = ident.cmdline[0] if ident.cmdline else None
+    if argv0 and " " in argv0:
+        argv0 = argv0.split()[0].rstrip(":")
+    exe = ident.exe if ident.exe and not os.path.basename(ident.exe).startswith("memfd:") else None
+    for path in (argv0, exe):
         if path:
             base = os.path.basename(path)
             if base and comm and base.startswith(comm):
                 return base
-    if ident.exe and not comm:
-        return os.path.basename(ident.exe)
+    if comm.startswith("memfd:") and argv0:
+        return os.path.basename(argv0) or comm
+    if exe and not comm:
+        return os.path.basename(exe)
     return comm
 
 

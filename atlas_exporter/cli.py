@@ -1,0 +1,183 @@
+"""The `atlas-exporter` command line (node_exporter conventions).
+
+Bad input (an unknown flag, a bad file, a port in use) gets a one-line error on stderr and
+a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from atlas_exporter import __version__
+from atlas_exporter.config import ConfigError, load_config
+from atlas_exporter.platform import COLLECTORS, PLATFORM_NAME
+
+DEFAULT_PORT = 9858
+DEFAULT_LISTEN = f":{DEFAULT_PORT}"
+PRIMING_SECONDS = 1.0
+LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "warning": logging.WARNING,
+              "error": logging.ERROR}
+
+log = logging.getLogger("atlas_exporter")
+
+
+class UsageError(Exception):
+    """A bad command line, reported as one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="atlas-exporter",
+        description="Prometheus exporter of per-application CPU, memory, threads, open files, disk I/O, "
+                    "network bytes, crashes and hangs.",
+        epilog="Docs: README.md. Every flag has a default; with no flags the exporter serves "
+               f"http://0.0.0.0:{DEFAULT_PORT}/metrics.",
+        allow_abbrev=False,
+    )
+    web = parser.add_argument_group("web")
+    web.add_argument("--web.listen-address", dest="listen_address", default=DEFAULT_LISTEN, metavar="HOST:PORT",
+                     help=f"address to listen on for HTTP (default {DEFAULT_LISTEN}: every interface; "
+                          "use 127.0.0.1:PORT for loopback only)")
+    web.add_argument("--web.telemetry-path", dest="telemetry_path", default="/metrics", metavar="PATH",
+                     help="path under which to expose metrics (default /metrics)")
+    web.add_argument("--web.config.file", dest="web_config", metavar="FILE",
+                     help="TLS and basic auth configuration, in the Prometheus exporter-toolkit format")
+    conf = parser.add_argument_group("configuration")
+    conf.add_argument("--config.file", dest="config_file", metavar="FILE",
+                      help="YAML configuration (app naming rules, max_apps, hang, crash, network, csv)")
+    conf.add_argument("--check-config", action="store_true",
+                      help="validate --config.file (and --web.config.file) and exit: 0 when valid")
+    conf.add_argument("--once", action="store_true",
+                      help="take one snapshot after a short priming interval, print the metrics to stdout, exit")
+    conf.add_argument("--path.procfs", dest="procfs", default="/proc", metavar="PATH",
+                      help="procfs mountpoint (default /proc; e.g. /host/proc in a container)")
+    coll = parser.add_argument_group("collectors")
+    for name, default in COLLECTORS.items():
+        coll.add_argument(f"--collector.{name}", dest=f"collector_{name}", action="store_true",
+                          default=default, help=f"enable the {name} collector (default: "
+                                                f"{'enabled' if default else 'disabled'})")
+        coll.add_argument(f"--no-collector.{name}", dest=f"collector_{name}", action="store_false",
+                          help=argparse.SUPPRESS)
+    other = parser.add_argument_group("other")
+    other.add_argument("--log.level", dest="log_level", default="info", choices=sorted(LOG_LEVELS),
+                       metavar="LEVEL", help="debug, info, warn or error (default info)")
+    other.add_argument("--version", action="version",
+                       version=f"atlas-exporter {__version__} (python {sys.version.split()[0]}, {PLATFORM_NAME})")
+    return parser
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter('ts=%(asctime)s level=%(levelname)s source=%(name)s msg="%(message)s"',
+                                           "%Y-%m-%dT%H:%M:%S%z"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(LOG_LEVELS[level])
+
+
+def _fail(message: str, code: int = 1) -> int:
+    for line in message.splitlines() or [message]:
+        print(f"atlas-exporter: error: {line}", file=sys.stderr)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as err:
+        return _fail(f"{err} (see --help)", 2)
+    setup_logging(args.log_level)
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        return 0
+    except (ConfigError, UsageError) as err:
+        return _fail(str(err))
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_config(args.config_file)
+    web_config = None
+    if args.web_config:
+        from atlas_exporter.exporter.webconfig import WebConfigError, load_web_config
+
+        try:
+            web_config = load_web_config(args.web_config)
+        except WebConfigError as err:
+            return _fail(str(err))
+    if args.check_config:
+        what = args.config_file or "built-in defaults"
+        print(f"atlas-exporter: configuration OK: {what} ({len(config.apps)} naming rules)")
+        return 0
+    if not args.telemetry_path.startswith("/") or args.telemetry_path == "/":
+        return _fail(f"--web.telemetry-path: must start with '/' and not be '/', got {args.telemetry_path!r}", 2)
+    procfs = Path(args.procfs)
+    if PLATFORM_NAME == "linux" and not (procfs / "stat").is_file():
+        return _fail(f"--path.procfs: {procfs} is not a procfs mount (no {procfs / 'stat'})", 2)
+    enabled = {name for name in COLLECTORS if getattr(args, f"collector_{name}")}
+
+    from atlas_exporter.exporter.runtime import Exporter
+    from atlas_exporter.outputs.csv_mirror import CsvError
+
+    try:
+        exporter = Exporter(config, procfs=procfs, enabled=enabled, telemetry_path=args.telemetry_path)
+    except CsvError as err:
+        return _fail(str(err))
+    exporter.start()
+    try:
+        if args.once:
+            exporter.snapshotter.get()
+            time.sleep(PRIMING_SECONDS)
+            exporter.snapshotter.max_age_seconds = 0
+            body, _ = exporter.render_metrics()
+            sys.stdout.write(body.decode())
+            sys.stdout.flush()
+            return 0
+        return serve(args, exporter, web_config)
+    finally:
+        exporter.stop()
+
+
+def serve(args: argparse.Namespace, exporter: object, web_config: object) -> int:
+    from atlas_exporter.exporter.runtime import Exporter
+    from atlas_exporter.exporter.server import ServerError, start_server
+
+    assert isinstance(exporter, Exporter)
+    try:
+        server = start_server(args.listen_address, args.telemetry_path, exporter.render_metrics,
+                              exporter.render_status, web_config)  # type: ignore[arg-type]
+    except ServerError as err:
+        return _fail(str(err))
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("received %s, shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    host, port = server.address[:2]
+    scheme = "https" if web_config is not None and getattr(web_config, "tls", None) else "http"
+    log.info("atlas-exporter %s listening on %s://%s:%s%s (collectors: %s)", __version__, scheme,
+             f"[{host}]" if ":" in str(host) else host, port, args.telemetry_path,
+             ", ".join(s.name for s in exporter.sources) or "none")
+    thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
+    thread.start()
+    while not stop.wait(1.0):
+        if not thread.is_alive():
+            return _fail("HTTP server stopped unexpectedly")
+    server.shutdown()
+    return 0

@@ -1,0 +1,105 @@
+"""Assembles a running exporter: sources -> apps -> collector -> registry, status page, CSV.
+
+`Exporter` owns the background threads of every sub-collector; `render_metrics()` and
+`render_status()` are what the HTTP server serves.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.process_collector import ProcessCollector
+
+from atlas_exporter import platform
+from atlas_exporter.apps.naming import Namer
+from atlas_exporter.apps.resolver import AppResolver
+from atlas_exporter.apps.tracker import Tracker
+from atlas_exporter.config import Config
+from atlas_exporter.exporter.collector import AtlasCollector, ProcessMetrics
+from atlas_exporter.exporter.snapshot import Snapshotter
+from atlas_exporter.exporter.status import StatusPage
+from atlas_exporter.model import ProcessSource, Source, SourceStatus
+
+log = logging.getLogger(__name__)
+
+NOTES = (
+    "UDP and QUIC traffic is not in the network counters: the kernel keeps no per-socket byte counts for UDP.",
+    "A value this platform or privilege cannot measure is absent from /metrics, never a fake 0.",
+)
+
+
+class Exporter:
+    """The whole pipeline for one configuration.
+
+    `process_source` and `sources` default to the platform's; tests inject fakes.
+    """
+
+    def __init__(self, config: Config, *, procfs: Path | str = Path("/proc"),
+                 enabled: set[str] | None = None, telemetry_path: str = "/metrics",
+                 process_source: ProcessSource | None = None, sources: Sequence[Source] | None = None,
+                 platform_name: str | None = None) -> None:
+        self.config = config
+        self.procfs = Path(procfs)
+        self.enabled = set(platform.COLLECTORS) if enabled is None else set(enabled)
+        self.process_source = process_source or platform.build_process_source(self.procfs)
+        self.resolver = AppResolver(self.process_source, Namer(config.apps), config.max_apps)
+        self.tracker = Tracker(config.retention_seconds)
+        if sources is None:
+            sources = platform.build_sources(config, self.procfs, self.resolver.app_of_pid, self.enabled)
+        self.extra_sources = list(sources)
+        network = next((s for s in self.extra_sources if s.name == "network"), None)
+        self.snapshotter = Snapshotter(self.process_source, self.resolver, self.tracker,
+                                       max_age_seconds=config.snapshot_max_age_seconds,
+                                       network_totals=getattr(network, "app_totals", None))
+        all_sources: list[Source] = []
+        if "process" in self.enabled:
+            all_sources.append(ProcessMetrics(self.snapshotter, self.process_source.statuses))
+        all_sources.extend(self.extra_sources)
+        if config.csv.enabled:
+            from atlas_exporter.outputs.csv_mirror import make_csv_mirror
+
+            mirror = make_csv_mirror(config, self.snapshotter.get)
+            if mirror is not None:
+                all_sources.append(mirror)
+        self.sources = all_sources
+        self.platform_name = platform_name or platform.PLATFORM_NAME
+        self.collector = AtlasCollector(self.snapshotter, all_sources, platform_name=self.platform_name)
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self.collector)
+        self.registry.register(ProcessCollector(namespace="", registry=None))
+        self.status_page = StatusPage(self.snapshotter.get, self.statuses, telemetry_path=telemetry_path,
+                                      platform_name=self.platform_name, notes=NOTES)
+        self._started: list[Source] = []
+
+    def statuses(self) -> list[SourceStatus]:
+        """Statuses of the process source and of every sub-collector."""
+        statuses = [] if "process" in self.enabled else list(self.process_source.statuses())
+        return statuses + self.collector.statuses()
+
+    def start(self) -> None:
+        """Start every sub-collector's background work; one that fails to start is logged and left off."""
+        for source in self.sources:
+            try:
+                source.start()
+            except Exception as err:
+                log.error("collector %s failed to start: %s", source.name, err)
+                continue
+            self._started.append(source)
+
+    def stop(self) -> None:
+        for source in reversed(self._started):
+            try:
+                source.stop()
+            except Exception as err:
+                log.warning("collector %s did not stop cleanly: %s", source.name, err)
+        self._started.clear()
+
+    def render_metrics(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    def render_status(self) -> str:
+        return self.status_page.render()
