@@ -1,0 +1,241 @@
+"""Crash and hang bookkeeping, with no I/O: signal -> reason, dedup, per-app counts.
+
+The crash and hang sources feed this module and read back what they export:
+
+    atlas_app_crashes_total{app="nginx",reason="SIGSEGV"} 2.0
+    atlas_app_last_crash_timestamp_seconds{app="nginx"} 1.7641212e+09
+    atlas_app_hung_processes{app="backup"} 1.0
+    atlas_app_hangs_total{app="backup"} 1.0
+
+`CrashBook` dedups one crash seen by several sources (same pid within a time window, or
+the same app within the window when a source has no pid), counts crashes per app and
+reason, and counts hang episodes. `HangTracker` applies the kernel's hung-task rule to
+successive task observations: a task in D whose context-switch count has not changed
+for the threshold is hung; the episode counts once and ends when it makes progress.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+CRASH_SIGNALS: dict[int, str] = {
+    int(signal.SIGSEGV): "SIGSEGV",
+    int(signal.SIGABRT): "SIGABRT",
+    int(signal.SIGBUS): "SIGBUS",
+    int(signal.SIGILL): "SIGILL",
+    int(signal.SIGFPE): "SIGFPE",
+    int(signal.SIGSYS): "SIGSYS",
+    int(signal.SIGTRAP): "SIGTRAP",
+}
+REASONS: tuple[str, ...] = (*sorted(CRASH_SIGNALS.values()), "other")
+OTHER = "other"
+
+# Signal names as crash reports spell them; macOS numbers differ from Linux, so names win.
+_NAME_ALIASES = {"SIGIOT": "SIGABRT", "SIGEMT": OTHER}
+
+
+def reason_of_signal(number: int | None) -> str:
+    """The `reason` label for a death by signal `number` on this platform."""
+    if number is None:
+        return OTHER
+    return CRASH_SIGNALS.get(number, OTHER)
+
+
+def reason_of_name(name: str | None) -> str:
+    """The `reason` label for a signal given by name ("SIGSEGV", "segv", "SIGIOT")."""
+    if not name:
+        return OTHER
+    upper = name.strip().upper()
+    if not upper.startswith("SIG"):
+        upper = "SIG" + upper
+    upper = _NAME_ALIASES.get(upper, upper)
+    return upper if upper in CRASH_SIGNALS.values() else OTHER
+
+
+@dataclass(frozen=True, slots=True)
+class ExitStatus:
+    """A decoded wait status: the terminating signal (or None), core dumped, exit code."""
+
+    signal: int | None
+    core_dumped: bool
+    exit_code: int | None
+
+
+def decode_wait_status(status: int) -> ExitStatus:
+    """Decode a wait(2) status word as the kernel reports it (`exit_code` of a task)."""
+    status &= 0xFFFF
+    low = status & 0x7F
+    if low == 0:
+        return ExitStatus(signal=None, core_dumped=False, exit_code=(status >> 8) & 0xFF)
+    if low == 0x7F:  # stopped, not an exit
+        return ExitStatus(signal=None, core_dumped=False, exit_code=None)
+    return ExitStatus(signal=low, core_dumped=bool(status & 0x80), exit_code=None)
+
+
+def crash_reason(status: ExitStatus) -> str | None:
+    """The crash reason for an exit, or None when the exit is not a crash.
+
+    A crash is a death by one of `CRASH_SIGNALS` or any exit that dumped core (SIGQUIT
+    with a core file counts as `other`). SIGKILL, SIGTERM and normal exits are not crashes.
+    """
+    if status.signal is None:
+        return None
+    if status.signal in CRASH_SIGNALS:
+        return CRASH_SIGNALS[status.signal]
+    return OTHER if status.core_dumped else None
+
+
+@dataclass(frozen=True, slots=True)
+class CrashEvent:
+    """One crash as one source saw it. `time` is Unix time of the crash itself."""
+
+    source: str
+    time: float
+    reason: str
+    app: str
+    pid: int | None = None
+    comm: str | None = None
+
+
+@dataclass(slots=True)
+class _AppCounts:
+    by_reason: dict[str, int] = field(default_factory=dict)
+    last_crash: float | None = None
+    hangs: int = 0
+
+
+class CrashBook:
+    """Thread-safe per-app crash and hang-episode counts with cross-source dedup.
+
+    `max_apps` caps the number of distinct app labels (further apps count as "other",
+    sticky, like the exporter's own fold).
+    """
+
+    def __init__(self, window_seconds: float = 30.0, max_apps: int = 500) -> None:
+        self.window_seconds = window_seconds
+        self.max_apps = max_apps
+        self._lock = threading.Lock()
+        self._apps: dict[str, _AppCounts] = {}
+        self._recent: deque[CrashEvent] = deque()
+        self.duplicates = 0
+
+    def _app(self, name: str) -> _AppCounts:
+        counts = self._apps.get(name)
+        if counts is None:
+            if len(self._apps) >= self.max_apps and name != OTHER:
+                return self._app(OTHER)
+            counts = self._apps[name] = _AppCounts()
+        return counts
+
+    def _is_duplicate(self, event: CrashEvent) -> bool:
+        for seen in self._recent:
+            if abs(seen.time - event.time) > self.window_seconds:
+                continue
+            if event.pid is not None and seen.pid is not None:
+                if seen.pid == event.pid:
+                    return True
+            elif seen.app == event.app and seen.source != event.source:
+                return True
+        return False
+
+    def record_crash(self, event: CrashEvent) -> bool:
+        """Count `event` unless another source already reported it; True when counted."""
+        with self._lock:
+            newest = max((e.time for e in self._recent), default=event.time)
+            horizon = max(newest, event.time) - 4 * self.window_seconds
+            while self._recent and self._recent[0].time < horizon:
+                self._recent.popleft()
+            if self._is_duplicate(event):
+                self.duplicates += 1
+                return False
+            self._recent.append(event)
+            counts = self._app(event.app)
+            counts.by_reason[event.reason] = counts.by_reason.get(event.reason, 0) + 1
+            if counts.last_crash is None or event.time > counts.last_crash:
+                counts.last_crash = event.time
+            return True
+
+    def record_hang(self, app: str, count: int = 1) -> None:
+        """Count `count` hang episodes that started for `app`."""
+        with self._lock:
+            self._app(app).hangs += count
+
+    def crashes(self) -> dict[tuple[str, str], int]:
+        """(app, reason) -> crashes so far."""
+        with self._lock:
+            return {(app, reason): n for app, c in self._apps.items() for reason, n in c.by_reason.items()}
+
+    def last_crash(self) -> dict[str, float]:
+        with self._lock:
+            return {app: c.last_crash for app, c in self._apps.items() if c.last_crash is not None}
+
+    def hangs(self) -> dict[str, int]:
+        with self._lock:
+            return {app: c.hangs for app, c in self._apps.items() if c.hangs}
+
+
+@dataclass(frozen=True, slots=True)
+class TaskObservation:
+    """One task (thread) seen in state D by a scan.
+
+    `process` identifies the thread group (pid plus the leader's start time) and `task`
+    the thread (tid plus its start time). `switches` is voluntary + involuntary
+    context switches.
+    """
+
+    process: tuple[int, int]
+    task: tuple[int, int]
+    switches: int
+
+
+@dataclass(frozen=True, slots=True)
+class HangUpdate:
+    """What changed in one `HangTracker.update`: processes hung now and episodes begun."""
+
+    hung: frozenset[tuple[int, int]]
+    started: tuple[tuple[int, int], ...]
+    ended: tuple[tuple[int, int], ...]
+
+
+class HangTracker:
+    """The kernel's hung-task rule across scans, per thread, summarised per process.
+
+    Feed it every task seen in D at each scan (tasks not in D are simply not passed).
+    A task is hung once it has been seen in D with an unchanged switch count for at
+    least `threshold_seconds`. A process is hung while any of its tasks is hung.
+    """
+
+    def __init__(self, threshold_seconds: float) -> None:
+        self.threshold_seconds = threshold_seconds
+        self._since: dict[tuple[tuple[int, int], tuple[int, int]], tuple[float, int]] = {}
+        self._hung: frozenset[tuple[int, int]] = frozenset()
+
+    def update(self, now: float, blocked: Iterable[TaskObservation]) -> HangUpdate:
+        since: dict[tuple[tuple[int, int], tuple[int, int]], tuple[float, int]] = {}
+        hung: set[tuple[int, int]] = set()
+        for obs in blocked:
+            key = (obs.process, obs.task)
+            previous = self._since.get(key)
+            if previous is None or previous[1] != obs.switches:
+                previous = (now, obs.switches)
+            since[key] = previous
+            if now - previous[0] >= self.threshold_seconds:
+                hung.add(obs.process)
+        self._since = since
+        started = tuple(sorted(hung - self._hung))
+        ended = tuple(sorted(self._hung - hung))
+        self._hung = frozenset(hung)
+        return HangUpdate(hung=self._hung, started=started, ended=ended)
+
+    @property
+    def hung(self) -> frozenset[tuple[int, int]]:
+        return self._hung
+
+    @property
+    def watching(self) -> int:
+        """Tasks currently seen in D (hung or not yet)."""
+        return len(self._since)

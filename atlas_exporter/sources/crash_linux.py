@@ -1,0 +1,837 @@
+"""Linux crash watcher: the proc connector, systemd-coredump, apport and kernel log lines.
+
+Emits (sub-collector `crash`):
+
+    atlas_app_crashes_total{app="nginx",reason="SIGSEGV"} 1.0
+    atlas_app_last_crash_timestamp_seconds{app="nginx"} 1.764118845e+09
+    atlas_crash_source_active{source="proc_connector"} 1.0
+    atlas_crash_reports_skipped_total{reason="malformed"} 0.0
+
+Sources, best first; every one that works at start is used, and one crash seen by
+several of them counts once (same pid within a time window):
+- `proc_connector`: NETLINK_CONNECTOR / CN_IDX_PROC exit events with the wait status
+  (root or CAP_NET_ADMIN). Exec and fork events keep pid -> app while processes live.
+- `systemd_coredump`: new file names in /var/lib/systemd/coredump (any user may list).
+- `apport`: new or rewritten `*.crash` files in /var/crash (names for anyone, headers
+  when readable).
+- `kernel_log`: `segfault at` / `traps:` lines in /dev/kmsg (CAP_SYSLOG when
+  kernel.dmesg_restrict=1).
+Parsers (`parse_proc_events`, `parse_core_pattern`, `parse_coredump_name`,
+`parse_apport_headers`, `parse_kmsg_record`) are pure.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+import select
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+
+from atlas_exporter.apps.crashes import (
+    CrashBook,
+    CrashEvent,
+    crash_reason,
+    decode_wait_status,
+    reason_of_signal,
+)
+from atlas_exporter.config import Config
+from atlas_exporter.model import AppOfPid, Snapshot, Source, SourceStatus
+
+log = logging.getLogger(__name__)
+
+SOURCE_NAMES = ("proc_connector", "systemd_coredump", "apport", "kernel_log")
+SKIP_REASONS = ("malformed", "too_large", "unreadable", "lost_events")
+UNKNOWN_APP = "unknown"
+COREDUMP_DIR = Path("/var/lib/systemd/coredump")
+APPORT_DIR = Path("/var/crash")
+KMSG = Path("/dev/kmsg")
+MAX_REPORT_BYTES = 1024 * 1024  # apport headers are read up to here; a core dump is never read
+
+CAP_NET_ADMIN = 12
+
+# --- netlink / proc connector constants (linux/netlink.h, linux/connector.h, linux/cn_proc.h)
+NETLINK_CONNECTOR = 11
+CN_IDX_PROC = 1
+CN_VAL_PROC = 1
+NLMSG_DONE = 3
+PROC_CN_MCAST_LISTEN = 1
+PROC_CN_MCAST_IGNORE = 2
+_NLMSG = struct.Struct("=IHHII")  # len, type, flags, seq, pid
+_CNMSG = struct.Struct("=IIIIHH")  # idx, val, seq, ack, len, flags
+_EVHDR = struct.Struct("=IIQ")  # what, cpu, timestamp_ns
+_FOUR = struct.Struct("=iiii")
+_EXIT = struct.Struct("=iiII")  # pid, tgid, exit_code, exit_signal
+
+EVENT_NAMES = {0x0: "none", 0x1: "fork", 0x2: "exec", 0x80000000: "exit"}
+
+
+# ----------------------------------------------------------------------------- parsers
+
+
+@dataclass(frozen=True, slots=True)
+class ProcEvent:
+    """One proc connector event. For fork, `pid`/`tgid` are the child's, `parent_*` the parent's.
+
+    For `none` (the subscription acknowledgement) `exit_code` carries the error number and
+    `ack` the acknowledgement number.
+    """
+
+    what: str
+    timestamp_ns: int
+    pid: int = 0
+    tgid: int = 0
+    parent_pid: int = 0
+    parent_tgid: int = 0
+    exit_code: int = 0
+    ack: int = 0
+
+
+def parse_proc_events(data: bytes) -> list[ProcEvent]:
+    """Decode one netlink datagram from the proc connector; unknown event types are dropped."""
+    events: list[ProcEvent] = []
+    offset = 0
+    while offset + _NLMSG.size <= len(data):
+        length, _type, _flags, _seq, _pid = _NLMSG.unpack_from(data, offset)
+        if length < _NLMSG.size or offset + length > len(data):
+            raise ValueError(f"netlink message length {length} out of range")
+        body = offset + _NLMSG.size
+        if length >= _NLMSG.size + _CNMSG.size + _EVHDR.size:
+            idx, val, _cseq, ack, _clen, _cflags = _CNMSG.unpack_from(data, body)
+            ev = body + _CNMSG.size
+            what, _cpu, ts = _EVHDR.unpack_from(data, ev)
+            payload = ev + _EVHDR.size
+            name = EVENT_NAMES.get(what)
+            if (idx, val) == (CN_IDX_PROC, CN_VAL_PROC) and name is not None:
+                events.append(_decode_event(name, ts, data, payload, offset + length, ack))
+        offset += (length + 3) & ~3
+    return events
+
+
+def _decode_event(name: str, ts: int, data: bytes, payload: int, end: int, ack: int) -> ProcEvent:
+    def need(size: int) -> None:
+        if payload + size > end:
+            raise ValueError(f"{name} event truncated")
+
+    if name == "none":
+        need(4)
+        (err,) = struct.unpack_from("=I", data, payload)
+        return ProcEvent(what=name, timestamp_ns=ts, exit_code=err, ack=ack)
+    if name == "fork":
+        need(_FOUR.size)
+        ppid, ptgid, cpid, ctgid = _FOUR.unpack_from(data, payload)
+        return ProcEvent(what=name, timestamp_ns=ts, pid=cpid, tgid=ctgid, parent_pid=ppid, parent_tgid=ptgid)
+    if name == "exec":
+        need(8)
+        pid, tgid = struct.unpack_from("=ii", data, payload)
+        return ProcEvent(what=name, timestamp_ns=ts, pid=pid, tgid=tgid)
+    need(_EXIT.size)
+    pid, tgid, code, _sig = _EXIT.unpack_from(data, payload)
+    parent_pid = parent_tgid = 0
+    if payload + _EXIT.size + 8 <= end:  # Linux 4.18+: the parent's pid and tgid follow
+        parent_pid, parent_tgid = struct.unpack_from("=ii", data, payload + _EXIT.size)
+    return ProcEvent(what=name, timestamp_ns=ts, pid=pid, tgid=tgid, exit_code=code,
+                     parent_pid=parent_pid, parent_tgid=parent_tgid)
+
+
+def listen_message(op: int = PROC_CN_MCAST_LISTEN, ack: int = 0) -> bytes:
+    """The netlink datagram that subscribes to (or leaves) the proc connector."""
+    payload = struct.pack("=I", op)
+    cn = _CNMSG.pack(CN_IDX_PROC, CN_VAL_PROC, 0, ack, len(payload), 0) + payload
+    return _NLMSG.pack(_NLMSG.size + len(cn), NLMSG_DONE, 0, 0, 0) + cn
+
+
+def parse_core_pattern(text: str) -> str:
+    """Name the crash handler that `/proc/sys/kernel/core_pattern` installs."""
+    pattern = text.strip()
+    if not pattern.startswith("|"):
+        return "file"
+    program = os.path.basename(pattern[1:].split()[0]) if pattern[1:].split() else ""
+    if program == "systemd-coredump":
+        return "systemd-coredump"
+    if program == "apport":
+        return "apport"
+    if program.startswith("abrt"):
+        return "abrt"
+    return f"pipe:{program}" if program else "pipe"
+
+
+@dataclass(frozen=True, slots=True)
+class CoredumpFile:
+    """What a systemd-coredump file name says: core.COMM.UID.BOOTID.PID.USEC[.zst|.xz|.lz4]."""
+
+    comm: str
+    uid: int
+    boot_id: str
+    pid: int
+    time: float
+
+
+_COREDUMP_NAME = re.compile(
+    r"^core\.(?P<comm>.+)\.(?P<uid>\d+)\.(?P<boot>[0-9a-f]{32})\.(?P<pid>\d+)\.(?P<usec>\d+)"
+    r"(?:\.(?:zst|xz|lz4|gz|bz2))?$")
+_XESCAPE = re.compile(r"\\x([0-9a-fA-F]{2})")
+
+
+def parse_coredump_name(name: str) -> CoredumpFile | None:
+    """Parse a systemd-coredump file name (fields escaped with \\xNN, read from the right)."""
+    match = _COREDUMP_NAME.match(name)
+    if match is None:
+        return None
+    comm = _XESCAPE.sub(lambda m: chr(int(m.group(1), 16)), match["comm"])
+    return CoredumpFile(comm=comm, uid=int(match["uid"]), boot_id=match["boot"], pid=int(match["pid"]),
+                        time=int(match["usec"]) / 1e6)
+
+
+@dataclass(frozen=True, slots=True)
+class ApportReport:
+    """The headers of an apport `.crash` file that matter for counting."""
+
+    problem_type: str | None
+    executable: str | None
+    signal: int | None
+    pid: int | None
+    time: float | None
+
+
+_APPORT_NAME = re.compile(r"^(?P<subject>.+)\.(?P<uid>\d+)\.crash$")
+
+
+def apport_name_executable(name: str) -> str | None:
+    """Guess the executable basename from an apport file name (`_usr_bin_foo.1000.crash`)."""
+    match = _APPORT_NAME.match(name)
+    if match is None:
+        return None
+    subject = match["subject"]
+    return subject.rsplit("_", 1)[-1] or None
+
+
+def parse_apport_headers(text: str) -> ApportReport:
+    """Parse the RFC822-like head of an apport report; binary (base64) values are skipped."""
+    fields: dict[str, str] = {}
+    current: str | None = None
+    for line in text.splitlines():
+        if line.startswith(" "):
+            if current is not None:
+                fields[current] += "\n" + line[1:]
+            continue
+        key, sep, value = line.partition(":")
+        if not sep or not key or " " in key:
+            current = None
+            continue
+        value = value.strip()
+        if value == "base64":
+            current = None
+            continue
+        current = key
+        fields[key] = value
+    signal_number = _int_or_none(fields.get("Signal"))
+    pid = None
+    for status_line in fields.get("ProcStatus", "").splitlines():
+        if status_line.startswith("Pid:"):
+            pid = _int_or_none(status_line[4:])
+    when = None
+    if "Date" in fields:
+        try:
+            when = datetime.strptime(fields["Date"].strip(), "%a %b %d %H:%M:%S %Y").timestamp()
+        except ValueError:
+            when = None
+    return ApportReport(problem_type=fields.get("ProblemType"), executable=fields.get("ExecutablePath"),
+                        signal=signal_number, pid=pid, time=when)
+
+
+def _int_or_none(text: str | None) -> int | None:
+    try:
+        return int(text.strip()) if text is not None else None
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class KernelCrash:
+    """A kernel log line about an unhandled fault. `pid` is the faulting thread's id."""
+
+    comm: str
+    pid: int
+    reason: str
+    monotonic_seconds: float
+
+
+_SEGFAULT = re.compile(r"^(?P<comm>.+?)\[(?P<pid>\d+)\]: segfault at [0-9a-f]+ ip ")
+_TRAPS = re.compile(r"^traps: (?P<comm>.+?)\[(?P<pid>\d+)\] (?P<what>.+?) ip:[0-9a-f]+ sp:")
+_FATAL = re.compile(r"^(?P<comm>.+?)\[(?P<pid>\d+)\]: potentially unexpected fatal signal (?P<sig>\d+)\.")
+_TRAP_REASONS = (
+    ("invalid opcode", "SIGILL"),
+    ("int3", "SIGTRAP"),
+    ("divide error", "SIGFPE"),
+    ("general protection", "SIGSEGV"),
+    ("stack segment", "SIGBUS"),
+    ("alignment check", "SIGBUS"),
+    ("bounds", "SIGSEGV"),
+    ("overflow", "SIGSEGV"),
+)
+
+
+def parse_kmsg_record(record: str) -> KernelCrash | None:
+    """Parse one /dev/kmsg record (`PRI,SEQ,USEC,FLAGS;message`); None when it is no crash line."""
+    head, sep, rest = record.partition(";")
+    if not sep:
+        return None
+    parts = head.split(",")
+    if len(parts) < 3:
+        return None
+    try:
+        usec = int(parts[2])
+    except ValueError:
+        return None
+    message = rest.split("\n", 1)[0]
+    if match := _SEGFAULT.match(message):
+        reason = "SIGSEGV"
+    elif match := _TRAPS.match(message):
+        what = match["what"]
+        reason = next((r for key, r in _TRAP_REASONS if key in what), "other")
+    elif match := _FATAL.match(message):
+        reason = reason_of_signal(int(match["sig"]))
+    else:
+        return None
+    return KernelCrash(comm=match["comm"], pid=int(match["pid"]), reason=reason, monotonic_seconds=usec / 1e6)
+
+
+def has_capability(procfs: Path, bit: int) -> bool:
+    """Whether this process has capability `bit` in its effective set (from /proc/self/status)."""
+    try:
+        text = (procfs / "self" / "status").read_text()
+    except OSError:
+        return False
+    for line in text.splitlines():
+        if line.startswith("CapEff:"):
+            try:
+                return bool(int(line.split()[1], 16) >> bit & 1)
+            except (IndexError, ValueError):
+                return False
+    return False
+
+
+# ----------------------------------------------------------------------------- readers
+
+
+class PidApps:
+    """pid -> app for live and recently dead processes, plus thread id -> thread group id.
+
+    Dead entries are kept for `grace_seconds`, so a report that arrives after the
+    process has gone (a core file, a kernel line) can still be attributed.
+    """
+
+    def __init__(self, grace_seconds: float = 120.0) -> None:
+        self.grace_seconds = grace_seconds
+        self._apps: dict[int, str] = {}
+        self._threads: dict[int, int] = {}
+        self._dead: dict[int, float] = {}
+
+    def learn(self, pid: int, app: str) -> None:
+        self._apps[pid] = app
+        self._dead.pop(pid, None)
+
+    def learn_thread(self, tid: int, tgid: int) -> None:
+        self._threads[tid] = tgid
+        self._dead.pop(tid, None)
+
+    def app(self, pid: int) -> str | None:
+        return self._apps.get(pid)
+
+    def tgid(self, tid: int) -> int:
+        return self._threads.get(tid, tid)
+
+    def known(self, pid: int) -> bool:
+        return pid in self._apps and pid not in self._dead
+
+    def died(self, pid: int, now: float) -> None:
+        if pid in self._apps or pid in self._threads:
+            self._dead[pid] = now
+
+    def prune(self, now: float) -> None:
+        for pid in [p for p, t in self._dead.items() if now - t > self.grace_seconds]:
+            del self._dead[pid]
+            self._apps.pop(pid, None)
+            self._threads.pop(pid, None)
+
+    def __len__(self) -> int:
+        return len(self._apps)
+
+
+class ProcConnector:
+    """A subscribed NETLINK_CONNECTOR socket for proc events (root or CAP_NET_ADMIN)."""
+
+    def __init__(self, ack_timeout: float = 2.0) -> None:
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_CONNECTOR)
+        try:
+            try:
+                self.sock.setsockopt(socket.SOL_SOCKET, 33, 8 * 1024 * 1024)  # SO_RCVBUFFORCE
+            except OSError:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 * 1024 * 1024)
+            self.sock.bind((0, CN_IDX_PROC))
+            self.sock.send(listen_message(PROC_CN_MCAST_LISTEN, ack=0x41544C))
+            self.pending: list[ProcEvent] = []
+            self._await_ack(ack_timeout)
+        except BaseException:
+            self.sock.close()
+            raise
+
+    def _await_ack(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.sock], [], [], left)[0]:
+                raise PermissionError(errno.EPERM, "no acknowledgement from the proc connector")
+            for event in parse_proc_events(self.sock.recv(65536)):
+                if event.what == "none" and event.ack == 0x41544C + 1:
+                    if event.exit_code:
+                        raise OSError(event.exit_code, os.strerror(event.exit_code))
+                    return
+                if event.what != "none":
+                    self.pending.append(event)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def read(self) -> list[ProcEvent]:
+        """The events of one datagram; raises OSError(ENOBUFS) when the kernel dropped events."""
+        events, self.pending = self.pending, []
+        return events + parse_proc_events(self.sock.recv(65536))
+
+    def close(self) -> None:
+        try:
+            self.sock.send(listen_message(PROC_CN_MCAST_IGNORE))
+        except OSError:
+            pass
+        self.sock.close()
+
+
+def open_kmsg(path: Path) -> int:
+    """Open the kernel log for new records only (non-blocking, positioned at the end)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        os.lseek(fd, 0, os.SEEK_END)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_kmsg(fd: int) -> Iterator[str]:
+    """Every record available now; a record overwritten before it was read is skipped."""
+    while True:
+        try:
+            data = os.read(fd, 8192)
+        except BlockingIOError:
+            return
+        except BrokenPipeError:  # EPIPE: the ring buffer wrapped past our position
+            continue
+        if not data:
+            return
+        yield data.decode("utf-8", "replace")
+
+
+# ----------------------------------------------------------------------------- the source
+
+
+@dataclass(frozen=True, slots=True)
+class _FileState:
+    mtime_ns: int
+    size: int
+
+
+METRICS = (
+    ("atlas_app_crashes_total", "counter",
+     "Crashes of the app's processes: deaths by a crash signal or with a core dump, by signal name."),
+    ("atlas_app_last_crash_timestamp_seconds", "gauge", "Unix time of the app's latest crash."),
+    ("atlas_crash_source_active", "gauge",
+     "Whether a crash source is in use (1) or unavailable at this privilege (0)."),
+    ("atlas_crash_reports_skipped_total", "counter",
+     "Crash reports or events that could not be used, by reason."),
+)
+
+
+class LinuxCrashSource:
+    """The `crash` sub-collector on Linux: background watcher plus per-app crash counters."""
+
+    name = "crash"
+
+    def __init__(
+        self,
+        app_of_pid: AppOfPid,
+        *,
+        procfs: Path = Path("/proc"),
+        coredump_dir: Path = COREDUMP_DIR,
+        report_dirs: Iterable[Path] = (APPORT_DIR,),
+        kmsg: Path = KMSG,
+        use_connector: bool = True,
+        poll_interval_seconds: float = 2.0,
+        rescan_interval_seconds: float = 10.0,
+        dedup_window_seconds: float = 30.0,
+        max_apps: int = 500,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.app_of_pid = app_of_pid
+        self.procfs = procfs
+        self.coredump_dir = coredump_dir
+        self.report_dirs = tuple(report_dirs)
+        self.kmsg_path = kmsg
+        self.use_connector = use_connector
+        self.poll_interval_seconds = poll_interval_seconds
+        self.rescan_interval_seconds = rescan_interval_seconds
+        self.clock = clock
+        self.monotonic = monotonic
+        self.book = CrashBook(window_seconds=dedup_window_seconds, max_apps=max_apps)
+        self.pids = PidApps()
+        self.skipped = dict.fromkeys(SKIP_REASONS, 0)
+        self.handler = "unknown"
+        self._status: dict[str, SourceStatus] = {}
+        self._connector: ProcConnector | None = None
+        self._kmsg_fd: int | None = None
+        self._files: dict[Path, _FileState] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._wake_r, self._wake_w = -1, -1
+        self._thread: threading.Thread | None = None
+        self._last_rescan = float("-inf")
+        self._last_poll = float("-inf")
+
+    # -- lifecycle
+
+    def start(self) -> None:
+        """Detect every source, take a baseline of existing reports, start the watcher thread."""
+        if self._thread is not None:
+            return
+        self._detect()
+        self._stop.clear()
+        self._wake_r, self._wake_w = os.pipe()
+        self._thread = threading.Thread(target=self._run, name="atlas-crash-watcher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is None:
+            return
+        self._stop.set()
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
+        self._thread.join(timeout=10)
+        self._thread = None
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        if self._connector is not None:
+            self._connector.close()
+            self._connector = None
+        if self._kmsg_fd is not None:
+            os.close(self._kmsg_fd)
+            self._kmsg_fd = None
+
+    def _detect(self) -> None:
+        try:
+            self.handler = parse_core_pattern((self.procfs / "sys/kernel/core_pattern").read_text())
+        except OSError:
+            self.handler = "unknown"
+        privilege = "root" if os.geteuid() == 0 else "user"
+        status: dict[str, SourceStatus] = {}
+
+        reason = ""
+        if not self.use_connector:
+            reason = "disabled"
+        elif not has_capability(self.procfs, CAP_NET_ADMIN):
+            reason = "the proc connector needs root or CAP_NET_ADMIN"
+        else:
+            try:
+                self._connector = ProcConnector()
+            except OSError as err:
+                reason = f"cannot subscribe to the proc connector: {err.strerror or err}"
+        status["proc_connector"] = SourceStatus("proc_connector", self._connector is not None,
+                                                privilege if self._connector else "none", reason)
+
+        status["systemd_coredump"] = self._detect_dir("systemd_coredump", [self.coredump_dir], privilege)
+        status["apport"] = self._detect_dir("apport", list(self.report_dirs), privilege)
+
+        reason = ""
+        try:
+            self._kmsg_fd = open_kmsg(self.kmsg_path)
+        except PermissionError:
+            reason = f"reading {self.kmsg_path} needs CAP_SYSLOG (kernel.dmesg_restrict=1)"
+        except OSError as err:
+            reason = f"cannot read {self.kmsg_path}: {err.strerror or err}"
+        status["kernel_log"] = SourceStatus("kernel_log", self._kmsg_fd is not None,
+                                            privilege if self._kmsg_fd is not None else "none", reason)
+        self._status = status
+        for item in status.values():
+            if item.active:
+                log.info("crash source %s active", item.name)
+            else:
+                log.info("crash source %s inactive: %s", item.name, item.reason)
+
+    def _detect_dir(self, name: str, folders: list[Path], privilege: str) -> SourceStatus:
+        readable = []
+        reasons = []
+        for folder in folders:
+            try:
+                entries = list(os.scandir(folder))
+            except FileNotFoundError:
+                reasons.append(f"{folder} does not exist")
+                continue
+            except OSError as err:
+                reasons.append(f"cannot list {folder}: {err.strerror or err}")
+                continue
+            readable.append(folder)
+            for entry in entries:
+                state = self._file_state(entry)
+                if state is not None:
+                    self._files[Path(entry.path)] = state
+        handler_note = f" (core_pattern handler: {self.handler})" if not readable else ""
+        return SourceStatus(name, bool(readable), privilege if readable else "none",
+                            "; ".join(reasons) + handler_note if not readable else "")
+
+    @staticmethod
+    def _file_state(entry: os.DirEntry[str]) -> _FileState | None:
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            return None
+        return _FileState(st.st_mtime_ns, st.st_size)
+
+    # -- watcher thread
+
+    def _run(self) -> None:
+        self._rescan()
+        while not self._stop.is_set():
+            try:
+                self._cycle()
+            except Exception:  # the watcher must survive anything one report does
+                log.exception("crash watcher cycle failed")
+                self._stop.wait(self.poll_interval_seconds)
+
+    def _cycle(self) -> None:
+        fds = [self._wake_r]
+        if self._connector is not None:
+            fds.append(self._connector.fileno())
+        if self._kmsg_fd is not None:
+            fds.append(self._kmsg_fd)
+        ready, _, _ = select.select(fds, [], [], self.poll_interval_seconds)
+        if self._stop.is_set():
+            return
+        if self._connector is not None and self._connector.fileno() in ready:
+            self._drain_connector()
+        if self._kmsg_fd is not None and self._kmsg_fd in ready:
+            for record in read_kmsg(self._kmsg_fd):
+                self._on_kmsg(record)
+        now_mono = self.monotonic()
+        if not ready or now_mono - self._last_poll >= self.poll_interval_seconds:
+            self._last_poll = now_mono
+            self._poll_folders()
+            if self._connector is None and now_mono - self._last_rescan >= self.rescan_interval_seconds:
+                self._rescan()
+            self.pids.prune(now_mono)
+
+    def _drain_connector(self) -> None:
+        assert self._connector is not None
+        for _ in range(256):
+            try:
+                events = self._connector.read()
+            except BlockingIOError:
+                return
+            except OSError as err:
+                if err.errno == errno.ENOBUFS:
+                    self._skip("lost_events")
+                    log.warning("proc connector overrun: some process events were lost")
+                    continue
+                raise
+            except ValueError:
+                self._skip("malformed")
+                continue
+            for event in events:
+                self._on_proc_event(event)
+            if not select.select([self._connector.fileno()], [], [], 0)[0]:
+                return
+
+    def _resolve(self, pid: int) -> str | None:
+        try:
+            return self.app_of_pid(pid)
+        except Exception:  # a naming failure must not stop the watcher
+            log.debug("app_of_pid(%d) failed", pid, exc_info=True)
+            return None
+
+    def _on_proc_event(self, event: ProcEvent) -> None:
+        if event.what == "fork":
+            if event.pid != event.tgid:
+                self.pids.learn_thread(event.pid, event.tgid)
+                return
+            app = self.pids.app(event.parent_tgid) or self._resolve(event.pid)
+            if app is not None:
+                self.pids.learn(event.pid, app)
+        elif event.what == "exec":
+            if event.pid != event.tgid:
+                return
+            app = self._resolve(event.pid)
+            if app is not None:
+                self.pids.learn(event.pid, app)
+        elif event.what == "exit":
+            now = self.monotonic()
+            if event.pid != event.tgid:  # a thread, not the process
+                self.pids.died(event.pid, now)
+                return
+            reason = crash_reason(decode_wait_status(event.exit_code))
+            if reason is not None:
+                app = self.pids.app(event.pid) or self._resolve(event.pid) or self._comm(event.pid)
+                when = self.clock() - max(0.0, now - event.timestamp_ns / 1e9)
+                self._record(CrashEvent(source="proc_connector", time=when, reason=reason, app=app, pid=event.pid))
+            self.pids.died(event.pid, now)
+
+    def _comm(self, pid: int) -> str:
+        try:
+            return (self.procfs / str(pid) / "comm").read_text().strip() or UNKNOWN_APP
+        except OSError:
+            return UNKNOWN_APP
+
+    def _on_kmsg(self, record: str) -> None:
+        crash = parse_kmsg_record(record)
+        if crash is None:
+            return
+        pid = self.pids.tgid(crash.pid)
+        app = self.pids.app(pid) or crash.comm
+        when = self.clock() - max(0.0, self.monotonic() - crash.monotonic_seconds)
+        self._record(CrashEvent(source="kernel_log", time=when, reason=crash.reason, app=app, pid=pid,
+                                comm=crash.comm))
+
+    def _rescan(self) -> None:
+        """Learn the app of every live pid not yet known (at start, and without the connector)."""
+        try:
+            entries = os.listdir(self.procfs)
+        except OSError:
+            return
+        self._last_rescan = self.monotonic()
+        for name in entries:
+            if not name.isdigit():
+                continue
+            pid = int(name)
+            if self.pids.known(pid):
+                continue
+            app = self._resolve(pid)
+            if app is not None:
+                self.pids.learn(pid, app)
+
+    def _poll_folders(self) -> None:
+        if self._status.get("systemd_coredump", SourceStatus("", False)).active:
+            for path, _state in self._new_files([self.coredump_dir]):
+                self._on_coredump(path)
+        if self._status.get("apport", SourceStatus("", False)).active:
+            for path, state in self._new_files(self.report_dirs, suffix=".crash"):
+                self._on_apport(path, state)
+
+    def _new_files(self, folders: Iterable[Path], suffix: str = "") -> list[tuple[Path, _FileState]]:
+        found = []
+        for folder in folders:
+            try:
+                entries = list(os.scandir(folder))
+            except OSError:
+                continue
+            for entry in entries:
+                if suffix and not entry.name.endswith(suffix):
+                    continue
+                if entry.is_symlink():
+                    continue
+                state = self._file_state(entry)
+                path = Path(entry.path)
+                if state is None:
+                    continue
+                previous = self._files.get(path)
+                self._files[path] = state
+                if previous is None or previous.mtime_ns != state.mtime_ns:
+                    found.append((path, state))
+        return found
+
+    def _on_coredump(self, path: Path) -> None:
+        parsed = parse_coredump_name(path.name)
+        if parsed is None:
+            if not path.name.startswith(".#"):  # systemd writes a hidden temporary file first
+                self._skip("malformed")
+            return
+        app = self.pids.app(parsed.pid) or parsed.comm
+        self._record(CrashEvent(source="systemd_coredump", time=parsed.time, reason="other", app=app,
+                                pid=parsed.pid, comm=parsed.comm))
+
+    def _on_apport(self, path: Path, state: _FileState) -> None:
+        guess = apport_name_executable(path.name)
+        if guess is None:
+            self._skip("malformed")
+            return
+        report: ApportReport | None = None
+        try:
+            with open(path, "rb") as handle:
+                head = handle.read(MAX_REPORT_BYTES).decode("utf-8", "replace")
+            report = parse_apport_headers(head)
+        except PermissionError:
+            report = None  # names are world-visible, contents are not
+        except OSError:
+            self._skip("unreadable")
+            return
+        if report is not None and report.problem_type not in (None, "Crash"):
+            return
+        executable = report.executable if report and report.executable else None
+        app = os.path.basename(executable) if executable else guess
+        pid = report.pid if report else None
+        if pid is not None:
+            app = self.pids.app(pid) or app
+        when = report.time if report and report.time else state.mtime_ns / 1e9
+        reason = reason_of_signal(report.signal) if report and report.signal is not None else "other"
+        self._record(CrashEvent(source="apport", time=when, reason=reason, app=app, pid=pid))
+
+    def _record(self, event: CrashEvent) -> None:
+        counted = self.book.record_crash(event)
+        log.log(logging.INFO if counted else logging.DEBUG, "crash %s: app=%s pid=%s reason=%s (%s)",
+                "counted" if counted else "duplicate", event.app, event.pid, event.reason, event.source)
+
+    def _skip(self, reason: str) -> None:
+        with self._lock:
+            self.skipped[reason] = self.skipped.get(reason, 0) + 1
+
+    # -- reporting
+
+    def statuses(self) -> list[SourceStatus]:
+        if not self._status:
+            return [SourceStatus(name, False, "none", "not started") for name in SOURCE_NAMES]
+        return [self._status[name] for name in SOURCE_NAMES]
+
+    def collect(self, snapshot: Snapshot) -> Iterable[Metric]:
+        crashes = CounterMetricFamily("atlas_app_crashes", METRICS[0][2], labels=["app", "reason"])
+        for (app, reason), count in sorted(self.book.crashes().items()):
+            crashes.add_metric([app, reason], count)
+        last = GaugeMetricFamily(METRICS[1][0], METRICS[1][2], labels=["app"])
+        for app, when in sorted(self.book.last_crash().items()):
+            last.add_metric([app], when)
+        active = GaugeMetricFamily(METRICS[2][0], METRICS[2][2], labels=["source"])
+        for status in self.statuses():
+            active.add_metric([status.name], 1.0 if status.active else 0.0)
+        skipped = CounterMetricFamily("atlas_crash_reports_skipped", METRICS[3][2], labels=["reason"])
+        with self._lock:
+            for reason, count in sorted(self.skipped.items()):
+                skipped.add_metric([reason], count)
+        return [crashes, last, active, skipped]
+
+
+def make_crash_source(config: Config, procfs: Path, app_of_pid: AppOfPid) -> Source | None:
+    """The Linux `crash` sub-collector; extra `crash.report_dirs` are watched like /var/crash."""
+    dirs = [APPORT_DIR, *(Path(os.path.expanduser(d)) for d in config.crash.report_dirs)]
+    return LinuxCrashSource(app_of_pid, procfs=procfs, report_dirs=dirs, max_apps=config.max_apps)

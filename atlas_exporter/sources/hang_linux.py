@@ -1,0 +1,268 @@
+"""Linux hang watcher: threads stuck in D state without making progress.
+
+Emits (sub-collector `hang`):
+
+    atlas_app_hung_processes{app="backup"} 1.0
+    atlas_app_hangs_total{app="backup"} 3.0
+
+Every `hang.check_interval_seconds` a background thread reads `/proc/<pid>/task/<tid>/stat`
+of every task and, for tasks in D, their context-switch counts from `.../status`. A task
+is hung once it has stayed in D with an unchanged count for `hang.threshold_seconds`
+(the rule of the kernel's hung-task detector); a process is hung while any of its threads
+is. An I/O-heavy process passes through D but keeps switching, so it is never hung.
+Kernel threads (PF_KTHREAD, or children of kthreadd) are left out.
+
+`/proc/stat` `procs_blocked` is not used as a shortcut: it counts only tasks waiting in
+io_schedule (nr_iowait), and a vfork parent or a task blocked on a lock shows 0 there.
+`parse_task_stat` and `parse_switches` are pure.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+
+from atlas_exporter.apps.crashes import CrashBook, HangTracker, HangUpdate, TaskObservation
+from atlas_exporter.config import Config
+from atlas_exporter.model import AppOfPid, Snapshot, Source, SourceStatus
+
+log = logging.getLogger(__name__)
+
+PF_KTHREAD = 0x00200000
+KTHREADD_PID = 2
+
+
+@dataclass(frozen=True, slots=True)
+class TaskStat:
+    """The fields of a task's `stat` that hang detection needs."""
+
+    comm: str
+    state: str
+    ppid: int
+    flags: int
+    starttime: int
+
+
+def parse_task_stat(data: bytes) -> TaskStat:
+    """Parse `/proc/<pid>/task/<tid>/stat`; the comm may hold spaces and ')', so split at the last ')'."""
+    open_paren = data.find(b"(")
+    close_paren = data.rfind(b")")
+    if open_paren < 0 or close_paren < open_paren:
+        raise ValueError("stat: no '(comm)' field")
+    fields = data[close_paren + 2:].split()
+    if len(fields) < 20:
+        raise ValueError(f"stat: only {len(fields) + 2} fields")
+    return TaskStat(comm=data[open_paren + 1:close_paren].decode("utf-8", "replace"),
+                    state=fields[0].decode("ascii", "replace"), ppid=int(fields[1]), flags=int(fields[6]),
+                    starttime=int(fields[19]))
+
+
+def parse_switches(text: bytes) -> int:
+    """voluntary + nonvoluntary context switches from a task's `status`."""
+    total = 0
+    seen = 0
+    for line in text.splitlines():
+        if line.startswith((b"voluntary_ctxt_switches:", b"nonvoluntary_ctxt_switches:")):
+            total += int(line.split()[1])
+            seen += 1
+    if seen != 2:
+        raise ValueError("status: no context-switch counts")
+    return total
+
+
+def is_kernel_thread(pid: int, stat: TaskStat) -> bool:
+    return bool(stat.flags & PF_KTHREAD) or stat.ppid == KTHREADD_PID or pid == KTHREADD_PID
+
+
+def _read(path: str) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, 4096)
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True, slots=True)
+class BlockedScan:
+    """One pass over every task: the tasks in D with their counts, and process names."""
+
+    blocked: list[TaskObservation]
+    comms: dict[tuple[int, int], str]
+    tasks: int
+    errors: int
+
+
+def scan_blocked_tasks(procfs: Path) -> BlockedScan:
+    """Read every user task's state; return those in D with their context-switch counts."""
+    root = str(procfs)
+    blocked: list[TaskObservation] = []
+    comms: dict[tuple[int, int], str] = {}
+    tasks = errors = 0
+    try:
+        pids = [name for name in os.listdir(root) if name.isdigit()]
+    except OSError:
+        return BlockedScan(blocked, comms, 0, 1)
+    for name in pids:
+        pid = int(name)
+        base = f"{root}/{name}/task"
+        try:
+            tids = os.listdir(base)
+        except OSError:
+            continue  # vanished
+        stats: dict[int, TaskStat] = {}
+        for tid_name in tids:
+            try:
+                stats[int(tid_name)] = parse_task_stat(_read(f"{base}/{tid_name}/stat"))
+            except (OSError, ValueError):
+                continue
+        tasks += len(stats)
+        leader = stats.get(pid)
+        if leader is None or is_kernel_thread(pid, leader):
+            continue
+        process = (pid, leader.starttime)
+        for tid, stat in stats.items():
+            if stat.state != "D":
+                continue
+            try:
+                switches = parse_switches(_read(f"{base}/{tid}/status"))
+            except OSError:
+                continue
+            except ValueError:
+                errors += 1
+                continue
+            blocked.append(TaskObservation(process=process, task=(tid, stat.starttime), switches=switches))
+            comms[process] = leader.comm
+    return BlockedScan(blocked, comms, tasks, errors)
+
+
+METRICS = (
+    ("atlas_app_hung_processes", "gauge",
+     "Processes of the app with a thread blocked in uninterruptible sleep (D) without progress "
+     "for at least the hang threshold."),
+    ("atlas_app_hangs_total", "counter", "Hang episodes that started in the app's processes."),
+)
+
+
+class LinuxHangSource:
+    """The `hang` sub-collector on Linux: a background checker plus per-app hang gauges."""
+
+    name = "hang"
+
+    def __init__(
+        self,
+        app_of_pid: AppOfPid,
+        *,
+        procfs: Path = Path("/proc"),
+        threshold_seconds: float = 30.0,
+        check_interval_seconds: float = 5.0,
+        max_apps: int = 500,
+        clock: Callable[[], float] = time.monotonic,
+        scan: Callable[[Path], BlockedScan] = scan_blocked_tasks,
+    ) -> None:
+        self.app_of_pid = app_of_pid
+        self.procfs = procfs
+        self.threshold_seconds = threshold_seconds
+        self.check_interval_seconds = check_interval_seconds
+        self.clock = clock
+        self.scan = scan
+        self.tracker = HangTracker(threshold_seconds)
+        self.book = CrashBook(max_apps=max_apps)
+        self._apps: dict[tuple[int, int], str] = {}
+        self._hung_by_app: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._status = SourceStatus("task_scan", False, "none", "not started")
+        self.last_scan_seconds: float | None = None
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        if not (self.procfs / "self" / "task").is_dir():
+            self._status = SourceStatus("task_scan", False, "none", f"{self.procfs} has no task folders")
+            return
+        privilege = "root" if os.geteuid() == 0 else "user"
+        self._status = SourceStatus("task_scan", True, privilege, "")
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="atlas-hang-watcher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.check()
+            except Exception:  # the watcher must survive one bad pass
+                log.exception("hang check failed")
+            self._stop.wait(self.check_interval_seconds)
+
+    def _app(self, process: tuple[int, int], comms: dict[tuple[int, int], str]) -> str:
+        app = self._apps.get(process)
+        if app is None:
+            try:
+                app = self.app_of_pid(process[0])
+            except Exception:  # a naming failure must not stop the watcher
+                log.debug("app_of_pid(%d) failed", process[0], exc_info=True)
+                app = None
+            app = app or comms.get(process) or "unknown"
+            self._apps[process] = app
+        return app
+
+    def check(self) -> HangUpdate:
+        """One pass: scan, apply the threshold rule, count the episodes that started."""
+        started_at = time.perf_counter()
+        result = self.scan(self.procfs)
+        update = self.tracker.update(self.clock(), result.blocked)
+        watched = {obs.process for obs in result.blocked}
+        for process in watched:
+            self._app(process, result.comms)
+        for process in update.started:
+            app = self._apps[process]
+            self.book.record_hang(app)
+            log.warning("process %d (%s) hung: blocked in D for over %gs", process[0], app, self.threshold_seconds)
+        for process in update.ended:
+            log.info("process %d resumed", process[0])
+        hung_by_app: dict[str, int] = {}
+        for process in update.hung:
+            app = self._apps[process]
+            hung_by_app[app] = hung_by_app.get(app, 0) + 1
+        self._apps = {p: a for p, a in self._apps.items() if p in watched}
+        with self._lock:
+            self._hung_by_app = hung_by_app
+        self.last_scan_seconds = time.perf_counter() - started_at
+        return update
+
+    def statuses(self) -> list[SourceStatus]:
+        return [self._status]
+
+    def collect(self, snapshot: Snapshot) -> Iterable[Metric]:
+        with self._lock:
+            hung = dict(self._hung_by_app)
+        totals = self.book.hangs()
+        gauge = GaugeMetricFamily(METRICS[0][0], METRICS[0][2], labels=["app"])
+        for app in sorted(set(snapshot.apps) | set(hung)):
+            gauge.add_metric([app], hung.get(app, 0))
+        counter = CounterMetricFamily("atlas_app_hangs", METRICS[1][2], labels=["app"])
+        for app in sorted(set(snapshot.apps) | set(totals)):
+            counter.add_metric([app], totals.get(app, 0))
+        return [gauge, counter]
+
+
+def make_hang_source(config: Config, procfs: Path, app_of_pid: AppOfPid) -> Source | None:
+    """The Linux `hang` sub-collector with `hang.threshold_seconds` and `hang.check_interval_seconds`."""
+    return LinuxHangSource(app_of_pid, procfs=procfs, threshold_seconds=config.hang.threshold_seconds,
+                           check_interval_seconds=config.hang.check_interval_seconds, max_apps=config.max_apps)
