@@ -32,6 +32,7 @@ _LAUNCHERS = ("gnome", "kde", "flatpak", "xfce", "xfce4", "lxqt", "mate", "cinna
               "i3", "hyprland", "niri", "budgie", "unity")
 _RANDOM_SUFFIX = re.compile(r"[-@](?:\d+|[0-9a-f]{8,}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$")
 _SNAP_SCOPE = re.compile(r"^snap\.([^.]+)\.")
+_TEMPLATE_FIELD = re.compile(r"{([^{}]*)}")
 _HEX_ESCAPE = re.compile(r"\\x([0-9a-fA-F]{2})")
 
 _PYTHON = re.compile(r"^python[0-9.]*[dmu]?$|^pypy[0-9.]*$")
@@ -271,9 +272,6 @@ def apply_rule(rule: NamingRule, ident: ProcIdentity) -> str | None:
         **{str(i): v for i, v in enumerate(numbered)},
         **fields,
     }
-    try:
-        name = rule.name.format_map(context)
-    except (KeyError, IndexError, ValueError):
-        return None
+    name = _TEMPLATE_FIELD.sub(lambda m: context.get(m.group(1), ""), rule.name)
     name = _clean(name)
     return name or None

@@ -84,6 +84,9 @@ class Tracker:
             if proc is None:
                 delta = [v or 0.0 for v in now_values]
                 proc = procs[sample.id] = _Proc(app=app, ppid=sample.ppid, last=now_values)
+            elif now_values == proc.last and proc.app == app:
+                delta = None  # an idle process: nothing to add
+                proc.ppid = sample.ppid
             else:
                 delta = [
                     (now_v if prev_v is None else max(now_v - prev_v, 0.0)) if now_v is not None else 0.0
@@ -99,10 +102,11 @@ class Tracker:
             if state is None:
                 state = apps[app] = _App()
             state.last_seen = now
-            totals = state.totals
-            for i, value in enumerate(delta):
-                if now_values[i] is not None or totals[i] is not None:
-                    totals[i] = (totals[i] or 0.0) + value
+            if delta is not None:
+                totals = state.totals
+                for i, value in enumerate(delta):
+                    if now_values[i] is not None or totals[i] is not None:
+                        totals[i] = (totals[i] or 0.0) + value
             view = views.get(app)
             if view is None:
                 view = views[app] = AppView(name=app)

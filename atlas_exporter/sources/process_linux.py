@@ -68,7 +68,7 @@ def parse_stat(text: bytes | str) -> ProcStat:
     close_paren = text.rfind(b")")
     if open_paren < 0 or close_paren < open_paren:
         raise ParseError("stat: no '(comm)' field")
-    fields = text[close_paren + 2:].split()
+    fields = text[close_paren + 2:].split(None, 22)
     if len(fields) < 22:
         raise ParseError(f"stat: {len(fields) + 2} fields, expected at least 24")
     try:
@@ -94,8 +94,14 @@ def parse_io(text: bytes | str) -> ProcIO:
     """Parse `/proc/<pid>/io` ("key: value" lines); every field the exporter uses must be there."""
     if isinstance(text, str):
         text = text.encode()
-    values = [-1] * 5
     tokens = text.split()
+    if len(tokens) >= 14 and tokens[4] == b"syscr:" and tokens[8] == b"read_bytes:" and tokens[12] == (
+            b"cancelled_write_bytes:"):  # the kernel's fixed layout
+        try:
+            return ProcIO(int(tokens[9]), int(tokens[11]), int(tokens[13]), int(tokens[5]), int(tokens[7]))
+        except ValueError:
+            pass
+    values = [-1] * 5
     for i in range(0, len(tokens) - 1, 2):
         slot = _IO_KEYS.get(tokens[i])
         if slot is not None:
