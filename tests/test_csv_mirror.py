@@ -581,3 +581,40 @@ def test_rows_text_is_written_in_one_call(tmp_path: Path) -> None:
     assert chunks[0].startswith(EXACT_HEADER.encode()) and chunks[0].count(b"\r\n") == 6
     assert chunks[1].count(b"\r\n") == 5 and chunks[1].endswith(b"\r\n")
     assert list(csv.reader(io.StringIO(path.read_text(), newline="")))[0] == list(HEADER)
+
+
+def test_empty_snapshot_keeps_the_baseline(tmp_path: Path) -> None:
+    path = tmp_path / "a.csv"
+    failed_scan = Snapshot(wall_time=1_764_000_010.0, monotonic=10.0)  # what a failed process scan gives
+    mirror = mirror_for(path, snap(0, app("a", cpu=100.0)), failed_scan, snap(20, app("a", cpu=104.0)))
+    mirror.write_interval()
+    assert mirror.write_interval() == 0
+    assert mirror.write_interval() == 1
+    assert float(read_rows(path)[1][3]) == pytest.approx(4.0 / 20 * 100)  # not the app's whole history
+
+
+def test_scrapes_do_not_wait_for_a_slow_disk(tmp_path: Path) -> None:
+    path = tmp_path / "a.csv"
+    entered, release = threading.Event(), threading.Event()
+
+    def slow_write(fd: int, data: bytes) -> int:
+        entered.set()
+        release.wait(30)
+        return os.write(fd, data)
+
+    mirror = CsvMirror(options(path), feed_forever(apps=2), fsync=False)
+    mirror.write_interval()
+    mirror.file._write = slow_write
+    writer = threading.Thread(target=mirror.write_interval)
+    writer.start()
+    try:
+        assert entered.wait(30)
+        done = threading.Event()
+        scrape = threading.Thread(target=lambda: (metric_values(mirror), mirror.statuses(), done.set()))
+        scrape.start()
+        assert done.wait(10), "collect() blocked behind the file write"
+        scrape.join(10)
+    finally:
+        release.set()
+        writer.join(30)
+    assert metric_values(mirror)["atlas_csv_rows_written_total"] == 2

@@ -305,7 +305,8 @@ class CsvMirror:
         self._take_snapshot = take_snapshot
         self._clock = clock
         self._wall_clock = wall_clock
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the counters and the last error
+        self._write_lock = threading.Lock()
         self._previous: Snapshot | None = None
         self._rows_written = 0
         self._write_errors = 0
@@ -322,19 +323,21 @@ class CsvMirror:
     def write_interval(self) -> int:
         """Take one snapshot and write the interval since the previous one; returns rows written.
 
-        The first call (no previous snapshot) only primes and writes nothing.
+        The first call (no previous snapshot) only primes. A snapshot that is the same reading as
+        the previous one, or an empty one (the process table could not be read), writes nothing
+        and keeps the previous snapshot as the baseline.
         """
-        with self._lock:
+        with self._write_lock:  # one writer at a time; scrapes only wait for `_lock`, briefly
             try:
                 snapshot = self._take_snapshot()
             except Exception as err:  # the snapshot machinery is not ours; a failure costs one interval
                 self._failed(f"cannot take a snapshot: {err}", exc=err)
                 return 0
-            previous, self._previous = self._previous, snapshot
-            if previous is None:
+            previous = self._previous
+            if previous is not None and (snapshot.monotonic <= previous.monotonic or not snapshot.apps):
                 return 0
-            if snapshot.monotonic <= previous.monotonic:
-                self._previous = previous  # the same shared reading; keep the older baseline
+            self._previous = snapshot
+            if previous is None:
                 return 0
             rows = build_rows(previous, snapshot, self.options.top)
             if not rows:
@@ -344,27 +347,29 @@ class CsvMirror:
             except OSError as err:
                 self._failed(f"cannot write {self.path}: {_reason(err)}")
                 return 0
-            self._rows_written += len(rows)
-            self._last_write = self._wall_clock()
-            if self._failed_in_a_row:
-                log.info("CSV writes to %s work again after %d failed intervals", self.path, self._failed_in_a_row)
-            self._failed_in_a_row = 0
-            self._last_error = None
+            with self._lock:
+                self._rows_written += len(rows)
+                self._last_write = self._wall_clock()
+                recovered, self._failed_in_a_row = self._failed_in_a_row, 0
+                self._last_error = None
+            if recovered:
+                log.info("CSV writes to %s work again after %d failed intervals", self.path, recovered)
             return len(rows)
 
     def _failed(self, message: str, exc: BaseException | None = None) -> None:
-        self._write_errors += 1
-        self._failed_in_a_row += 1
-        self._last_error = message
         now = self._clock()
-        if self._last_error_log is None or now - self._last_error_log >= ERROR_LOG_INTERVAL_SECONDS:
-            more = f" ({self._suppressed} more failures since the last message)" if self._suppressed else ""
-            log.error("CSV mirror: %s; rows of this interval are lost%s", message, more,
-                      exc_info=exc if exc is not None and not isinstance(exc, OSError) else None)
+        with self._lock:
+            self._write_errors += 1
+            self._failed_in_a_row += 1
+            self._last_error = message
+            if self._last_error_log is not None and now - self._last_error_log < ERROR_LOG_INTERVAL_SECONDS:
+                self._suppressed += 1
+                return
+            suppressed, self._suppressed = self._suppressed, 0
             self._last_error_log = now
-            self._suppressed = 0
-        else:
-            self._suppressed += 1
+        more = f" ({suppressed} more failures since the last message)" if suppressed else ""
+        log.error("CSV mirror: %s; rows of this interval are lost%s", message, more,
+                  exc_info=exc if exc is not None and not isinstance(exc, OSError) else None)
 
     # -- the Source protocol ------------------------------------------------------------------
 
@@ -398,8 +403,7 @@ class CsvMirror:
         try:
             self.write_interval()
         except Exception as err:  # never let the thread die
-            with self._lock:
-                self._failed(f"unexpected error: {err}", exc=err)
+            self._failed(f"unexpected error: {err}", exc=err)
 
     def statuses(self) -> list[SourceStatus]:
         with self._lock:
