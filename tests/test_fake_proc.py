@@ -1,0 +1,108 @@
+"""The whole exporter over a fake /proc tree, diffed against a golden exposition file.
+
+Run `pytest tests/test_fake_proc.py --update-golden` (or ATLAS_UPDATE_GOLDEN=1) to
+rewrite tests/golden/linux.prom after an intended change; review the diff.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from atlas_exporter.config import parse_config
+from atlas_exporter.exporter.runtime import Exporter
+from atlas_exporter.sources.process_linux import CLK_TCK, PAGE_SIZE, LinuxProcessSource
+from conftest import parse_exposition
+
+GOLDEN = Path(__file__).parent / "golden" / "linux.prom"
+BTIME = 1700000000
+
+
+def write_proc(root: Path, pid: int, *, comm: str, ppid: int = 1, state: str = "S", utime: int = 0,
+               stime: int = 0, threads: int = 1, start: int = 1000, rss_pages: int = 10, fds: int = 3,
+               io: tuple[int, int, int, int, int] | None = (0, 0, 0, 0, 0), cmdline: tuple[str, ...] = (),
+               exe: str | None = None, cgroup: str = "/", uid: int = 0, flags: int = 4194560) -> None:
+    d = root / str(pid)
+    d.mkdir(parents=True)
+    stat = (f"{pid} ({comm}) {state} {ppid} {pid} {pid} 0 -1 {flags} 0 0 0 0 {utime} {stime} 0 0 20 0 "
+            f"{threads} 0 {start} 1000000 {rss_pages} 18446744073709551615" + " 0" * 27 + "\n")
+    (d / "stat").write_text(stat)
+    (d / "comm").write_text(comm + "\n")
+    (d / "cmdline").write_bytes(b"".join(a.encode() + b"\0" for a in cmdline))
+    (d / "cgroup").write_text(f"0::{cgroup}\n")
+    (d / "status").write_text(f"Name:\t{comm}\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\n")
+    (d / "fd").mkdir()
+    for i in range(fds):
+        (d / "fd" / str(i)).write_text("")
+    if io is not None:
+        rb, wb, cancelled, syscr, syscw = io
+        (d / "io").write_text(f"rchar: 0\nwchar: 0\nsyscr: {syscr}\nsyscw: {syscw}\nread_bytes: {rb}\n"
+                              f"write_bytes: {wb}\ncancelled_write_bytes: {cancelled}\n")
+    else:
+        (d / "io").mkdir()  # unreadable as a file: the field is absent
+    if exe:
+        os.symlink(exe, d / "exe")
+
+
+def fake_proc(root: Path) -> Path:
+    root.mkdir()
+    (root / "stat").write_text(f"cpu  1 2 3 4\nbtime {BTIME}\nprocs_blocked 0\n")
+    write_proc(root, 1, comm="systemd", ppid=0, exe="/usr/lib/systemd/systemd", cmdline=("/sbin/init",),
+               utime=150, stime=250, start=1, rss_pages=3000, fds=40, io=(1 << 20, 4096, 0, 900, 20))
+    write_proc(root, 2, comm="kthreadd", ppid=0, flags=0x00208040, fds=0, io=None)
+    write_proc(root, 410, comm="nginx", exe="/usr/sbin/nginx", cmdline=("nginx: master process",),
+               cgroup="/system.slice/nginx.service", utime=20, stime=10, threads=1, start=500, rss_pages=800,
+               fds=12, io=(8192, 0, 0, 40, 0))
+    for pid, start in ((411, 510), (412, 520)):
+        write_proc(root, pid, comm="nginx", ppid=410, exe="/usr/sbin/nginx", cmdline=("nginx: worker process",),
+                   cgroup="/system.slice/nginx.service", utime=300, stime=100, start=start, rss_pages=1200,
+                   fds=30, io=(0, 10 << 20, 1 << 20, 5000, 8000))
+    write_proc(root, 900, comm="python3", exe="/usr/bin/python3.11", cmdline=("python3", "/srv/etl/etl.py"),
+               utime=1234, stime=56, threads=4, start=9000, rss_pages=25600, fds=7, state="D",
+               io=(300 << 20, 2 << 20, 0, 70000, 300))
+    write_proc(root, 901, comm="bash", exe="/usr/bin/bash", cmdline=("-bash",), uid=1000, io=None, fds=4,
+               start=8000, rss_pages=900)
+    write_proc(root, 950, comm="defunct", state="Z", ppid=900, start=9100, utime=7, fds=0)
+    return root
+
+
+def expose(tmp_path: Path) -> str:
+    procfs = fake_proc(tmp_path / "proc")
+    config = parse_config({"apps": [{"name": "login-shells", "comm": "^bash$", "user": "."}]})
+    exporter = Exporter(config, procfs=procfs, enabled={"process"},
+                        process_source=LinuxProcessSource(procfs), sources=[], platform_name="linux")
+    body = exporter.render_metrics()[0].decode()
+    keep = []
+    for line in body.splitlines():
+        if line.startswith(("process_", "# HELP process_", "# TYPE process_")):
+            continue  # the exporter's own process metrics (prometheus_client)
+        if line.startswith("atlas_scrape_collector_duration_seconds{"):
+            continue
+        if line.startswith("atlas_exporter_build_info{"):
+            line = "atlas_exporter_build_info{...} 1.0"
+        keep.append(line)
+    return "\n".join(keep) + "\n"
+
+
+def test_fake_proc_matches_golden(tmp_path: Path, update_golden: bool) -> None:
+    text = expose(tmp_path)
+    if update_golden or not GOLDEN.exists():
+        GOLDEN.write_text(text)
+    assert text == GOLDEN.read_text(), "exposition changed; rerun with --update-golden and review the diff"
+
+
+def test_fake_proc_values(tmp_path: Path) -> None:
+    text = expose(tmp_path)
+    v = parse_exposition(text)
+    assert v['atlas_app_processes{app="nginx"}'] == 3
+    assert v['atlas_app_cpu_seconds_total{app="nginx",mode="user"}'] == (20 + 300 + 300) / CLK_TCK
+    assert v['atlas_app_resident_memory_bytes{app="nginx"}'] == (800 + 2400) * PAGE_SIZE
+    assert v['atlas_app_disk_written_bytes_total{app="nginx"}'] == 2 * (9 << 20)  # write - cancelled
+    assert v['atlas_app_io_write_ops_total{app="nginx"}'] == 16000
+    assert v['atlas_app_open_fds{app="nginx"}'] == 72
+    assert v['atlas_app_disk_wait_processes{app="etl"}'] == 1
+    assert v['atlas_app_oldest_start_time_seconds{app="nginx"}'] == BTIME + 500 / CLK_TCK
+    assert not any('app="kthreadd"' in key for key in v)  # kernel threads are no app's
+    assert 'atlas_app_disk_read_bytes_total{app="login-shells"}' not in v  # unreadable: absent
+    assert v['atlas_app_processes{app="login-shells"}'] == 1
+    assert v['atlas_scrape_collector_success{collector="process"}'] == 1
