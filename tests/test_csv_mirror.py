@@ -618,3 +618,14 @@ def test_scrapes_do_not_wait_for_a_slow_disk(tmp_path: Path) -> None:
         release.set()
         writer.join(30)
     assert metric_values(mirror)["atlas_csv_rows_written_total"] == 2
+
+
+def test_interval_bigger_than_max_bytes_gets_a_file_of_its_own(tmp_path: Path) -> None:
+    path = tmp_path / "a.csv"
+    mirror = CsvMirror(options(path, max_bytes=1024, backup_count=3), feed_forever(apps=20), fsync=False)
+    mirror.file.check()  # a new file starts with just the header
+    for _ in range(4):
+        mirror.write_interval()
+    files = [path] + [path.with_name(f"a.csv.{i}") for i in (1, 2)]
+    assert [len(all_lines_complete(f)) for f in files] == [21, 21, 21]
+    assert not path.with_name("a.csv.3").exists()

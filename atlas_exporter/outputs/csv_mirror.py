@@ -213,7 +213,7 @@ class CsvFile:
                 log.warning("%s does not start with the CSV header; moving it aside and starting a new file",
                             self.path)
                 rotated = True
-            elif stat.st_size and stat.st_size + len(data) > self.max_bytes:
+            elif stat.st_size > len(HEADER_BYTES) and stat.st_size + len(data) > self.max_bytes:
                 rotated = True
             if rotated:
                 os.close(fd)
@@ -259,7 +259,10 @@ class CsvFile:
             older = self._backup(i)
             if older.exists():
                 os.replace(older, self._backup(i + 1))
-        os.replace(self.path, self._backup(1))
+        try:
+            os.replace(self.path, self._backup(1))
+        except FileNotFoundError:
+            pass  # someone else moved it first
 
     def _backup(self, index: int) -> Path:
         return self.path.with_name(f"{self.path.name}.{index}")
