@@ -1,0 +1,387 @@
+"""The macOS process source over a faked sysctl table and libproc layer (and psutil's table on this machine)."""
+
+from __future__ import annotations
+
+import os
+import plistlib
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import pytest
+
+from atlas_exporter.model import ProcessId
+from atlas_exporter.sources.bundles_darwin import BundleNamer
+from atlas_exporter.sources.libproc_darwin import (
+    APPLE_SILICON_TICKS_PER_SECOND,
+    NANOSECOND_TICKS_PER_SECOND,
+    TH_STATE_RUNNING,
+    TH_STATE_UNINTERRUPTIBLE,
+    TH_STATE_WAITING,
+    AccessDenied,
+    ProcessGone,
+    Rusage,
+    TaskInfo,
+    Timebase,
+)
+from atlas_exporter.sources.process_darwin import DarwinProcessSource, KInfo, PsutilTable, state_letter
+
+TICKS = APPLE_SILICON_TICKS_PER_SECOND
+STAGES = ("kinfo", "task", "rusage", "fds", "threads")
+
+
+@dataclass
+class FakeProc:
+    """One process as the fakes report it. `vanish_at` makes every call from that stage on fail with ESRCH."""
+
+    pid: int
+    name: str = "proc"
+    ppid: int = 1
+    uid: int = 501
+    status: str = "sleeping"
+    started_us: int = 1_760_000_000_000_000
+    exe: str | None = None
+    cmdline: tuple[str, ...] = ()
+    user_seconds: float = 2.0
+    system_seconds: float = 0.5
+    threads: int = 4
+    running: int = 0
+    resident: int = 30 << 20
+    footprint: int = 25 << 20
+    disk_read: int = 1_000_000
+    disk_written: int = 250_000
+    fds: int = 12
+    thread_states: list[int] = field(default_factory=lambda: [TH_STATE_WAITING] * 4)
+    denied: bool = False
+    vanish_at: str | None = None
+
+    def check(self, stage: str) -> None:
+        if self.vanish_at is not None and STAGES.index(stage) >= STAGES.index(self.vanish_at):
+            raise ProcessGone(f"pid {self.pid}")
+        if self.denied and stage != "kinfo":
+            raise AccessDenied(f"pid {self.pid}")
+
+
+class FakeTable:
+    """The sysctl side: kinfo and name work for every process, cmdline needs the same uid."""
+
+    def __init__(self, procs: list[FakeProc]) -> None:
+        self.procs = {p.pid: p for p in procs}
+
+    def _get(self, pid: int) -> FakeProc:
+        proc = self.procs.get(pid)
+        if proc is None:
+            raise ProcessGone(f"pid {pid}")
+        proc.check("kinfo")
+        return proc
+
+    def pids(self) -> list[int]:
+        return sorted(self.procs)
+
+    def kinfo(self, pid: int) -> KInfo:
+        p = self._get(pid)
+        return KInfo(ppid=p.ppid, uid=p.uid, status=p.status, started_us=p.started_us)
+
+    def name(self, pid: int) -> str:
+        return self._get(pid).name
+
+    def cmdline(self, pid: int) -> tuple[str, ...]:
+        p = self._get(pid)
+        if p.denied:
+            raise AccessDenied(f"pid {pid}")
+        return () if p.status == "zombie" else p.cmdline
+
+
+class FakeLibProc:
+    """The libproc side, in Mach ticks at `ticks_per_second` (24 MHz: Apple silicon)."""
+
+    def __init__(self, table: FakeTable, ticks_per_second: float = TICKS, reported: float | None = None) -> None:
+        self.table = table
+        self.rate = ticks_per_second
+        self.reported = reported or ticks_per_second
+        self.calls: list[tuple[str, int]] = []
+
+    def _get(self, pid: int, stage: str) -> FakeProc:
+        self.calls.append((stage, pid))
+        proc = self.table.procs.get(pid)
+        if proc is None:
+            raise ProcessGone(f"pid {pid}")
+        proc.check(stage)
+        return proc
+
+    def task_info(self, pid: int) -> TaskInfo:
+        p = self._get(pid, "task")
+        if p.status == "zombie":
+            raise ProcessGone(f"pid {pid} is a zombie")
+        return TaskInfo(resident_bytes=p.resident, user_ticks=round(p.user_seconds * self.rate),
+                        system_ticks=round(p.system_seconds * self.rate), threads=p.threads, running_threads=p.running)
+
+    def rusage(self, pid: int) -> Rusage:
+        p = self._get(pid, "rusage")
+        return Rusage(user_ticks=round(p.user_seconds * self.rate), system_ticks=round(p.system_seconds * self.rate),
+                      resident_bytes=p.resident, phys_footprint_bytes=p.footprint, diskio_bytes_read=p.disk_read,
+                      diskio_bytes_written=p.disk_written)
+
+    def fd_count(self, pid: int) -> int:
+        p = self._get(pid, "fds")
+        if p.status == "zombie":
+            raise ProcessGone(f"pid {pid} is a zombie")
+        return p.fds
+
+    def thread_states(self, pid: int, threads: int) -> list[int]:
+        return list(self._get(pid, "threads").thread_states)
+
+    def pid_path(self, pid: int) -> str:
+        p = self.table.procs.get(pid)
+        if p is None or p.exe is None:
+            raise ProcessGone(f"pid {pid}")
+        return p.exe
+
+    def timebase(self) -> Timebase:
+        return Timebase(self.reported)
+
+
+def make_source(procs: list[FakeProc], **kwargs: object) -> tuple[DarwinProcessSource, FakeLibProc]:
+    table = FakeTable(procs)
+    libproc = FakeLibProc(table)
+    source = DarwinProcessSource(table, libproc, BundleNamer(read=_no_plist), euid=lambda: 501,
+                                 user_name=lambda uid: {0: "root", 501: "ann"}.get(uid, str(uid)), **kwargs)
+    return source, libproc
+
+
+def _no_plist(path: str) -> bytes:
+    raise FileNotFoundError(path)
+
+
+def by_pid(source: DarwinProcessSource) -> tuple[dict, object]:
+    scan = source.scan()
+    return {s.id.pid: s for s in scan.samples}, scan.errors
+
+
+def test_darwin_sample_of_own_process_converts_ticks_to_seconds() -> None:
+    source, _ = make_source([FakeProc(pid=410, user_seconds=12.25, system_seconds=3.5, running=1)])
+    samples, errors = by_pid(source)
+    s = samples[410]
+    assert (s.cpu_user_seconds, s.cpu_system_seconds) == (pytest.approx(12.25), pytest.approx(3.5))
+    assert (s.threads, s.resident_bytes, s.footprint_bytes, s.open_fds) == (4, 30 << 20, 25 << 20, 12)
+    assert (s.read_bytes, s.written_bytes) == (1_000_000, 250_000)
+    assert s.read_ops is None and s.write_ops is None  # no per-process syscall counts on macOS
+    assert s.id == ProcessId(410, 1_760_000_000_000_000)
+    assert s.start_time_seconds == pytest.approx(1_760_000_000.0)
+    assert (s.state, s.ppid) == ("R", 1)
+    assert (errors.access_denied, errors.vanished) == (0, 0)
+
+
+def test_darwin_other_users_process_keeps_state_and_start_only() -> None:
+    source, libproc = make_source([FakeProc(pid=88, uid=0, status="running", denied=True), FakeProc(pid=500)])
+    samples, errors = by_pid(source)
+    s = samples[88]
+    assert s.state == "R" and s.start_time_seconds == pytest.approx(1_760_000_000.0)
+    assert [s.cpu_user_seconds, s.cpu_system_seconds, s.threads, s.resident_bytes, s.open_fds, s.read_bytes,
+            s.written_bytes, s.footprint_bytes] == [None] * 8
+    assert (errors.access_denied, errors.vanished) == (1, 0)  # one process, counted once
+    assert [c for c in libproc.calls if c[1] == 88] == [("task", 88)]  # no further calls once denied
+    assert samples[500].cpu_user_seconds == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("stage", ["kinfo", "task", "rusage", "fds"])
+def test_darwin_process_vanishing_mid_read_is_skipped_and_counted(stage: str) -> None:
+    source, _ = make_source([FakeProc(pid=7, vanish_at=stage), FakeProc(pid=8)])
+    samples, errors = by_pid(source)
+    assert sorted(samples) == [8]
+    assert (errors.vanished, errors.access_denied) == (1, 0)
+
+
+def test_darwin_thread_exit_during_thread_scan_keeps_the_sample() -> None:
+    source, _ = make_source([FakeProc(pid=7, vanish_at="threads")])
+    samples, errors = by_pid(source)
+    assert samples[7].state == "S" and errors.vanished == 0
+
+
+def test_darwin_zombie_has_cpu_from_rusage_and_no_threads() -> None:
+    source, _ = make_source([FakeProc(pid=66, status="zombie", user_seconds=1.5, system_seconds=0.25)])
+    samples, errors = by_pid(source)
+    z = samples[66]
+    assert z.state == "Z"
+    assert (z.cpu_user_seconds, z.cpu_system_seconds) == (pytest.approx(1.5), pytest.approx(0.25))
+    assert (z.threads, z.resident_bytes, z.open_fds) == (0, 0, None)
+    assert z.read_bytes == 1_000_000
+    assert (errors.vanished, errors.access_denied) == (0, 0)
+
+
+def test_darwin_other_users_zombie() -> None:
+    source, _ = make_source([FakeProc(pid=67, status="zombie", denied=True, uid=0)])
+    samples, errors = by_pid(source)
+    assert samples[67].state == "Z" and samples[67].cpu_user_seconds is None
+    assert errors.access_denied == 1
+
+
+@pytest.mark.parametrize(("proc", "state"), [
+    (FakeProc(pid=1, status="stopped", running=1), "T"),
+    (FakeProc(pid=1, running=2), "R"),
+    (FakeProc(pid=1, thread_states=[TH_STATE_WAITING, TH_STATE_UNINTERRUPTIBLE]), "D"),
+    (FakeProc(pid=1, thread_states=[TH_STATE_UNINTERRUPTIBLE, TH_STATE_RUNNING]), "R"),
+    (FakeProc(pid=1, thread_states=[TH_STATE_WAITING] * 3), "S"),
+    (FakeProc(pid=1, status="idle"), "S"),
+])
+def test_darwin_state_letters(proc: FakeProc, state: str) -> None:
+    source, _ = make_source([proc])
+    assert source.scan().samples[0].state == state
+
+
+def test_darwin_thread_scan_can_be_switched_off() -> None:
+    source, libproc = make_source([FakeProc(pid=3, thread_states=[TH_STATE_UNINTERRUPTIBLE])], thread_states=False)
+    assert source.scan().samples[0].state == "S"
+    assert ("threads", 3) not in libproc.calls
+
+
+def test_darwin_state_letter_without_task_info_uses_bsd_status() -> None:
+    assert [state_letter(s, None, None) for s in ("running", "sleeping", "stopped", "zombie", "new")] == \
+        ["R", "S", "T", "Z", "S"]
+
+
+def test_darwin_kernel_task_is_left_out() -> None:
+    source, libproc = make_source([FakeProc(pid=0, name="kernel_task", uid=0), FakeProc(pid=1, name="launchd")])
+    assert [s.id.pid for s in source.scan().samples] == [1]
+    assert all(pid != 0 for _, pid in libproc.calls)
+
+
+def test_darwin_start_token_and_identity_with_bundle(tmp_path: Path) -> None:
+    app = tmp_path / "Applications" / "Google Chrome.app"
+    helper_dir = app / "Contents/Frameworks/Google Chrome Framework.framework/Versions/1/Helpers"
+    helper_exe = helper_dir / "Google Chrome Helper (GPU).app/Contents/MacOS/Google Chrome Helper (GPU)"
+    helper_exe.parent.mkdir(parents=True)
+    (app / "Contents" / "Info.plist").write_bytes(plistlib.dumps({"CFBundleDisplayName": "Google Chrome"},
+                                                                 fmt=plistlib.FMT_BINARY))
+    proc = FakeProc(pid=902, name="Google Chrome H", exe=str(helper_exe), cmdline=(str(helper_exe), "--type=gpu"))
+    table = FakeTable([proc, FakeProc(pid=903, uid=0, denied=True, exe="/usr/sbin/cfprefsd", name="cfprefsd")])
+    source = DarwinProcessSource(table, FakeLibProc(table), euid=lambda: 501,
+                                 user_name=lambda uid: {0: "root", 501: "ann"}[uid])
+    token = source.start_token(902)
+    assert token == ProcessId(902, proc.started_us)
+    ident = source.identity(token)
+    assert ident is not None
+    assert (ident.comm, ident.exe, ident.user, ident.bundle) == ("Google Chrome H", str(helper_exe), "ann",
+                                                                 "Google Chrome")
+    assert ident.cmdline == (str(helper_exe), "--type=gpu")
+    assert ident.cgroup is None
+    other = source.identity(source.start_token(903))
+    assert other is not None
+    assert (other.exe, other.user, other.cmdline, other.bundle) == ("/usr/sbin/cfprefsd", "root", (), None)
+
+
+def test_darwin_identity_of_a_reused_or_gone_pid_is_none() -> None:
+    source, _ = make_source([FakeProc(pid=50)])
+    assert source.identity(ProcessId(50, 1)) is None  # same pid, another start time
+    assert source.identity(ProcessId(51, 1_760_000_000_000_000)) is None
+    assert source.start_token(51) is None
+
+
+def test_darwin_statuses_say_what_an_unprivileged_run_misses() -> None:
+    source, _ = make_source([])
+    [status] = source.statuses()
+    assert (status.name, status.active, status.privilege) == ("libproc", True, "user")
+    assert "running as ann" in status.reason and "other users' processes" in status.reason
+    root = DarwinProcessSource(FakeTable([]), FakeLibProc(FakeTable([])), euid=lambda: 0)
+    assert root.statuses()[0].privilege == "root" and root.statuses()[0].reason == ""
+
+
+def test_darwin_without_timebase_cpu_is_absent_and_the_source_says_why() -> None:
+    table = FakeTable([FakeProc(pid=5)])
+
+    class NoTimebase(FakeLibProc):
+        def timebase(self) -> Timebase:
+            raise OSError(5, "mach_timebase_info failed")
+
+    source = DarwinProcessSource(table, NoTimebase(table), euid=lambda: 501)
+    sample = source.scan().samples[0]
+    assert sample.cpu_user_seconds is None and sample.resident_bytes == 30 << 20
+    [status] = source.statuses()
+    assert not status.active and "timebase" in status.reason
+
+
+def _clocked(rate: float, reported: float) -> tuple[DarwinProcessSource, callable]:
+    """A source whose own-pid CPU ticks follow a fake process_time() at `rate` ticks per second."""
+    me = FakeProc(pid=4242, user_seconds=0.0, system_seconds=0.0)
+    table = FakeTable([me])
+    libproc = FakeLibProc(table, ticks_per_second=rate, reported=reported)
+    clock = {"t": 100.0}
+
+    def process_time() -> float:
+        clock["t"] += 0.01
+        me.user_seconds = clock["t"] - 100.0
+        return clock["t"]
+
+    return DarwinProcessSource(table, libproc, euid=lambda: 501), process_time
+
+
+@pytest.mark.parametrize(("true_rate", "reported", "expected"), [
+    (APPLE_SILICON_TICKS_PER_SECOND, NANOSECOND_TICKS_PER_SECOND, APPLE_SILICON_TICKS_PER_SECOND),  # Rosetta 1/1
+    (APPLE_SILICON_TICKS_PER_SECOND, APPLE_SILICON_TICKS_PER_SECOND, APPLE_SILICON_TICKS_PER_SECOND),
+    (NANOSECOND_TICKS_PER_SECOND, NANOSECOND_TICKS_PER_SECOND, NANOSECOND_TICKS_PER_SECOND),  # Intel
+    (3_000_000.0, APPLE_SILICON_TICKS_PER_SECOND, APPLE_SILICON_TICKS_PER_SECOND),  # inconclusive: keep
+])
+def test_darwin_timebase_calibration(true_rate: float, reported: float, expected: float) -> None:
+    source, process_time = _clocked(true_rate, reported)
+    source.calibrate(process_time=process_time, burn_seconds=0.05, pid=4242)
+    assert source.timebase is not None and source.timebase.ticks_per_second == expected
+
+
+# psutil's table is the real sysctl side on a Mac; its calls and error translation run here too.
+
+def _wait_for(predicate: callable, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def child() -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "marker-arg"])
+    yield proc
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(timeout=30)
+
+
+def test_darwin_psutil_table_reads_a_live_child(child: subprocess.Popen) -> None:
+    table = PsutilTable()
+    kinfo = table.kinfo(child.pid)
+    assert kinfo.ppid == os.getpid() and kinfo.uid == os.getuid()
+    assert kinfo.started_us == round(psutil.Process(child.pid).create_time() * 1_000_000)
+    assert abs(kinfo.started_us / 1e6 - time.time()) < 300
+    assert child.pid in table.pids()
+    _wait_for(lambda: "marker-arg" in table.cmdline(child.pid))
+    assert table.name(child.pid).startswith("python")
+
+
+def test_darwin_psutil_table_zombie_and_gone(child: subprocess.Popen) -> None:
+    table = PsutilTable()
+    os.kill(child.pid, signal.SIGKILL)
+    _wait_for(lambda: table.kinfo(child.pid).status == "zombie")  # killed, not yet reaped
+    assert table.cmdline(child.pid) == ()
+    child.wait(timeout=30)
+    with pytest.raises(ProcessGone):
+        table.kinfo(child.pid)
+    source = DarwinProcessSource(table, FakeLibProc(FakeTable([])), euid=lambda: 501)
+    assert source.start_token(child.pid) is None
+
+
+def test_darwin_scan_of_this_machines_table_with_libproc_denied(child: subprocess.Popen) -> None:
+    table = PsutilTable()
+
+    class DenyAll(FakeLibProc):
+        def _get(self, pid: int, stage: str) -> FakeProc:
+            raise AccessDenied(f"pid {pid}")
+
+    source = DarwinProcessSource(table, DenyAll(FakeTable([])), euid=lambda: 501)
+    scan = source.scan()
+    mine = [s for s in scan.samples if s.id.pid == child.pid]
+    assert len(mine) == 1 and mine[0].ppid == os.getpid() and mine[0].cpu_user_seconds is None
+    assert scan.errors.access_denied >= len(scan.samples) - 1  # every live process was denied
