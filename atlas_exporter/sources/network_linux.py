@@ -1,0 +1,739 @@
+"""Per-app TCP bytes on Linux: sock_diag samples, destroy notifications, socket owners.
+
+Emits, per app and for what could not be attributed to any app (so the totals reconcile):
+
+    atlas_app_network_receive_bytes_total{app="nginx"} 8.00032e+06
+    atlas_app_network_transmit_bytes_total{app="nginx"} 3.000171e+06
+    atlas_network_unattributed_receive_bytes_total 1.0
+    atlas_network_unattributed_transmit_bytes_total 100002.0
+
+Transmit is `tcpi_bytes_acked` (payload the peer acknowledged, no retransmissions), receive is
+`tcpi_bytes_received`, both from `struct tcp_info`. A background sampler dumps every TCP socket
+each `network.sample_interval_seconds` (skipped when the namespace's TCP InSegs counter and TCP
+socket counts did not move, so an idle machine costs three small file reads); a second thread
+reads the sock_diag destroy groups, whose messages carry each closing socket's final counters.
+Sockets are tracked by cookie; each new socket is bound once to an app through its inode
+(`/proc/<pid>/fd`), else its cgroup id (when every process of that cgroup belongs to one app),
+else, for orphaned or never-sampled server sockets, the app of the listener on its local port.
+UDP (and QUIC) has no per-socket byte counters in the kernel, so it is not counted at all: these
+are TCP bytes.
+
+`SocketAccounts` is the pure bookkeeping (socket records in, monotonic per-app totals out);
+`SocketInodeMap` and `CgroupApps` read `/proc` and the cgroup2 tree; `LinuxNetworkSource` is the
+`Source` that ties them to the netlink sockets of `sockdiag_linux`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Protocol
+
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.metrics_core import Metric
+
+from atlas_exporter.config import Config
+from atlas_exporter.model import AppOfPid, Snapshot, Source, SourceStatus
+from atlas_exporter.sources.sockdiag_linux import (
+    TCP_LISTEN,
+    DestroySubscription,
+    SockDiagSocket,
+    TcpSocketInfo,
+    in_netns,
+)
+
+log = logging.getLogger(__name__)
+
+FORGET_AFTER_SECONDS = 120.0  # how long a closed socket's cookie is remembered (late or duplicate messages)
+NAMESPACE_RESCAN_SECONDS = 15.0
+CGROUP_CACHE_SECONDS = 30.0
+
+
+class _Sock:
+    """Mutable per-socket state, keyed by (netns, cookie)."""
+
+    __slots__ = ("app", "acked", "received", "inode", "since")
+
+    def __init__(self, app: str | None, inode: int, since: float) -> None:
+        self.app = app
+        self.acked = 0
+        self.received = 0
+        self.inode = inode
+        self.since = since  # when it vanished from the dump or was destroyed
+
+
+class OwnerResolver(Protocol):
+    """Names the app of a socket seen for the first time (or not yet attributed)."""
+
+    def prepare(self, ns: int, sockets: list[TcpSocketInfo]) -> None:
+        """Called once per dump with the sockets that need an owner (batch the expensive lookups)."""
+        ...
+
+    def owner(self, ns: int, info: TcpSocketInfo) -> str | None: ...
+
+
+class SocketAccounts:
+    """Turns successive socket dumps and destroy messages into monotonic per-app byte totals.
+
+    Pure: no I/O, the clock is injected. A socket's bytes are credited from 0 the first time it is
+    seen, so connections opened after the exporter started are counted in full; bytes of a socket
+    whose owner is unknown go to the unattributed totals. Not thread-safe; the caller locks.
+    """
+
+    def __init__(self, resolver: OwnerResolver, clock: Callable[[], float] = time.monotonic) -> None:
+        self._resolver = resolver
+        self._clock = clock
+        self._live: dict[int, dict[int, _Sock]] = {}
+        self._gone: dict[int, dict[int, _Sock]] = {}  # vanished from the dump without a destroy message
+        self._destroyed: dict[int, dict[int, float]] = {}  # cookie -> when its destroy message came
+        self._listeners: dict[tuple[int, int], str | None] = {}  # (ns, port) -> app, None when ambiguous
+        self.apps: dict[str, list[float]] = {}  # app -> [receive, transmit]
+        self.unattributed = [0.0, 0.0]
+        self.sockets_seen = 0
+        self.destroyed_unknown = 0
+
+    def _credit(self, st: _Sock, acked: int | None, received: int | None) -> None:
+        d_tx = d_rx = 0
+        if acked is not None and acked > st.acked:
+            d_tx = acked - st.acked
+            st.acked = acked
+        if received is not None and received > st.received:
+            d_rx = received - st.received
+            st.received = received
+        if not (d_tx or d_rx):
+            return
+        if st.app is None:
+            target = self.unattributed
+        else:
+            target = self.apps.get(st.app)
+            if target is None:
+                target = self.apps[st.app] = [0.0, 0.0]
+        target[0] += d_rx
+        target[1] += d_tx
+
+    def _fallback(self, ns: int, info: TcpSocketInfo) -> str | None:
+        if info.inode == 0 and info.state != TCP_LISTEN:
+            return self._listeners.get((ns, info.sport))
+        return None
+
+    def apply_dump(self, ns: int, sockets: list[TcpSocketInfo]) -> None:
+        """One complete dump of namespace `ns`."""
+        now = self._clock()
+        live = self._live.setdefault(ns, {})
+        gone = self._gone.setdefault(ns, {})
+        destroyed = self._destroyed.setdefault(ns, {})
+        need = [i for i in sockets
+                if i.bytes_acked is not None and i.cookie not in destroyed
+                and ((st := live.get(i.cookie)) is None or (st.app is None and i.inode))]
+        if need:
+            self._resolver.prepare(ns, need)
+        seen: set[int] = set()
+        listeners: dict[tuple[int, int], str | None] = {}
+        for info in sockets:
+            if info.bytes_acked is None and info.bytes_received is None:
+                continue
+            cookie = info.cookie
+            if cookie in destroyed:
+                continue
+            seen.add(cookie)
+            st = live.get(cookie)
+            if st is None:
+                st = gone.pop(cookie, None)
+                if st is None:
+                    st = _Sock(None, info.inode, now)
+                    self.sockets_seen += 1
+                    st.app = self._resolver.owner(ns, info) or self._fallback(ns, info)
+                live[cookie] = st
+            elif st.app is None and info.inode:
+                st.app = self._resolver.owner(ns, info)
+            if info.state == TCP_LISTEN and st.app is not None:
+                key = (ns, info.sport)
+                listeners[key] = st.app if listeners.get(key, st.app) == st.app else None
+            self._credit(st, info.bytes_acked, info.bytes_received)
+        self._listeners = {k: v for k, v in self._listeners.items() if k[0] != ns}
+        self._listeners.update(listeners)
+        for cookie in [c for c in live if c not in seen]:
+            st = live.pop(cookie)
+            st.since = now
+            gone[cookie] = st
+        self._prune(now)
+
+    def apply_destroyed(self, ns: int, sockets: Iterable[TcpSocketInfo]) -> None:
+        """Destroy notifications of namespace `ns`: credit each socket's final counters."""
+        now = self._clock()
+        live = self._live.setdefault(ns, {})
+        gone = self._gone.setdefault(ns, {})
+        destroyed = self._destroyed.setdefault(ns, {})
+        for info in sockets:
+            cookie = info.cookie
+            if cookie in destroyed:
+                continue
+            destroyed[cookie] = now
+            st = live.pop(cookie, None) or gone.pop(cookie, None)
+            if st is None:
+                st = _Sock(self._fallback(ns, info), 0, now)
+                self.sockets_seen += 1
+                self.destroyed_unknown += 1
+            self._credit(st, info.bytes_acked, info.bytes_received)
+
+    def forget_namespace(self, ns: int) -> None:
+        for table in (self._live, self._gone, self._destroyed):
+            table.pop(ns, None)
+        self._listeners = {k: v for k, v in self._listeners.items() if k[0] != ns}
+
+    def live_inodes(self) -> set[int]:
+        return {st.inode for live in self._live.values() for st in live.values() if st.inode}
+
+    def live_count(self) -> int:
+        return sum(len(live) for live in self._live.values())
+
+    def _prune(self, now: float) -> None:
+        limit = now - FORGET_AFTER_SECONDS
+        for gone in self._gone.values():
+            for cookie in [c for c, st in gone.items() if st.since < limit]:
+                del gone[cookie]
+        for destroyed in self._destroyed.values():
+            for cookie in [c for c, t in destroyed.items() if t < limit]:
+                del destroyed[cookie]
+
+    def totals(self) -> dict[str, tuple[float, float]]:
+        return {app: (v[0], v[1]) for app, v in self.apps.items()}
+
+
+class SocketInodeMap:
+    """Socket inode -> pid, from the `socket:[inode]` links in `/proc/<pid>/fd`, cached.
+
+    `refresh(wanted)` first reads only the fd folders of processes that are new or whose fd count
+    (`st_size` of the folder, Linux 6.2+) changed, and walks every process only when an inode is
+    still missing. Inodes no walk could find (processes of other users without root, sockets held
+    only by the kernel) are remembered and not searched for again. A socket open in several
+    processes belongs to the lowest pid.
+    """
+
+    def __init__(self, procfs: Path = Path("/proc")) -> None:
+        self._procfs = str(procfs)
+        self._pid_of: dict[int, int] = {}
+        self._fd_counts: dict[int, int] = {}
+        self._unresolvable: set[int] = set()
+        self.partial_walks = 0
+        self.full_walks = 0
+        self.denied = 0
+
+    def lookup(self, inode: int) -> int | None:
+        return self._pid_of.get(inode)
+
+    def refresh(self, wanted: Iterable[int]) -> None:
+        missing = {i for i in wanted if i and i not in self._pid_of and i not in self._unresolvable}
+        if not missing:
+            return
+        pids = self._pids()
+        counts: dict[int, int] = {}
+        changed: list[int] = []
+        for pid in pids:
+            try:
+                size = os.stat(f"{self._procfs}/{pid}/fd").st_size
+            except OSError:
+                continue
+            counts[pid] = size
+            if size == 0 or self._fd_counts.get(pid) != size:
+                changed.append(pid)
+        self._fd_counts = counts
+        self.partial_walks += 1
+        for pid in changed:
+            self._read_fds(pid, missing)
+        if missing - self._pid_of.keys():
+            self.full_walks += 1
+            changed_set = set(changed)
+            for pid in pids:
+                if pid not in changed_set:
+                    self._read_fds(pid, missing)
+            self._unresolvable |= missing - self._pid_of.keys()
+
+    def retain(self, live: set[int]) -> None:
+        """Forget inodes that are no longer live sockets."""
+        self._pid_of = {i: p for i, p in self._pid_of.items() if i in live}
+        self._unresolvable &= live
+
+    def size(self) -> int:
+        return len(self._pid_of) + len(self._unresolvable)
+
+    def _pids(self) -> list[int]:
+        try:
+            return [int(name) for name in os.listdir(self._procfs) if name.isdigit()]
+        except OSError:
+            return []
+
+    def _read_fds(self, pid: int, missing: set[int]) -> None:
+        base = f"{self._procfs}/{pid}/fd"
+        try:
+            names = os.listdir(base)
+        except PermissionError:
+            self.denied += 1
+            return
+        except OSError:
+            return
+        pid_of = self._pid_of
+        for name in names:
+            try:
+                target = os.readlink(f"{base}/{name}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                try:
+                    inode = int(target[8:-1])
+                except ValueError:
+                    continue
+                old = pid_of.get(inode)
+                if old is None or pid < old:
+                    pid_of[inode] = pid
+
+
+def find_cgroup2_root(procfs: Path = Path("/proc")) -> Path | None:
+    """The cgroup v2 mount point, from `<procfs>/self/mountinfo`; None when there is none."""
+    try:
+        text = (procfs / "self" / "mountinfo").read_text()
+    except OSError:
+        return None
+    return parse_cgroup2_mount(text)
+
+
+def parse_cgroup2_mount(mountinfo: str) -> Path | None:
+    """The first mount point whose filesystem type is cgroup2 in a mountinfo text."""
+    for line in mountinfo.splitlines():
+        left, sep, right = line.partition(" - ")
+        fields = left.split()
+        if sep and right.split()[:1] == ["cgroup2"] and len(fields) >= 5:
+            return Path(fields[4].replace("\\040", " "))
+    return None
+
+
+class CgroupApps:
+    """cgroup v2 id -> app, when every process of that cgroup belongs to the same app.
+
+    The id a socket carries is the inode of its cgroup folder. Ids are resolved by walking the
+    cgroup2 tree (at most once per `CGROUP_CACHE_SECONDS` for an unknown id); answers are cached as
+    long. The root cgroup never identifies an app.
+    """
+
+    def __init__(self, root: Path | None, app_of_pid: AppOfPid, clock: Callable[[], float] = time.monotonic) -> None:
+        self._root = root
+        self._app_of_pid = app_of_pid
+        self._clock = clock
+        self._paths: dict[int, str] = {}
+        self._walked = float("-inf")
+        self._answers: dict[int, tuple[str | None, float]] = {}
+        self._root_id = None
+        if root is not None:
+            try:
+                self._root_id = os.stat(root).st_ino
+            except OSError:
+                self._root = None
+
+    def app_of(self, cgroup_id: int) -> str | None:
+        if self._root is None or cgroup_id in (0, 1, self._root_id):
+            return None
+        now = self._clock()
+        cached = self._answers.get(cgroup_id)
+        if cached is not None and now - cached[1] < CGROUP_CACHE_SECONDS:
+            return cached[0]
+        path = self._paths.get(cgroup_id)
+        if path is None and now - self._walked >= CGROUP_CACHE_SECONDS:
+            self._walk()
+            self._walked = now
+            path = self._paths.get(cgroup_id)
+        app = self._single_app(path) if path is not None else None
+        self._answers[cgroup_id] = (app, now)
+        return app
+
+    def _walk(self) -> None:
+        paths: dict[int, str] = {}
+        for folder, _dirs, _files in os.walk(str(self._root)):
+            try:
+                paths[os.stat(folder).st_ino] = folder
+            except OSError:
+                continue
+        self._paths = paths
+
+    def _single_app(self, path: str) -> str | None:
+        try:
+            with open(f"{path}/cgroup.procs") as handle:
+                pids = [int(line) for line in handle if line.strip().isdigit()]
+        except OSError:
+            return None
+        apps = {self._app_of_pid(pid) for pid in pids}
+        apps.discard(None)
+        if len(apps) == 1:
+            return apps.pop()
+        return None
+
+
+class _Owners:
+    """The `OwnerResolver` of a live system: inode map first, then cgroup id."""
+
+    def __init__(self, inodes: SocketInodeMap, cgroups: CgroupApps | None, app_of_pid: AppOfPid) -> None:
+        self._inodes = inodes
+        self._cgroups = cgroups
+        self._app_of_pid = app_of_pid
+
+    def prepare(self, ns: int, sockets: list[TcpSocketInfo]) -> None:
+        self._inodes.refresh(info.inode for info in sockets)
+
+    def owner(self, ns: int, info: TcpSocketInfo) -> str | None:
+        if info.inode:
+            pid = self._inodes.lookup(info.inode)
+            if pid is not None:
+                app = self._app_of_pid(pid)
+                if app is not None:
+                    return app
+        if self._cgroups is not None and info.cgroup_id:
+            return self._cgroups.app_of(info.cgroup_id)
+        return None
+
+
+class _Namespace:
+    """The netlink sockets of one network namespace."""
+
+    def __init__(self, ns: int, net_dir: str, diag: SockDiagSocket, destroy: DestroySubscription | None) -> None:
+        self.ns = ns
+        self.net_dir = net_dir  # /proc/<pid>/net of a process in this namespace
+        self.diag = diag
+        self.destroy = destroy
+        self.last_key: tuple[object, ...] | None = None
+
+    def close(self) -> None:
+        self.diag.close()
+        if self.destroy is not None:
+            self.destroy.close()
+
+
+def parse_tcp_in_segs(snmp: str) -> int | None:
+    """`InSegs` of the `Tcp:` lines of `/proc/net/snmp` (IPv4 and IPv6 share it); None when absent."""
+    header: list[str] | None = None
+    for line in snmp.splitlines():
+        if not line.startswith("Tcp:"):
+            continue
+        fields = line.split()[1:]
+        if header is None:
+            header = fields
+            continue
+        try:
+            return int(fields[header.index("InSegs")])
+        except (ValueError, IndexError):
+            return None
+    return None
+
+
+def parse_sockstat_tcp(sockstat: str) -> tuple[int, ...] | None:
+    """The numbers of the `TCP:` / `TCP6:` lines of `/proc/net/sockstat{,6}` (sockets in use, allocated)."""
+    for line in sockstat.splitlines():
+        if line.startswith(("TCP:", "TCP6:")):
+            fields = line.split()[1:]
+            try:
+                return tuple(int(fields[i + 1]) for i in range(0, len(fields) - 1, 2)
+                             if fields[i] in ("inuse", "alloc"))
+            except ValueError:
+                return None
+    return None
+
+
+def read_change_key(net_dir: str) -> tuple[object, ...] | None:
+    """What tells whether any TCP socket of a namespace can have changed: InSegs plus socket counts.
+
+    No byte counter moves without an incoming segment (data or ACK), and a new listener changes the
+    socket counts. None when the files cannot be read (then every sample dumps).
+    """
+    try:
+        with open(f"{net_dir}/snmp") as handle:
+            in_segs = parse_tcp_in_segs(handle.read())
+        with open(f"{net_dir}/sockstat") as handle:
+            v4 = parse_sockstat_tcp(handle.read())
+        with open(f"{net_dir}/sockstat6") as handle:
+            v6 = parse_sockstat_tcp(handle.read())
+    except OSError:
+        return None
+    if in_segs is None or v4 is None:
+        return None
+    return in_segs, v4, v6
+
+
+# The metric table: name, help, how to read the value from the totals.
+APP_METRICS: tuple[tuple[str, str, int], ...] = (
+    ("atlas_app_network_receive_bytes_total",
+     "TCP payload bytes received by the application's sockets (tcpi_bytes_received; UDP is not counted).", 0),
+    ("atlas_app_network_transmit_bytes_total",
+     "TCP payload bytes sent by the application's sockets and acknowledged by the peer (tcpi_bytes_acked; "
+     "UDP is not counted).", 1),
+)
+UNATTRIBUTED_METRICS: tuple[tuple[str, str, int], ...] = (
+    ("atlas_network_unattributed_receive_bytes_total",
+     "TCP payload bytes received by sockets that could not be attributed to any application.", 0),
+    ("atlas_network_unattributed_transmit_bytes_total",
+     "TCP payload bytes sent by sockets that could not be attributed to any application.", 1),
+)
+LOST_METRIC = ("atlas_network_destroy_events_lost_total",
+               "Times the kernel dropped socket destroy notifications because the exporter read them too "
+               "slowly; the final bytes of those sockets may be missing.")
+
+
+class LinuxNetworkSource:
+    """The "network" `Source` on Linux. `start()` opens the netlink sockets and starts two threads."""
+
+    name = "network"
+
+    def __init__(self, app_of_pid: AppOfPid, *, procfs: Path = Path("/proc"), sample_interval: float = 1.0,
+                 all_namespaces: bool = False, cgroup_root: Path | None = None,
+                 clock: Callable[[], float] = time.monotonic, euid: int | None = None) -> None:
+        self._procfs = procfs
+        self._interval = sample_interval
+        self._euid = os.geteuid() if euid is None else euid
+        self._all_namespaces = all_namespaces and self._euid == 0
+        self._wanted_namespaces = all_namespaces
+        self.inodes = SocketInodeMap(procfs)
+        cgroups = CgroupApps(cgroup_root, app_of_pid, clock) if cgroup_root is not None else None
+        self.accounts = SocketAccounts(_Owners(self.inodes, cgroups, app_of_pid), clock)
+        self._lock = threading.Lock()
+        self._sample_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._namespaces: dict[int, _Namespace] = {}
+        self._home_ns = 0
+        self._diag_error = ""
+        self._destroy_error = ""
+        self._netns_error = ""
+        self._namespaces_scanned = float("-inf")
+        self._clock = clock
+        self.lost_events = 0
+        self.samples = 0
+        self.dumps = 0
+        self.errors = 0
+        self.malformed = 0
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._threads:
+            return
+        self._stop.clear()
+        try:
+            self._home_ns = os.stat(self._procfs / "self" / "ns" / "net").st_ino
+        except OSError:
+            self._home_ns = 0
+        try:
+            diag = SockDiagSocket()
+        except OSError as err:
+            self._diag_error = f"cannot open NETLINK_SOCK_DIAG: {err.strerror or err}"
+            log.warning("network: %s", self._diag_error)
+            return
+        destroy = self._open_destroy(DestroySubscription)
+        with self._lock:
+            self._namespaces[self._home_ns] = _Namespace(
+                self._home_ns, str(self._procfs / "self" / "net"), diag, destroy)
+        self.sample()
+        for target, name in ((self._sampler, "atlas-network-sampler"), (self._listener, "atlas-network-destroy")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self._threads = []
+        with self._lock:
+            for space in self._namespaces.values():
+                space.close()
+            self._namespaces.clear()
+
+    def _open_destroy(self, factory: Callable[[], DestroySubscription]) -> DestroySubscription | None:
+        try:
+            return factory()
+        except OSError as err:
+            self._destroy_error = f"cannot subscribe to sock_diag destroy events: {err.strerror or err}"
+            log.warning("network: %s", self._destroy_error)
+            return None
+
+    # --- sampling --------------------------------------------------------------------------------
+
+    def _sampler(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self.sample()
+            except Exception:  # a thread boundary: log with context and keep sampling
+                self.errors += 1
+                log.exception("network: sampling failed")
+
+    def sample(self) -> None:
+        """Dump every namespace whose TCP InSegs moved since its last dump and apply the results."""
+        with self._sample_lock:
+            self.samples += 1
+            if self._all_namespaces and self._clock() - self._namespaces_scanned >= NAMESPACE_RESCAN_SECONDS:
+                self._namespaces_scanned = self._clock()
+                self._scan_namespaces()
+            with self._lock:
+                spaces = list(self._namespaces.values())
+            for space in spaces:
+                key = read_change_key(space.net_dir)
+                if key is not None and key == space.last_key:
+                    continue
+                try:
+                    sockets = space.diag.dump_tcp()
+                except OSError as err:
+                    self.errors += 1
+                    self._diag_error = f"sock_diag dump failed: {err.strerror or err}"
+                    continue
+                self._diag_error = ""
+                self.dumps += 1
+                space.last_key = key
+                with self._lock:
+                    self.accounts.apply_dump(space.ns, sockets)
+                    self.malformed = sum(s.diag.malformed + (s.destroy.malformed if s.destroy else 0)
+                                         for s in self._namespaces.values())
+                    if self.inodes.size() > 2 * self.accounts.live_count() + 1024:
+                        self.inodes.retain(self.accounts.live_inodes())
+
+    def _scan_namespaces(self) -> None:
+        """Open sockets in every network namespace some process is in; close vanished ones (root)."""
+        found: dict[int, int] = {}
+        for name in os.listdir(self._procfs):
+            if not name.isdigit():
+                continue
+            try:
+                ino = os.stat(f"{self._procfs}/{name}/ns/net").st_ino
+            except OSError:
+                continue
+            found.setdefault(ino, int(name))
+        with self._lock:
+            known = set(self._namespaces)
+        for ino, pid in found.items():
+            if ino in known:
+                continue
+            ns_path = f"{self._procfs}/{pid}/ns/net"
+            try:
+                diag = in_netns(ns_path, SockDiagSocket)
+            except OSError as err:
+                self._netns_error = f"cannot enter network namespace of pid {pid}: {err.strerror or err}"
+                continue
+            destroy = self._open_destroy(lambda path=ns_path: in_netns(path, DestroySubscription))
+            with self._lock:
+                self._namespaces[ino] = _Namespace(ino, f"{self._procfs}/{pid}/net", diag, destroy)
+        for ino in known - found.keys() - {self._home_ns}:
+            with self._lock:
+                space = self._namespaces.pop(ino)
+                if space.destroy is not None:
+                    sockets, _ = space.destroy.read()
+                    self.accounts.apply_destroyed(ino, sockets)
+                space.close()
+                self.accounts.forget_namespace(ino)
+
+    def _listener(self) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                subs = {s.destroy.fileno(): s for s in self._namespaces.values() if s.destroy is not None}
+            if not subs:
+                self._stop.wait(0.5)
+                continue
+            try:
+                ready, _, _ = select.select(list(subs), [], [], 0.5)
+            except (OSError, ValueError):  # a namespace closed under us; take the new list
+                continue
+            for fd in ready:
+                self._drain(subs[fd])
+
+    def _drain(self, space: _Namespace) -> None:
+        if space.destroy is None:
+            return
+        with self._lock:
+            if self._namespaces.get(space.ns) is not space:
+                return
+            try:
+                sockets, overflows = space.destroy.read()
+            except OSError as err:
+                self.errors += 1
+                self._destroy_error = f"reading destroy events failed: {err.strerror or err}"
+                return
+            self.lost_events += overflows
+            if sockets:
+                self.accounts.apply_destroyed(space.ns, sockets)
+
+    def drain_destroyed(self) -> None:
+        """Apply every pending destroy notification now (the listener thread does this continuously)."""
+        with self._lock:
+            spaces = list(self._namespaces.values())
+        for space in spaces:
+            self._drain(space)
+
+    # --- reporting -------------------------------------------------------------------------------
+
+    def app_totals(self) -> dict[str, tuple[float, float]]:
+        """app -> (receive_bytes_total, transmit_bytes_total)."""
+        with self._lock:
+            return self.accounts.totals()
+
+    def unattributed(self) -> tuple[float, float]:
+        """(receive_bytes_total, transmit_bytes_total) of sockets no app could be found for."""
+        with self._lock:
+            return self.accounts.unattributed[0], self.accounts.unattributed[1]
+
+    def active(self) -> bool:
+        with self._lock:
+            return bool(self._namespaces) and not self._diag_error
+
+    def collect(self, snapshot: Snapshot) -> Iterator[Metric]:
+        if not self.active():
+            return
+        totals = self.app_totals()
+        unattributed = self.unattributed()
+        for name, help_text, index in APP_METRICS:
+            family = CounterMetricFamily(name, help_text, labels=["app"])
+            for app in sorted(totals):
+                family.add_metric([app], totals[app][index])
+            yield family
+        for name, help_text, index in UNATTRIBUTED_METRICS:
+            yield CounterMetricFamily(name, help_text, value=unattributed[index])
+        if self.destroy_active():
+            yield CounterMetricFamily(LOST_METRIC[0], LOST_METRIC[1], value=self.lost_events)
+
+    def destroy_active(self) -> bool:
+        with self._lock:
+            return any(s.destroy is not None for s in self._namespaces.values())
+
+    def statuses(self) -> list[SourceStatus]:
+        privilege = "root" if self._euid == 0 else "user"
+        with self._lock:
+            opened = bool(self._namespaces)
+            count = len(self._namespaces)
+        diag_reason = self._diag_error
+        if not diag_reason and not opened:
+            diag_reason = "not started"
+        if not diag_reason and self._euid != 0:
+            diag_reason = ("sockets of other users' processes are attributed only through their cgroup "
+                           "(reading /proc/<pid>/fd of other users needs root)")
+        out = [SourceStatus("network.sock_diag", opened and not self._diag_error, privilege, diag_reason)]
+        destroy = self.destroy_active()
+        destroy_reason = self._destroy_error or ("" if destroy else "not started")
+        out.append(SourceStatus("network.destroy_events", destroy, privilege if destroy else "none", destroy_reason))
+        if self._wanted_namespaces:
+            if self._all_namespaces:
+                reason = self._netns_error or f"{count} network namespaces"
+                out.append(SourceStatus("network.namespaces", opened, "root", reason))
+            else:
+                out.append(SourceStatus("network.namespaces", False, "none",
+                                        "other network namespaces need root (setns); only the exporter's own "
+                                        "namespace is seen"))
+        return out
+
+
+def make_network_source(config: Config, procfs: Path, app_of_pid: AppOfPid) -> Source | None:
+    """The Linux network source for this configuration (not started)."""
+    return LinuxNetworkSource(
+        app_of_pid,
+        procfs=procfs,
+        sample_interval=config.network.sample_interval_seconds,
+        all_namespaces=config.network.all_namespaces,
+        cgroup_root=find_cgroup2_root(procfs),
+    )
