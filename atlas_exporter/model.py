@@ -56,6 +56,8 @@ class ProcSample:
     write_ops: int | None = None
     footprint_bytes: int | None = None  # macOS physical footprint
     comm: str | None = None  # the current process name; a change means the process exec'd
+    reaped_cpu_user_seconds: float | None = None  # Linux cutime: CPU of children this process reaped
+    reaped_cpu_system_seconds: float | None = None  # Linux cstime
 
 
 @dataclass(slots=True)

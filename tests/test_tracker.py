@@ -121,3 +121,31 @@ def test_exec_moves_future_deltas_to_the_new_app() -> None:
     _, a2 = run(t, [[(proc(10, cpu=1.0), "sh")], [(proc(10, cpu=3.0), "backup")]])
     assert a2["sh"].cpu_user_seconds_total == 1.0
     assert a2["backup"].cpu_user_seconds_total == 2.0
+
+
+def reaping(pid: int, *, cpu: float, reaped: float, ppid: int = 1) -> ProcSample:
+    sample = proc(pid, cpu=cpu, ppid=ppid)
+    sample.reaped_cpu_user_seconds = reaped
+    sample.reaped_cpu_system_seconds = reaped / 2
+    return sample
+
+
+def test_child_that_lived_between_passes_is_counted_through_the_parent() -> None:
+    t = Tracker()
+    _, a2 = run(t, [
+        [(reaping(10, cpu=1.0, reaped=0.0), "make")],
+        [(reaping(10, cpu=1.0, reaped=3.0), "make")],  # reaped a child it never showed us
+    ])
+    assert a2["make"].cpu_user_seconds_total == 4.0
+    assert a2["make"].cpu_system_seconds_total == 0.5 + 1.5
+
+
+def test_seen_child_cpu_is_not_counted_twice_after_reaping() -> None:
+    t = Tracker()
+    _, _, a3 = run(t, [
+        [(reaping(10, cpu=1.0, reaped=0.0), "shell"), (reaping(20, cpu=0.0, reaped=0.0, ppid=10), "job")],
+        [(reaping(10, cpu=1.0, reaped=0.0), "shell"), (reaping(20, cpu=2.0, reaped=0.0, ppid=10), "job")],
+        [(reaping(10, cpu=1.0, reaped=2.5), "shell")],  # the job's last 0.5 s ran after the last pass
+    ])
+    assert a3["job"].cpu_user_seconds_total == 2.0
+    assert a3["shell"].cpu_user_seconds_total == 1.5

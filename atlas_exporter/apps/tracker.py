@@ -5,9 +5,11 @@ count in full (everything it used since it started); after that, only what it ad
 since the previous pass. Totals stay when processes exit or pids are reused, and an app
 with no processes left stays exported for `retention_seconds`.
 
-On Linux a parent's I/O counters grow by a child's counters when it reaps the child. The
-tracker gives the parent a credit of the child's last-seen I/O when the child vanishes, so
-that I/O is counted once, not twice.
+When a parent reaps a child on Linux, the child's I/O is added to the parent's I/O
+counters and its CPU time to the parent's reaped-children CPU time (cutime, cstime). The
+tracker counts the parent's reaped-children CPU too, so a child that lived and died
+between two passes is not lost; and when a child it had seen vanishes, it gives the parent
+a credit of the child's last-seen values, so nothing is counted twice.
 """
 
 from __future__ import annotations
@@ -17,16 +19,17 @@ from dataclasses import dataclass, field
 
 from atlas_exporter.model import AppView, ProcessId, ProcSample
 
-# index of each counter in the per-process and per-app vectors
-CPU_USER, CPU_SYSTEM, READ_BYTES, WRITTEN_BYTES, READ_OPS, WRITE_OPS = range(6)
+# index of each counter in the per-process vector; the first six are also the per-app totals
+CPU_USER, CPU_SYSTEM, READ_BYTES, WRITTEN_BYTES, READ_OPS, WRITE_OPS, REAPED_USER, REAPED_SYSTEM = range(8)
 IO_FIELDS = (READ_BYTES, WRITTEN_BYTES, READ_OPS, WRITE_OPS)
+CREDITED = (*IO_FIELDS, REAPED_USER, REAPED_SYSTEM)  # fields a reaped child's values flow into
 CREDIT_PASSES = 3  # a reap credit not used up within this many passes is dropped
 
 
 def counters_of(sample: ProcSample) -> tuple[float | None, ...]:
     """The cumulative counters of one sample, in the order of the index constants."""
     return (sample.cpu_user_seconds, sample.cpu_system_seconds, sample.read_bytes, sample.written_bytes,
-            sample.read_ops, sample.write_ops)
+            sample.read_ops, sample.write_ops, sample.reaped_cpu_user_seconds, sample.reaped_cpu_system_seconds)
 
 
 @dataclass(slots=True)
@@ -103,10 +106,12 @@ class Tracker:
                 state = apps[app] = _App()
             state.last_seen = now
             if delta is not None:
+                delta[CPU_USER] += delta[REAPED_USER]
+                delta[CPU_SYSTEM] += delta[REAPED_SYSTEM]
                 totals = state.totals
-                for i, value in enumerate(delta):
+                for i in range(6):
                     if now_values[i] is not None or totals[i] is not None:
-                        totals[i] = (totals[i] or 0.0) + value
+                        totals[i] = (totals[i] or 0.0) + delta[i]
             view = views.get(app)
             if view is None:
                 view = views[app] = AppView(name=app)
@@ -146,22 +151,24 @@ class Tracker:
         return TrackerUpdate(apps=views, gone=gone, retired=retired)
 
 
-def _add_credit(parent: _Proc, child_last: tuple[float | None, ...]) -> None:
-    if all(child_last[i] is None for i in IO_FIELDS):
-        return
+def _add_credit(parent: _Proc, child: tuple[float | None, ...]) -> None:
+    """What the parent's counters will grow by when it reaps this child."""
     if parent.credit is None:
-        parent.credit = [0.0] * 6
+        parent.credit = [0.0] * 8
+    credit = parent.credit
     for i in IO_FIELDS:
-        parent.credit[i] += child_last[i] or 0.0
+        credit[i] += child[i] or 0.0
+    credit[REAPED_USER] += (child[CPU_USER] or 0.0) + (child[REAPED_USER] or 0.0)
+    credit[REAPED_SYSTEM] += (child[CPU_SYSTEM] or 0.0) + (child[REAPED_SYSTEM] or 0.0)
     parent.credit_passes = 0
 
 
 def _use_credit(proc: _Proc, delta: list[float]) -> None:
     credit = proc.credit
     assert credit is not None
-    for i in IO_FIELDS:
+    for i in CREDITED:
         used = min(credit[i], delta[i])
         delta[i] -= used
         credit[i] -= used
-    if not any(credit[i] > 0 for i in IO_FIELDS):
+    if not any(credit[i] > 1e-9 for i in CREDITED):
         proc.credit = None

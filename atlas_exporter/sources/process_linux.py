@@ -44,6 +44,8 @@ class ProcStat:
     flags: int
     utime: int
     stime: int
+    cutime: int
+    cstime: int
     num_threads: int
     starttime: int
     rss_pages: int
@@ -79,6 +81,8 @@ def parse_stat(text: bytes | str) -> ProcStat:
             flags=int(fields[6]),
             utime=int(fields[11]),
             stime=int(fields[12]),
+            cutime=int(fields[13]),
+            cstime=int(fields[14]),
             num_threads=int(fields[17]),
             starttime=int(fields[19]),
             rss_pages=int(fields[21]),
@@ -292,6 +296,8 @@ class LinuxProcessSource:
                 resident_bytes=st.rss_pages * PAGE_SIZE,
                 start_time_seconds=btime + st.starttime / CLK_TCK,
                 comm=st.comm,
+                reaped_cpu_user_seconds=st.cutime / CLK_TCK,
+                reaped_cpu_system_seconds=st.cstime / CLK_TCK,
             )
             if st.state == "Z":  # exited, not yet reaped: no files, no fds
                 append(sample)
