@@ -123,7 +123,7 @@ def raw_exchange(port: int, data: bytes, timeout: float = 30.0) -> bytes:
         while True:
             try:
                 chunk = sock.recv(65536)
-            except TimeoutError:
+            except (TimeoutError, ConnectionResetError):
                 break
             if not chunk:
                 break

@@ -217,6 +217,8 @@ class _HeadReader:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    wbufsize = 65536  # the head and a small body leave in one write
+    disable_nagle_algorithm = True
     server_version = "atlas-exporter"
     sys_version = ""
     # Set per server by start_server.
@@ -391,7 +393,7 @@ class RunningServer:
                 return
             self._serving_ident = threading.get_ident()
         try:
-            self._httpd.serve_forever(poll_interval=0.2)
+            self._httpd.serve_forever(poll_interval=0.1)
         finally:
             self._httpd.server_close()
 
