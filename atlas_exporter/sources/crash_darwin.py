@@ -1,0 +1,529 @@
+"""macOS crash and hang reports: a DiagnosticReports folder watcher.
+
+Emits (sub-collector `crash`):
+
+    atlas_app_crashes_total{app="MarkdownEditor",reason="SIGSEGV"} 1.0
+    atlas_app_last_crash_timestamp_seconds{app="MarkdownEditor"} 1.7797831e+09
+    atlas_app_hangs_total{app="RedLemon"} 1.0
+    atlas_crash_source_active{source="diagnostic_reports"} 1.0
+    atlas_crash_reports_skipped_total{reason="malformed"} 0.0
+
+It polls `~/Library/Logs/DiagnosticReports` and `/Library/Logs/DiagnosticReports`, each with
+its `Retired/` folder, plus `crash.report_dirs`. Formats:
+- `.ips`: a one-line JSON header then a JSON body; `bug_type` "309" is a crash, "11"
+  (spin), "12" (hang) and "228" (third-party hang) are hangs, other types are ignored.
+- legacy text `.crash` (macOS 11 and older) and spindump `.hang` reports.
+The app is named from the report (bundle, procName, procPath) through the naming rules.
+Each report counts once, across restarts too: the ids of seen reports are kept in
+`crash.state_file` (default `~/.atlas_agent/state/crash_reports_seen.json`). Symlinks are
+never followed; malformed or oversized reports are skipped and counted. On the first run
+without a state file, reports already present are remembered but not counted.
+The parsers (`parse_ips`, `parse_crash_text`, `parse_hang_text`) are pure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+
+from atlas_exporter.apps.crashes import OTHER, CrashBook, CrashEvent, reason_of_name
+from atlas_exporter.config import Config
+from atlas_exporter.model import AppOfPid, ProcIdentity, Snapshot, Source, SourceStatus
+
+log = logging.getLogger(__name__)
+
+SOURCE_NAME = "diagnostic_reports"
+SKIP_REASONS = ("malformed", "too_large", "unreadable")
+CRASH_BUG_TYPES = frozenset({"309"})
+HANG_BUG_TYPES = frozenset({"11", "12", "228"})
+EXTENSIONS = (".ips", ".crash", ".hang")
+MAX_REPORT_BYTES = 8 * 1024 * 1024  # an .ips crash body is parsed whole up to this size
+TEXT_HEAD_BYTES = 64 * 1024  # text reports: only the header is read
+DEFAULT_STATE_FILE = "~/.atlas_agent/state/crash_reports_seen.json"
+STATE_KEEP_SECONDS = 60 * 86400.0  # macOS deletes reports after 14 days
+DEFAULT_FOLDERS = ("~/Library/Logs/DiagnosticReports", "/Library/Logs/DiagnosticReports")
+
+Naming = Callable[[ProcIdentity], str]
+
+
+class ReportError(ValueError):
+    """A report file that is not in the format its name promises."""
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """One crash or hang report, as far as counting needs it."""
+
+    kind: str  # "crash" or "hang"
+    report_id: str
+    proc_name: str
+    proc_path: str | None
+    bundle_id: str | None
+    pid: int | None
+    reason: str  # crashes: signal name or "other"; hangs: "hang"
+    time: float | None  # Unix time of the incident
+
+
+def _ips_time(text: Any) -> float | None:
+    """`2022-08-03 20:36:47.00 +0900` (header) or `2022-08-03 20:36:44.3125 +0900` (body)."""
+    if not isinstance(text, str):
+        return None
+    match = re.match(r"^(\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2})(?:\.(\d+))? ([+-]\d{4})$", text.strip())
+    if match is None:
+        return None
+    try:
+        base = datetime.strptime(f"{match[1]} {match[3]}", "%Y-%m-%d %H:%M:%S %z").timestamp()
+    except ValueError:
+        return None
+    return base + (float("0." + match[2]) if match[2] else 0.0)
+
+
+def ips_bug_type(first_line: str) -> tuple[str, dict[str, Any]]:
+    """The `bug_type` (as a string) and the header object of an `.ips` file's first line."""
+    try:
+        header = json.loads(first_line)
+    except ValueError as err:
+        raise ReportError(f"header is not JSON: {err}") from None
+    if not isinstance(header, dict) or "bug_type" not in header:
+        raise ReportError("header has no bug_type")
+    return str(header["bug_type"]), header
+
+
+def parse_ips(text: str) -> Report | None:
+    """Parse an `.ips` report; None for a type that is neither a crash nor a hang."""
+    first, _, body_text = text.partition("\n")
+    bug_type, header = ips_bug_type(first)
+    if bug_type not in CRASH_BUG_TYPES and bug_type not in HANG_BUG_TYPES:
+        return None
+    body: dict[str, Any] = {}
+    if body_text.strip():
+        try:
+            parsed = json.loads(body_text)
+        except ValueError as err:
+            if bug_type in CRASH_BUG_TYPES:
+                raise ReportError(f"crash body is not JSON: {err}") from None
+            parsed = {}  # hang bodies may be spindump text
+        body = parsed if isinstance(parsed, dict) else {}
+    elif bug_type in CRASH_BUG_TYPES:
+        raise ReportError("crash report has no body")
+    report_id = header.get("incident_id") or body.get("incident")
+    name = body.get("procName") or header.get("app_name") or header.get("name")
+    if not isinstance(report_id, str) or not report_id or not isinstance(name, str) or not name:
+        raise ReportError("report has no incident id or process name")
+    bundle_info = body.get("bundleInfo") if isinstance(body.get("bundleInfo"), dict) else {}
+    bundle_id = header.get("bundleID") or bundle_info.get("CFBundleIdentifier")
+    pid = body.get("pid")
+    path = body.get("procPath")
+    if bug_type in CRASH_BUG_TYPES:
+        kind = "crash"
+        exception = body.get("exception") if isinstance(body.get("exception"), dict) else {}
+        termination = body.get("termination") if isinstance(body.get("termination"), dict) else {}
+        signal_name = exception.get("signal")
+        if not signal_name and termination.get("namespace") == "SIGNAL":
+            signal_name = _signal_from_indicator(str(termination.get("indicator", "")))
+        reason = reason_of_name(signal_name) if isinstance(signal_name, str) else OTHER
+    else:
+        kind, reason = "hang", "hang"
+    when = _ips_time(body.get("captureTime")) or _ips_time(header.get("timestamp"))
+    return Report(kind=kind, report_id=report_id, proc_name=name, proc_path=path if isinstance(path, str) else None,
+                  bundle_id=bundle_id if isinstance(bundle_id, str) else None,
+                  pid=pid if isinstance(pid, int) and not isinstance(pid, bool) else None, reason=reason, time=when)
+
+
+_INDICATORS = {"segmentation fault": "SIGSEGV", "abort trap": "SIGABRT", "bus error": "SIGBUS",
+               "illegal instruction": "SIGILL", "floating point exception": "SIGFPE",
+               "bad system call": "SIGSYS", "trace/bpt trap": "SIGTRAP"}
+
+
+def _signal_from_indicator(text: str) -> str | None:
+    """`Segmentation fault: 11` -> SIGSEGV (the number is macOS's, so match the words)."""
+    lower = text.lower()
+    return next((sig for words, sig in _INDICATORS.items() if lower.startswith(words)), None)
+
+
+_FIELD = re.compile(r"^(?P<key>[A-Za-z][A-Za-z /]*?):\s+(?P<value>.*?)\s*$")
+
+
+def _text_fields(text: str) -> dict[str, str]:
+    """`Key:   value` header lines, first occurrence wins (later blocks repeat keys)."""
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        match = _FIELD.match(line)
+        if match and match["key"] not in fields:
+            fields[match["key"]] = match["value"]
+    return fields
+
+
+def _text_time(text: str | None) -> float | None:
+    """`2021-04-03 11:41:44.312 +0900`."""
+    if not text:
+        return None
+    return _ips_time(text)
+
+
+def _name_and_pid(value: str | None) -> tuple[str | None, int | None]:
+    """`CrashingTest [8256]` -> ("CrashingTest", 8256)."""
+    if not value:
+        return None, None
+    match = re.match(r"^(?P<name>.*?)\s*\[(?P<pid>\d+)\]$", value)
+    if match is None:
+        return value, None
+    return match["name"], int(match["pid"])
+
+
+def _fallback_id(*parts: object) -> str:
+    return "sha1:" + hashlib.sha1("|".join(str(p) for p in parts).encode("utf-8", "replace")).hexdigest()
+
+
+def parse_crash_text(text: str) -> Report:
+    """Parse the header of a legacy text `.crash` report."""
+    fields = _text_fields(text)
+    name, pid = _name_and_pid(fields.get("Process"))
+    if not name or "Date/Time" not in fields:
+        raise ReportError("not a crash report: no Process or Date/Time")
+    signal_name = None
+    exception = fields.get("Exception Type", "")
+    match = re.search(r"\((SIG[A-Z0-9]+)\)", exception)
+    if match:
+        signal_name = match[1]
+    elif fields.get("Termination Signal"):
+        signal_name = _signal_from_indicator(fields["Termination Signal"])
+    report_id = fields.get("Incident Identifier") or _fallback_id(name, pid, fields["Date/Time"])
+    return Report(kind="crash", report_id=report_id, proc_name=name, proc_path=fields.get("Path"),
+                  bundle_id=fields.get("Identifier"), pid=pid, reason=reason_of_name(signal_name),
+                  time=_text_time(fields.get("Date/Time")))
+
+
+def parse_hang_text(text: str) -> Report:
+    """Parse the header of a spindump `.hang` report (`Command:`, `PID:`, `Event: hang`)."""
+    fields = _text_fields(text)
+    name = fields.get("Command")
+    if not name or "Date/Time" not in fields:
+        raise ReportError("not a hang report: no Command or Date/Time")
+    event = fields.get("Event", "hang").lower()
+    if "hang" not in event and "unresponsive" not in event:
+        raise ReportError(f"spindump event is {event!r}, not a hang")
+    pid = None
+    if fields.get("PID", "").isdigit():
+        pid = int(fields["PID"])
+    report_id = fields.get("Incident Identifier") or _fallback_id(name, pid, fields["Date/Time"])
+    return Report(kind="hang", report_id=report_id, proc_name=name, proc_path=fields.get("Path"),
+                  bundle_id=fields.get("Identifier"), pid=pid, reason="hang", time=_text_time(fields.get("Date/Time")))
+
+
+def read_report(path: Path, max_bytes: int = MAX_REPORT_BYTES) -> Report | None:
+    """Read and parse one report file without following symlinks; None when it is neither crash nor hang.
+
+    Raises ReportError (malformed), OSError (unreadable) or `TooLarge`.
+    """
+    suffix = path.suffix.lower()
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as handle:
+        if suffix == ".ips":
+            first = handle.readline(64 * 1024)
+            bug_type, _header = ips_bug_type(first.decode("utf-8", "replace"))
+            if bug_type not in CRASH_BUG_TYPES and bug_type not in HANG_BUG_TYPES:
+                return None
+            if os.fstat(handle.fileno()).st_size > max_bytes:
+                raise TooLarge(f"larger than {max_bytes} bytes")
+            rest = handle.read(max_bytes + 1)
+            return parse_ips((first + rest).decode("utf-8", "replace"))
+        head = handle.read(TEXT_HEAD_BYTES).decode("utf-8", "replace")
+    if suffix == ".crash":
+        return parse_crash_text(head)
+    return parse_hang_text(head)
+
+
+class TooLarge(ReportError):
+    """A report over the size limit."""
+
+
+class SeenReports:
+    """Report ids already counted, persisted as JSON so a restart does not count them again."""
+
+    def __init__(self, path: Path | None, clock: Callable[[], float] = time.time) -> None:
+        self.path = path
+        self.clock = clock
+        self.ids: dict[str, float] = {}
+        self.existed = False
+        self.error = ""
+
+    def load(self) -> None:
+        if self.path is None:
+            return
+        try:
+            raw = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as err:
+            self.error = f"cannot read state file {self.path}: {err}"
+            log.warning("%s; starting with an empty list", self.error)
+            return
+        self.existed = True
+        seen = raw.get("seen") if isinstance(raw, dict) else None
+        if isinstance(seen, dict):
+            self.ids = {k: float(v) for k, v in seen.items() if isinstance(k, str) and isinstance(v, (int, float))}
+
+    def __contains__(self, report_id: str) -> bool:
+        return report_id in self.ids
+
+    def add(self, report_id: str) -> None:
+        self.ids[report_id] = self.clock()
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        horizon = self.clock() - STATE_KEEP_SECONDS
+        self.ids = {k: v for k, v in self.ids.items() if v >= horizon}
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".seen-", dir=self.path.parent)
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump({"version": 1, "seen": self.ids}, handle)
+            os.replace(tmp, self.path)
+            self.error = ""
+        except OSError as err:
+            if not self.error:
+                log.warning("cannot write state file %s: %s", self.path, err)
+            self.error = f"cannot write state file {self.path}: {err.strerror or err}"
+
+
+def report_folders(extra: Iterable[str] = (), home: str | None = None) -> list[Path]:
+    """The default DiagnosticReports folders with their `Retired/`, then `extra` ones."""
+    folders: list[Path] = []
+    for name in (*DEFAULT_FOLDERS, *extra):
+        if home is not None and name.startswith("~"):
+            name = home + name[1:]
+        base = Path(os.path.expanduser(name))
+        for folder in (base, base / "Retired"):
+            if folder not in folders:
+                folders.append(folder)
+    return folders
+
+
+def default_naming() -> Naming:
+    """The naming rules of an empty config, with bundle display names from Info.plist."""
+    from atlas_exporter.apps.naming import Namer
+    from atlas_exporter.sources.bundles_darwin import BundleNamer
+
+    return naming_with_bundles(Namer(()).name, BundleNamer().name_for_exe)
+
+
+def naming_with_bundles(name: Naming, bundle_of: Callable[[str | None], str | None]) -> Naming:
+    """Wrap a naming callable so an identity from a report gets its bundle name from the exe path."""
+    def naming(ident: ProcIdentity) -> str:
+        if ident.bundle is None and ident.exe:
+            ident = ProcIdentity(comm=ident.comm, exe=ident.exe, cmdline=ident.cmdline, user=ident.user,
+                                 cgroup=ident.cgroup, bundle=bundle_of(ident.exe))
+        return name(ident)
+
+    return naming
+
+
+METRICS = (
+    ("atlas_app_crashes_total", "Crashes of the app's processes, from crash reports, by signal name."),
+    ("atlas_app_last_crash_timestamp_seconds", "Unix time of the app's latest crash."),
+    ("atlas_app_hangs_total", "Hang reports (spindump, hang .ips) written for the app's processes."),
+    ("atlas_crash_source_active", "Whether a crash source is in use (1) or unavailable at this privilege (0)."),
+    ("atlas_crash_reports_skipped_total", "Crash reports or events that could not be used, by reason."),
+)
+
+
+class DarwinCrashSource:
+    """The `crash` sub-collector on macOS: polls the report folders in a background thread."""
+
+    name = "crash"
+
+    def __init__(
+        self,
+        naming: Naming,
+        *,
+        folders: Iterable[Path] | None = None,
+        state_file: Path | None = None,
+        poll_interval_seconds: float = 10.0,
+        max_report_bytes: int = MAX_REPORT_BYTES,
+        max_apps: int = 500,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.naming = naming
+        self.folders = list(folders) if folders is not None else report_folders()
+        self.seen = SeenReports(state_file, clock)
+        self.poll_interval_seconds = poll_interval_seconds
+        self.max_report_bytes = max_report_bytes
+        self.clock = clock
+        self.book = CrashBook(max_apps=max_apps)
+        self.skipped = dict.fromkeys(SKIP_REASONS, 0)
+        self._files: dict[Path, tuple[int, int]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._readable: list[Path] = []
+        self._reasons: list[str] = []
+        self._started = False
+
+    def start(self) -> None:
+        """Load the seen ids, take the first inventory, then poll in a background thread."""
+        if self._started:
+            return
+        self._started = True
+        self.seen.load()
+        self.poll(count=self.seen.existed or self.seen.path is None)
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="atlas-crash-reports", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join(timeout=10)
+            self._thread = None
+        self._started = False
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.poll_interval_seconds):
+            try:
+                self.poll()
+            except Exception:  # the watcher must survive anything one report does
+                log.exception("crash report poll failed")
+
+    def _list(self) -> list[os.DirEntry[str]]:
+        entries: list[os.DirEntry[str]] = []
+        readable: list[Path] = []
+        reasons: list[str] = []
+        for folder in self.folders:
+            try:
+                if folder.is_symlink():
+                    reasons.append(f"{folder} is a symlink, not followed")
+                    continue
+                found = list(os.scandir(folder))
+            except FileNotFoundError:
+                continue
+            except OSError as err:
+                reasons.append(f"cannot list {folder}: {err.strerror or err}")
+                continue
+            readable.append(folder)
+            entries.extend(e for e in found if e.name.lower().endswith(EXTENSIONS) and not e.name.startswith("."))
+        self._readable, self._reasons = readable, reasons
+        return entries
+
+    def poll(self, count: bool = True) -> int:
+        """One pass over the folders; returns how many new reports were counted.
+
+        With `count=False` new reports are only remembered (the first run's inventory).
+        """
+        counted = 0
+        changed = False
+        present: set[Path] = set()
+        for entry in self._list():
+            path = Path(entry.path)
+            try:
+                if entry.is_symlink() or not entry.is_file(follow_symlinks=False):
+                    continue
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            present.add(path)
+            key = (st.st_mtime_ns, st.st_size)
+            if self._files.get(path) == key:
+                continue
+            self._files[path] = key
+            try:
+                report = read_report(path, self.max_report_bytes)
+            except TooLarge:
+                self._skip("too_large", path)
+                continue
+            except ReportError as err:
+                self._skip("malformed", path, err)
+                continue
+            except OSError as err:
+                self._skip("unreadable", path, err)
+                continue
+            if report is None or report.report_id in self.seen:
+                continue
+            self.seen.add(report.report_id)
+            changed = True
+            if count and self._count(report):
+                counted += 1
+        self._files = {p: k for p, k in self._files.items() if p in present}
+        if changed or (self.seen.path is not None and not self.seen.existed):
+            self.seen.save()
+            self.seen.existed = self.seen.existed or not self.seen.error
+        return counted
+
+    def _count(self, report: Report) -> bool:
+        ident = ProcIdentity(comm=report.proc_name, exe=report.proc_path)
+        try:
+            app = self.naming(ident)
+        except Exception:  # a naming failure must not lose the report
+            log.debug("naming failed for %s", report.proc_name, exc_info=True)
+            app = report.proc_name
+        if report.kind == "hang":
+            self.book.record_hang(app)
+            log.info("hang report: app=%s pid=%s", app, report.pid)
+            return True
+        when = report.time if report.time is not None else self.clock()
+        log.info("crash report: app=%s pid=%s reason=%s", app, report.pid, report.reason)
+        return self.book.record_crash(CrashEvent(source=SOURCE_NAME, time=when, reason=report.reason, app=app,
+                                                 pid=report.pid, comm=report.proc_name))
+
+    def _skip(self, reason: str, path: Path, err: object = "") -> None:
+        log.info("skipped crash report %s (%s) %s", path, reason, err)
+        with self._lock:
+            self.skipped[reason] = self.skipped.get(reason, 0) + 1
+
+    def statuses(self) -> list[SourceStatus]:
+        if not self._started:
+            return [SourceStatus(SOURCE_NAME, False, "none", "not started")]
+        active = bool(self._readable)
+        reasons = list(self._reasons)
+        if not active:
+            reasons.insert(0, "no report folder is readable")
+        if self.seen.error:
+            reasons.append(self.seen.error)
+        privilege = "root" if os.geteuid() == 0 else "user"
+        return [SourceStatus(SOURCE_NAME, active, privilege if active else "none", "; ".join(reasons))]
+
+    def collect(self, snapshot: Snapshot) -> Iterable[Metric]:
+        crashes = CounterMetricFamily("atlas_app_crashes", METRICS[0][1], labels=["app", "reason"])
+        for (app, reason), count in sorted(self.book.crashes().items()):
+            crashes.add_metric([app, reason], count)
+        last = GaugeMetricFamily(METRICS[1][0], METRICS[1][1], labels=["app"])
+        for app, when in sorted(self.book.last_crash().items()):
+            last.add_metric([app], when)
+        hangs = CounterMetricFamily("atlas_app_hangs", METRICS[2][1], labels=["app"])
+        totals = self.book.hangs()
+        for app in sorted(set(snapshot.apps) | set(totals)):
+            hangs.add_metric([app], totals.get(app, 0))
+        active = GaugeMetricFamily(METRICS[3][0], METRICS[3][1], labels=["source"])
+        for status in self.statuses():
+            active.add_metric([status.name], 1.0 if status.active else 0.0)
+        skipped = CounterMetricFamily("atlas_crash_reports_skipped", METRICS[4][1], labels=["reason"])
+        with self._lock:
+            for reason, count in sorted(self.skipped.items()):
+                skipped.add_metric([reason], count)
+        return [crashes, last, hangs, active, skipped]
+
+
+def make_crash_source(config: Config, procfs: Path, app_of_pid: AppOfPid) -> Source | None:
+    """The macOS `crash` sub-collector over the DiagnosticReports folders and `crash.report_dirs`."""
+    from atlas_exporter.apps.naming import Namer
+    from atlas_exporter.sources.bundles_darwin import BundleNamer
+
+    naming = naming_with_bundles(Namer(config.apps).name, BundleNamer().name_for_exe)
+    state = Path(os.path.expanduser(config.crash.state_file or DEFAULT_STATE_FILE))
+    return DarwinCrashSource(naming, folders=report_folders(config.crash.report_dirs), state_file=state,
+                             max_apps=config.max_apps)

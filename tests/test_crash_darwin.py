@@ -1,0 +1,215 @@
+"""macOS DiagnosticReports: parsers on real-format fixtures, and the watcher on a fake folder tree."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from atlas_exporter.model import ProcIdentity, Snapshot
+from atlas_exporter.sources import crash_darwin as cd
+
+FIXTURES = Path(__file__).parent / "fixtures" / "crash"
+
+
+def _text(name: str) -> str:
+    return (FIXTURES / name).read_text()
+
+
+def test_parse_ips_segv():
+    report = cd.parse_ips(_text("ips_macos12_segv.ips"))
+    assert report is not None
+    assert report.kind == "crash" and report.reason == "SIGSEGV"
+    assert report.report_id == "02F8E982-2985-4720-946D-B4ECDE40DC2C"
+    assert (report.proc_name, report.pid) == ("CrashingTest", 1710)
+    assert report.proc_path == "/Users/USER/Desktop/*/CrashingTest"
+    assert report.time == pytest.approx(1659526604.3125)  # captureTime 2022-08-03 20:36:44.3125 +0900
+
+
+def test_parse_ips_sigill_uses_header_name():
+    report = cd.parse_ips(_text("ips_macos12_sigill.ips"))
+    assert report is not None
+    assert report.reason == "SIGILL" and report.proc_name == "CrashingInAnotherTargetTest" and report.pid is None
+    assert report.time == pytest.approx(1659526676.0)  # header timestamp
+
+
+def test_parse_ips_bundle_without_signal():
+    report = cd.parse_ips(_text("ips_macos26_bundle.ips"))
+    assert report is not None
+    assert report.bundle_id == "com.example.MarkdownEditor" and report.reason == "other"
+    assert report.proc_path.endswith("MarkdownEditor.app/Contents/MacOS/MarkdownEditor")
+
+
+def test_parse_ips_termination_indicator_fallback():
+    header = json.dumps({"bug_type": "309", "incident_id": "X-1", "app_name": "A"})
+    body = json.dumps({"procName": "A", "termination": {"namespace": "SIGNAL", "indicator": "Abort trap: 6"}})
+    assert cd.parse_ips(header + "\n" + body).reason == "SIGABRT"
+
+
+def test_parse_ips_hang_and_ignored_types():
+    hang = cd.parse_ips(json.dumps({"bug_type": "228", "incident_id": "H-1", "app_name": "Slow"}) + "\nspindump text")
+    assert hang is not None and hang.kind == "hang"
+    assert cd.parse_ips(_text("ips_stackshot_288.ips")) is None
+
+
+@pytest.mark.parametrize("name", ["malformed_header.ips", "truncated_body.ips"])
+def test_parse_ips_malformed(name):
+    with pytest.raises(cd.ReportError):
+        cd.parse_ips(_text(name))
+
+
+def test_parse_legacy_crash():
+    report = cd.parse_crash_text(_text("crash_macos10_15.crash"))
+    assert (report.kind, report.reason, report.proc_name, report.pid) == ("crash", "SIGSEGV", "CrashingTest", 8256)
+    assert report.bundle_id == "CrashingTest"
+    assert report.time == pytest.approx(1617417704.312)
+    assert report.report_id.startswith("sha1:")  # legacy reports carry no incident id
+    with pytest.raises(cd.ReportError):
+        cd.parse_crash_text("hello\n")
+
+
+def test_parse_hang_text():
+    report = cd.parse_hang_text(_text("hang_macos12.hang"))
+    assert (report.kind, report.proc_name, report.pid) == ("hang", "RedLemon", 27952)
+    assert report.report_id == "A98C24B4-1E32-4D66-B89B-69F59C6F98D7"
+    assert report.proc_path.endswith("RedLemon.app/Contents/MacOS/RedLemon")
+    with pytest.raises(cd.ReportError):
+        cd.parse_hang_text(_text("hang_macos12.hang").replace("Event:            hang", "Event:            cpu usage"))
+
+
+def _naming(ident: ProcIdentity) -> str:
+    """Stand-in for the naming rules: the bundle, else the process name."""
+    return ident.bundle or ident.comm
+
+
+NAMING = cd.naming_with_bundles(_naming, lambda exe: exe.split(".app/")[0].rsplit("/", 1)[-1]
+                                if exe and ".app/" in exe else None)
+
+
+@pytest.fixture
+def tree(tmp_path):
+    user = tmp_path / "home" / "Library" / "Logs" / "DiagnosticReports"
+    system = tmp_path / "Library" / "Logs" / "DiagnosticReports"
+    for folder in (user, user / "Retired", system):
+        folder.mkdir(parents=True)
+    return tmp_path, user, system
+
+
+def _source(tmp_path, user, system, **kw):
+    folders = [user, user / "Retired", system, system / "Retired"]
+    kw.setdefault("state_file", tmp_path / "state" / "seen.json")
+    return cd.DarwinCrashSource(NAMING, folders=folders, poll_interval_seconds=3600, **kw)
+
+
+def _families(source):
+    return {m.name: {tuple(s.labels.values()): s.value for s in m.samples if not s.name.endswith("_created")}
+            for m in source.collect(Snapshot(wall_time=0.0, monotonic=0.0))}
+
+
+def test_watcher_counts_each_report_once_across_retired_and_restarts(tree):
+    tmp_path, user, system = tree
+    source = _source(tmp_path, user, system)
+    source.start()
+    try:
+        shutil.copy(FIXTURES / "ips_macos12_segv.ips", user / "CrashingTest-2022-08-03-203647.ips")
+        shutil.copy(FIXTURES / "ips_macos26_bundle.ips", user / "MarkdownEditor-2026-05-26-161145.ips")
+        shutil.copy(FIXTURES / "crash_macos10_15.crash", user / "CrashingTest_2021-04-03-114144_host.crash")
+        shutil.copy(FIXTURES / "hang_macos12.hang", system / "RedLemon_2025-12-17-190041_Mac.hang")
+        shutil.copy(FIXTURES / "ips_stackshot_288.ips", system / "stacks-2022-08-03-204000.ips")
+        assert source.poll() == 4
+        # macOS moves reports to Retired/: same incident, not a new crash
+        os.rename(user / "CrashingTest-2022-08-03-203647.ips", user / "Retired" / "CrashingTest-2022-08-03-203647.ips")
+        assert source.poll() == 0
+        fams = _families(source)
+        assert fams["atlas_app_crashes"] == {("CrashingTest", "SIGSEGV"): 2, ("MarkdownEditor", "other"): 1}
+        assert fams["atlas_app_hangs"] == {("RedLemon",): 1}
+        assert fams["atlas_app_last_crash_timestamp_seconds"][("CrashingTest",)] == pytest.approx(1659526604.3125)
+        assert fams["atlas_crash_source_active"] == {("diagnostic_reports",): 1.0}
+    finally:
+        source.stop()
+    # a restart reads the state file: nothing is counted again, a new report is
+    again = _source(tmp_path, user, system)
+    again.start()
+    try:
+        assert again.book.crashes() == {}
+        shutil.copy(FIXTURES / "ips_macos12_sigill.ips", user / "CrashingInAnotherTargetTest-2022-08-03-203756.ips")
+        assert again.poll() == 1
+        assert again.book.crashes() == {("CrashingInAnotherTargetTest", "SIGILL"): 1}
+    finally:
+        again.stop()
+
+
+def test_first_run_remembers_existing_reports_without_counting(tree):
+    tmp_path, user, system = tree
+    shutil.copy(FIXTURES / "ips_macos12_segv.ips", user / "CrashingTest-2022-08-03-203647.ips")
+    source = _source(tmp_path, user, system)
+    source.start()
+    try:
+        assert source.book.crashes() == {}
+        assert (tmp_path / "state" / "seen.json").exists()
+        shutil.copy(FIXTURES / "ips_macos12_sigill.ips", system / "CrashingInAnotherTargetTest-2022-08-03-2.ips")
+        assert source.poll() == 1
+    finally:
+        source.stop()
+
+
+def test_malformed_huge_and_symlinked_reports_are_skipped(tree, tmp_path):
+    _, user, system = tree
+    source = _source(tmp_path, user, system, max_report_bytes=4096)
+    source.start()
+    try:
+        shutil.copy(FIXTURES / "malformed_header.ips", user / "Broken-2022-08-03-000000.ips")
+        shutil.copy(FIXTURES / "truncated_body.ips", user / "Truncated-2022-08-03-000000.ips")
+        huge = (FIXTURES / "ips_macos12_segv.ips").read_text().replace(
+            '"faultingThread" : 0', '"faultingThread" : 0, "pad" : "' + "x" * 10000 + '"')
+        (user / "Huge-2022-08-03-000000.ips").write_text(huge.replace("02F8E982", "AAAAAAAA"))
+        outside = tmp_path / "elsewhere"
+        outside.mkdir()
+        shutil.copy(FIXTURES / "ips_macos26_bundle.ips", outside / "x.ips")
+        (user / "Linked-2026-05-26-161145.ips").symlink_to(outside / "x.ips")
+        (system / "Retired").symlink_to(outside)  # a symlinked folder is not followed either
+        (user / "notes.txt").write_text("not a report")
+        assert source.poll() == 0
+        fams = _families(source)
+        assert fams["atlas_crash_reports_skipped"] == {("malformed",): 2, ("too_large",): 1, ("unreadable",): 0}
+        assert fams["atlas_app_crashes"] == {}
+        assert source.poll() == 0  # unchanged files are not read or counted again
+        assert _families(source)["atlas_crash_reports_skipped"][("malformed",)] == 2
+    finally:
+        source.stop()
+
+
+def test_no_readable_folder_is_reported(tmp_path):
+    source = cd.DarwinCrashSource(NAMING, folders=[tmp_path / "missing"], state_file=None,
+                                  poll_interval_seconds=3600)
+    assert source.statuses()[0].active is False
+    source.start()
+    try:
+        status = source.statuses()[0]
+        assert status.name == "diagnostic_reports" and not status.active and "no report folder" in status.reason
+    finally:
+        source.stop()
+
+
+def test_report_folders_and_factory(tmp_path):
+    folders = cd.report_folders(["/extra"], home=str(tmp_path))
+    assert folders[:4] == [tmp_path / "Library/Logs/DiagnosticReports",
+                           tmp_path / "Library/Logs/DiagnosticReports/Retired",
+                           Path("/Library/Logs/DiagnosticReports"), Path("/Library/Logs/DiagnosticReports/Retired")]
+    assert folders[4:] == [Path("/extra"), Path("/extra/Retired")]
+    from atlas_exporter.config import parse_config
+
+    config = parse_config({"crash": {"report_dirs": [str(tmp_path / "r")], "state_file": str(tmp_path / "s.json")}})
+    source = cd.make_crash_source(config, Path("/proc"), lambda pid: None)
+    assert source is not None and source.name == "crash"
+    assert tmp_path / "r" in source.folders and source.seen.path == tmp_path / "s.json"
+
+
+def test_default_naming_uses_bundle_folder():
+    naming = cd.default_naming()
+    ident = ProcIdentity(comm="MarkdownEditor",
+                         exe="/Users/USER/Documents/*/Markdown Editor.app/Contents/MacOS/MarkdownEditor")
+    assert naming(ident) == "Markdown Editor"
