@@ -96,6 +96,7 @@ class SocketAccounts:
         self.unattributed = [0.0, 0.0]
         self.sockets_seen = 0
         self.destroyed_unknown = 0
+        self._pruned = float("-inf")
 
     def _credit(self, st: _Sock, acked: int | None, received: int | None) -> None:
         d_tx = d_rx = 0
@@ -133,35 +134,45 @@ class SocketAccounts:
         if need:
             self._resolver.prepare(ns, need)
         seen: set[int] = set()
+        # listeners first, so that an orphaned socket of this same dump can be matched to its port
         listeners: dict[tuple[int, int], str | None] = {}
         for info in sockets:
-            if info.bytes_acked is None and info.bytes_received is None:
-                continue
-            cookie = info.cookie
-            if cookie in destroyed:
-                continue
-            seen.add(cookie)
-            st = live.get(cookie)
-            if st is None:
-                st = gone.pop(cookie, None)
-                if st is None:
-                    st = _Sock(None, info.inode, now)
-                    self.sockets_seen += 1
-                    st.app = self._resolver.owner(ns, info) or self._fallback(ns, info)
-                live[cookie] = st
-            elif st.app is None and info.inode:
-                st.app = self._resolver.owner(ns, info)
-            if info.state == TCP_LISTEN and st.app is not None:
-                key = (ns, info.sport)
-                listeners[key] = st.app if listeners.get(key, st.app) == st.app else None
-            self._credit(st, info.bytes_acked, info.bytes_received)
+            if info.state == TCP_LISTEN:
+                st = self._track(ns, info, live, gone, destroyed, seen, now)
+                if st is not None and st.app is not None:
+                    key = (ns, info.sport)
+                    listeners[key] = st.app if listeners.get(key, st.app) == st.app else None
         self._listeners = {k: v for k, v in self._listeners.items() if k[0] != ns}
         self._listeners.update(listeners)
+        for info in sockets:
+            if info.state != TCP_LISTEN:
+                self._track(ns, info, live, gone, destroyed, seen, now)
         for cookie in [c for c in live if c not in seen]:
             st = live.pop(cookie)
             st.since = now
             gone[cookie] = st
         self._prune(now)
+
+    def _track(self, ns: int, info: TcpSocketInfo, live: dict[int, _Sock], gone: dict[int, _Sock],
+               destroyed: dict[int, float], seen: set[int], now: float) -> _Sock | None:
+        if info.bytes_acked is None and info.bytes_received is None:
+            return None
+        cookie = info.cookie
+        if cookie in destroyed:
+            return None
+        seen.add(cookie)
+        st = live.get(cookie)
+        if st is None:
+            st = gone.pop(cookie, None)
+            if st is None:
+                st = _Sock(None, info.inode, now)
+                self.sockets_seen += 1
+                st.app = self._resolver.owner(ns, info) or self._fallback(ns, info)
+            live[cookie] = st
+        elif st.app is None and info.inode:
+            st.app = self._resolver.owner(ns, info)
+        self._credit(st, info.bytes_acked, info.bytes_received)
+        return st
 
     def apply_destroyed(self, ns: int, sockets: Iterable[TcpSocketInfo]) -> None:
         """Destroy notifications of namespace `ns`: credit each socket's final counters."""
@@ -193,6 +204,9 @@ class SocketAccounts:
         return sum(len(live) for live in self._live.values())
 
     def _prune(self, now: float) -> None:
+        if now - self._pruned < FORGET_AFTER_SECONDS / 10:
+            return
+        self._pruned = now
         limit = now - FORGET_AFTER_SECONDS
         for gone in self._gone.values():
             for cookie in [c for c, st in gone.items() if st.since < limit]:

@@ -1,0 +1,264 @@
+"""Pure bookkeeping of the Linux network source: scrape-sequence tables, fake /proc and cgroup trees."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from atlas_exporter.sources.network_linux import (
+    CgroupApps,
+    SocketAccounts,
+    SocketInodeMap,
+    parse_cgroup2_mount,
+    parse_sockstat_tcp,
+    parse_tcp_in_segs,
+)
+from atlas_exporter.sources.sockdiag_linux import TCP_LISTEN, TcpSocketInfo
+
+NS = 4026531840
+
+
+def sock(cookie: int, acked: int | None = 0, received: int | None = 0, *, inode: int | None = None,
+         state: int = 1, sport: int = 40000, cgroup_id: int | None = None) -> TcpSocketInfo:
+    return TcpSocketInfo(socket.AF_INET, state, sport, 80, b"\x7f\0\0\1", 0,
+                         cookie + 1000 if inode is None else inode, cookie, acked, received, cgroup_id)
+
+
+class FakeOwners:
+    """Owners by inode from a table; records what was asked."""
+
+    def __init__(self, table: dict[int, str]) -> None:
+        self.table = table
+        self.prepared: list[list[int]] = []
+        self.asked: list[int] = []
+
+    def prepare(self, ns: int, sockets: list[TcpSocketInfo]) -> None:
+        self.prepared.append([s.cookie for s in sockets])
+
+    def owner(self, ns: int, info: TcpSocketInfo) -> str | None:
+        self.asked.append(info.cookie)
+        return self.table.get(info.inode)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def accounts(table: dict[int, str] | None = None) -> tuple[SocketAccounts, FakeOwners, Clock]:
+    owners = FakeOwners(table if table is not None else {1001: "web", 1002: "db", 1003: "web"})
+    clock = Clock()
+    return SocketAccounts(owners, clock), owners, clock
+
+
+def test_sequence_of_dumps_gives_monotonic_totals() -> None:
+    acc, owners, _ = accounts()
+    steps = [
+        # (dump, expected totals)
+        ([sock(1, 100, 10), sock(2, 0, 5)], {"web": (10, 100), "db": (5, 0)}),
+        ([sock(1, 300, 10), sock(2, 50, 5), sock(3, 7, 7)], {"web": (17, 307), "db": (5, 50)}),
+        ([sock(2, 60, 5), sock(3, 9, 8)], {"web": (18, 309), "db": (5, 60)}),  # socket 1 is gone: web holds
+        ([sock(2, 40, 5)], {"web": (18, 309), "db": (5, 60)}),  # a counter that goes back is clamped
+    ]
+    for dump, want in steps:
+        acc.apply_dump(NS, dump)
+        assert acc.totals() == want
+    assert acc.unattributed == [0.0, 0.0]
+    assert owners.asked == [1, 2, 3]  # every socket is bound once, at first sight
+    assert acc.sockets_seen == 3
+
+
+def test_destroy_credits_only_bytes_after_the_last_dump() -> None:
+    acc, _, _ = accounts()
+    acc.apply_dump(NS, [sock(1, 1000, 0)])
+    acc.apply_destroyed(NS, [sock(1, 5000, 1, inode=0)])
+    assert acc.totals() == {"web": (1, 5000)}
+    acc.apply_dump(NS, [sock(1, 1000, 0)])  # a dump read before the destroy was applied: ignored
+    acc.apply_destroyed(NS, [sock(1, 5000, 1, inode=0)])  # a duplicate message: ignored
+    assert acc.totals() == {"web": (1, 5000)}
+    assert acc.live_count() == 0
+
+
+def test_socket_that_left_the_dump_still_gets_its_destroy_delta() -> None:
+    acc, _, _ = accounts()
+    acc.apply_dump(NS, [sock(2, 10, 10)])
+    acc.apply_dump(NS, [])  # vanished (e.g. it went to TIME_WAIT) before its destroy message was read
+    acc.apply_destroyed(NS, [sock(2, 25, 11, inode=0)])
+    assert acc.totals() == {"db": (11, 25)}
+    assert acc.destroyed_unknown == 0
+
+
+def test_gone_sockets_are_forgotten_after_a_while() -> None:
+    acc, _, clock = accounts()
+    acc.apply_dump(NS, [sock(2, 10, 10)])
+    acc.apply_dump(NS, [])
+    clock.now += 1000
+    acc.apply_dump(NS, [])
+    acc.apply_destroyed(NS, [sock(2, 25, 11, inode=0)])  # too late to know it: all of it is unattributed
+    assert acc.totals() == {"db": (10, 10)}
+    assert acc.unattributed == [11.0, 25.0]
+
+
+def test_never_sampled_socket_is_unattributed_or_goes_to_its_listener() -> None:
+    acc, _, _ = accounts()
+    acc.apply_dump(NS, [sock(10, inode=1001, state=TCP_LISTEN, sport=8080)])
+    acc.apply_destroyed(NS, [sock(11, 3, 700, inode=0, sport=8080),  # server side of a short connection
+                             sock(12, 700, 3, inode=0, sport=51000)])  # client side: nobody knows whose
+    assert acc.totals() == {"web": (700, 3)}
+    assert acc.unattributed == [3.0, 700.0]
+    assert acc.destroyed_unknown == 2
+
+
+def test_orphaned_socket_seen_first_in_a_dump_goes_to_its_listener() -> None:
+    acc, _, _ = accounts()
+    acc.apply_dump(NS, [sock(10, inode=1002, state=TCP_LISTEN, sport=5432), sock(20, 50, 60, inode=0, sport=5432)])
+    assert acc.totals() == {"db": (60, 50)}
+
+
+def test_port_shared_by_two_apps_is_ambiguous() -> None:
+    acc, _, _ = accounts()
+    acc.apply_dump(NS, [sock(10, inode=1001, state=TCP_LISTEN, sport=443),
+                        sock(11, inode=1002, state=TCP_LISTEN, sport=443)])
+    acc.apply_destroyed(NS, [sock(12, 5, 5, inode=0, sport=443)])
+    assert acc.totals() == {}
+    assert acc.unattributed == [5.0, 5.0]
+
+
+def test_unresolved_socket_is_retried_and_earlier_bytes_stay_unattributed() -> None:
+    acc, owners, _ = accounts({})
+    acc.apply_dump(NS, [sock(5, 100, 0, inode=1005)])
+    assert acc.unattributed == [0.0, 100.0]
+    owners.table[1005] = "late"
+    acc.apply_dump(NS, [sock(5, 150, 0, inode=1005)])
+    assert acc.totals() == {"late": (0, 50)}
+    assert acc.unattributed == [0.0, 100.0]
+    assert owners.prepared == [[5], [5]]
+    acc.apply_dump(NS, [sock(5, 160, 0, inode=1005)])
+    assert owners.prepared == [[5], [5]]  # resolved: no more lookups
+
+
+def test_sockets_without_tcp_info_are_not_counted() -> None:
+    acc, owners, _ = accounts()
+    acc.apply_dump(NS, [sock(1, None, None)])
+    assert acc.totals() == {} and acc.sockets_seen == 0 and owners.prepared == []
+
+
+def test_namespaces_are_separate_and_can_be_forgotten() -> None:
+    acc, _, _ = accounts()
+    acc.apply_dump(NS, [sock(1, 10, 0)])
+    acc.apply_dump(NS + 1, [sock(1, 20, 0)])  # same cookie, other namespace: another socket
+    assert acc.totals() == {"web": (0, 30)}
+    acc.apply_dump(NS, [])
+    assert acc.live_count() == 1
+    acc.forget_namespace(NS + 1)
+    assert acc.live_count() == 0
+    assert acc.totals() == {"web": (0, 30)}  # totals never go down
+
+
+def test_reconciliation_sum_of_apps_and_unattributed_is_every_byte() -> None:
+    acc, _, _ = accounts({1001: "a"})
+    acc.apply_dump(NS, [sock(1, 10, 1), sock(2, 20, 2)])
+    acc.apply_destroyed(NS, [sock(1, 15, 1, inode=0), sock(9, 30, 3, inode=0)])
+    acc.apply_dump(NS, [sock(2, 25, 2)])
+    apps_tx = sum(v[1] for v in acc.totals().values())
+    assert apps_tx + acc.unattributed[1] == 15 + 25 + 30
+    apps_rx = sum(v[0] for v in acc.totals().values())
+    assert apps_rx + acc.unattributed[0] == 1 + 2 + 3
+
+
+SNMP = """Ip: Forwarding DefaultTTL InReceives
+Ip: 1 64 12345
+Tcp: RtoAlgorithm RtoMin RtoMax MaxConn ActiveOpens PassiveOpens AttemptFails EstabResets CurrEstab InSegs OutSegs
+Tcp: 1 200 120000 -1 14 2 0 0 0 967 635
+Udp: InDatagrams NoPorts
+Udp: 5 0
+"""
+
+
+def test_parse_tcp_in_segs() -> None:
+    assert parse_tcp_in_segs(SNMP) == 967
+    assert parse_tcp_in_segs("Ip: a\nIp: 1\n") is None
+    assert parse_tcp_in_segs("Tcp: InSegs\nTcp: x\n") is None
+
+
+def test_parse_sockstat() -> None:
+    text = "sockets: used 15\nTCP: inuse 1 orphan 0 tw 463 alloc 7 mem 307\nUDP: inuse 0 mem 0\n"
+    assert parse_sockstat_tcp(text) == (1, 7)
+    assert parse_sockstat_tcp("TCP6: inuse 3\n") == (3,)
+    assert parse_sockstat_tcp("UDP: inuse 0\n") is None
+
+
+def test_parse_cgroup2_mount() -> None:
+    hybrid = ("35 24 0:30 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n"
+              "41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n")
+    assert parse_cgroup2_mount(hybrid) == Path("/sys/fs/cgroup/unified")
+    assert parse_cgroup2_mount("35 24 0:30 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n") is None
+    assert parse_cgroup2_mount("garbage\n\n") is None
+
+
+def fake_proc(tmp_path: Path, fds: dict[int, list[str]]) -> Path:
+    for pid, targets in fds.items():
+        folder = tmp_path / str(pid) / "fd"
+        folder.mkdir(parents=True, exist_ok=True)
+        for existing in folder.iterdir():
+            existing.unlink()
+        for number, target in enumerate(targets):
+            os.symlink(target, folder / str(number))
+    return tmp_path
+
+
+def test_inode_map_finds_owners_lowest_pid_and_remembers_misses(tmp_path: Path) -> None:
+    procfs = fake_proc(tmp_path, {10: ["/dev/null", "socket:[500]", "socket:[501]"],
+                                  7: ["socket:[501]", "pipe:[9]"], 12: ["socket:[bad]"]})
+    (tmp_path / "self").mkdir()
+    inodes = SocketInodeMap(procfs)
+    inodes.refresh([500, 501, 999])
+    assert (inodes.lookup(500), inodes.lookup(501), inodes.lookup(999)) == (10, 7, None)
+    walks = inodes.full_walks
+    inodes.refresh([999, 500])  # 999 was not found by a full walk: not searched again
+    assert inodes.full_walks == walks
+    fake_proc(tmp_path, {12: ["socket:[777]"]})
+    inodes.refresh([777])
+    assert inodes.lookup(777) == 12
+    inodes.retain({777})
+    assert inodes.lookup(500) is None and inodes.size() == 1
+
+
+def test_inode_map_without_permission_counts_denials(tmp_path: Path) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("root reads every fd folder")
+    procfs = fake_proc(tmp_path, {10: ["socket:[1]"]})
+    (procfs / "10" / "fd").chmod(0)
+    inodes = SocketInodeMap(procfs)
+    inodes.refresh([1])
+    assert inodes.lookup(1) is None and inodes.denied >= 1
+
+
+def test_cgroup_apps_only_when_one_app_owns_the_cgroup(tmp_path: Path) -> None:
+    root = tmp_path / "cg"
+    (root / "system.slice" / "nginx.service").mkdir(parents=True)
+    (root / "user.slice").mkdir()
+    (root / "system.slice" / "nginx.service" / "cgroup.procs").write_text("100\n101\n")
+    (root / "user.slice" / "cgroup.procs").write_text("200\n201\n")
+    names = {100: "nginx", 101: "nginx", 200: "firefox", 201: "bash"}
+    clock = Clock()
+    cgroups = CgroupApps(root, names.get, clock)
+    nginx_id = os.stat(root / "system.slice" / "nginx.service").st_ino
+    user_id = os.stat(root / "user.slice").st_ino
+    assert cgroups.app_of(nginx_id) == "nginx"
+    assert cgroups.app_of(user_id) is None  # two apps share it
+    assert cgroups.app_of(os.stat(root).st_ino) is None  # the root never names an app
+    assert cgroups.app_of(123456789) is None
+    new = root / "system.slice" / "redis.service"
+    new.mkdir()
+    (new / "cgroup.procs").write_text("300\n")
+    names[300] = "redis"
+    assert cgroups.app_of(new.stat().st_ino) is None  # tree walked recently: an unknown id waits
+    clock.now += 60
+    assert cgroups.app_of(new.stat().st_ino) == "redis"
