@@ -57,7 +57,7 @@ def main() -> None:
         for _ in range(int(args[0])):
             threading.Thread(target=stop.wait, daemon=True).start()
     elif mode == "fds":
-        keep.extend(open(os.devnull) for _ in range(int(args[0])))
+        keep.extend(open(os.devnull) for _ in range(int(args[0])))  # noqa: SIM115 - held open on purpose
     elif mode == "fork":
         for _ in range(int(args[0])):
             pid = os.fork()
