@@ -239,3 +239,8 @@ class HangTracker:
     def watching(self) -> int:
         """Tasks currently seen in D (hung or not yet)."""
         return len(self._since)
+
+    @property
+    def blocked(self) -> frozenset[tuple[int, int]]:
+        """Processes with a task seen in D at the last update (hung or not yet)."""
+        return frozenset(process for process, _task in self._since)
