@@ -59,11 +59,13 @@ def _rusage_bytes(values: dict[str, int], size: int = 296) -> bytes:
 def test_darwin_parse_rusage_reads_disk_bytes_at_their_offsets() -> None:
     raw = _rusage_bytes({"ri_user_time": 48_000_000, "ri_system_time": 12_000_000, "ri_resident_size": 7 << 20,
                          "ri_phys_footprint": 9 << 20, "ri_diskio_bytesread": 123_456_789,
-                         "ri_diskio_byteswritten": 2**40 + 5, "ri_logical_writes": 999})
+                         "ri_diskio_byteswritten": 2**40 + 5, "ri_logical_writes": 999,
+                         "ri_child_user_time": 240_000_000, "ri_child_system_time": 24_000})
     usage = lp.parse_rusage(raw)
     assert usage == lp.Rusage(user_ticks=48_000_000, system_ticks=12_000_000, resident_bytes=7 << 20,
                               phys_footprint_bytes=9 << 20, diskio_bytes_read=123_456_789,
-                              diskio_bytes_written=2**40 + 5)
+                              diskio_bytes_written=2**40 + 5, child_user_ticks=240_000_000,
+                              child_system_ticks=24_000)
     assert lp.parse_rusage(raw[:160]) == usage  # a v2 buffer is enough
 
 

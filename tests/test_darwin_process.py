@@ -55,6 +55,8 @@ class FakeProc:
     disk_read: int = 1_000_000
     disk_written: int = 250_000
     fds: int = 12
+    reaped_user: float = 0.0
+    reaped_system: float = 0.0
     thread_states: list[int] = field(default_factory=lambda: [TH_STATE_WAITING] * 4)
     denied: bool = False
     vanish_at: str | None = None
@@ -84,7 +86,8 @@ class FakeTable:
 
     def kinfo(self, pid: int) -> KInfo:
         p = self._get(pid)
-        return KInfo(ppid=p.ppid, uid=p.uid, status=p.status, started_us=p.started_us)
+        return KInfo(ppid=p.ppid, uid=p.uid, status=p.status, started_us=p.started_us,
+                     start_time=p.started_us / 1e6, comm=p.name[:16])
 
     def name(self, pid: int) -> str:
         return self._get(pid).name
@@ -124,7 +127,8 @@ class FakeLibProc:
         p = self._get(pid, "rusage")
         return Rusage(user_ticks=round(p.user_seconds * self.rate), system_ticks=round(p.system_seconds * self.rate),
                       resident_bytes=p.resident, phys_footprint_bytes=p.footprint, diskio_bytes_read=p.disk_read,
-                      diskio_bytes_written=p.disk_written)
+                      diskio_bytes_written=p.disk_written, child_user_ticks=round(p.reaped_user * self.rate),
+                      child_system_ticks=round(p.reaped_system * self.rate))
 
     def fd_count(self, pid: int) -> int:
         p = self._get(pid, "fds")
@@ -172,8 +176,17 @@ def test_darwin_sample_of_own_process_converts_ticks_to_seconds() -> None:
     assert s.read_ops is None and s.write_ops is None  # no per-process syscall counts on macOS
     assert s.id == ProcessId(410, 1_760_000_000_000_000)
     assert s.start_time_seconds == pytest.approx(1_760_000_000.0)
-    assert (s.state, s.ppid) == ("R", 1)
+    assert (s.state, s.ppid, s.comm) == ("R", 1, "proc")
     assert (errors.access_denied, errors.vanished) == (0, 0)
+
+
+def test_darwin_reaped_children_cpu_comes_from_rusage_child_times() -> None:
+    source, _ = make_source([FakeProc(pid=30, name="make", reaped_user=90.0, reaped_system=15.5),
+                             FakeProc(pid=31, denied=True)])
+    samples, _ = by_pid(source)
+    assert samples[30].reaped_cpu_user_seconds == pytest.approx(90.0)
+    assert samples[30].reaped_cpu_system_seconds == pytest.approx(15.5)
+    assert samples[31].reaped_cpu_user_seconds is None
 
 
 def test_darwin_other_users_process_keeps_state_and_start_only() -> None:
@@ -354,8 +367,9 @@ def test_darwin_psutil_table_reads_a_live_child(child: subprocess.Popen) -> None
     table = PsutilTable()
     kinfo = table.kinfo(child.pid)
     assert kinfo.ppid == os.getpid() and kinfo.uid == os.getuid()
-    assert kinfo.started_us == round(psutil.Process(child.pid).create_time() * 1_000_000)
-    assert abs(kinfo.started_us / 1e6 - time.time()) < 300
+    assert kinfo.start_time == psutil.Process(child.pid).create_time()
+    assert abs(kinfo.start_time - time.time()) < 300
+    assert kinfo.started_us == table.kinfo(child.pid).started_us > 0  # stable for the same process
     assert child.pid in table.pids()
     _wait_for(lambda: "marker-arg" in table.cmdline(child.pid))
     assert table.name(child.pid).startswith("python")

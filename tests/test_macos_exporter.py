@@ -93,6 +93,7 @@ def second_pass(table: FakeTable) -> None:
                                 started_us=T0 + 90_000_000, user_seconds=0.5, system_seconds=0.25, threads=3,
                                 resident=6 << 20, fds=5, disk_read=2 << 20, disk_written=0)
     table.procs[700].disk_written += 1 << 20
+    table.procs[600].reaped_user += 2.0  # a child that lived and died between the scrapes
 
 
 def normalised(body: bytes) -> str:
@@ -140,6 +141,7 @@ def test_macos_exporter_values(tmp_path: Path) -> None:
     assert v2[f"atlas_app_oldest_start_time_seconds{{{chrome}}}"] == T0 / 1e6
     assert v2['atlas_app_processes{app="Safari"}'] == 1
     assert v2['atlas_app_processes{app="backup"}'] == 1  # interpreter: named by its script
+    assert v2['atlas_app_cpu_seconds_total{app="backup",mode="user"}'] == pytest.approx(7.0)  # 5 + 2 reaped
     assert v2['atlas_app_disk_written_bytes_total{app="redis-server"}'] == 65 << 20
     assert v2['atlas_app_disk_wait_processes{app="redis-server"}'] == 1  # an uninterruptible thread
     assert v2['atlas_app_processes{app="mdworker_shared"}'] == 1  # pid 402 reused: a new process
@@ -200,11 +202,12 @@ def test_macos_other_users_processes_are_counted_with_absent_values(tmp_path: Pa
                                        "child disk fields, so the parent's own new I/O is discounted")
 def test_macos_parent_io_is_not_discounted_when_a_child_exits(tmp_path: Path) -> None:
     parent = FakeProc(pid=300, name="make", exe="/usr/bin/make", disk_read=0, disk_written=0)
-    child = FakeProc(pid=301, name="cc", ppid=300, exe="/usr/bin/make", disk_read=0, disk_written=8 << 20)
+    child = FakeProc(pid=301, name="cc", ppid=300, exe="/usr/bin/cc", disk_read=0, disk_written=8 << 20)
     table = FakeTable([parent, child])
     exporter = exporter_over(table)
     exporter.render_metrics()
     del table.procs[301]
     parent.disk_written += 4 << 20  # the parent's own writes, after the child exited
     v = parse_exposition(normalised(exporter.render_metrics()[0]))
-    assert v['atlas_app_disk_written_bytes_total{app="make"}'] == 12 << 20
+    assert v['atlas_app_disk_written_bytes_total{app="cc"}'] == 8 << 20
+    assert v['atlas_app_disk_written_bytes_total{app="make"}'] == 4 << 20  # today the child's credit eats it

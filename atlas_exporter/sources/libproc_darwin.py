@@ -246,6 +246,8 @@ class Rusage:
     phys_footprint_bytes: int
     diskio_bytes_read: int
     diskio_bytes_written: int
+    child_user_ticks: int = 0  # CPU of children this process reaped (wait()ed for)
+    child_system_ticks: int = 0
 
 
 def parse_taskinfo(raw: bytes) -> TaskInfo:
@@ -274,6 +276,8 @@ def parse_rusage(raw: bytes) -> Rusage:
         phys_footprint_bytes=info.ri_phys_footprint,
         diskio_bytes_read=info.ri_diskio_bytesread,
         diskio_bytes_written=info.ri_diskio_byteswritten,
+        child_user_ticks=info.ri_child_user_time,
+        child_system_ticks=info.ri_child_system_time,
     )
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import pwd
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,12 +57,19 @@ KERNEL_TASK_PID = 0
 
 @dataclass(frozen=True, slots=True)
 class KInfo:
-    """What sysctl `kinfo_proc` gives for any process: status is psutil's word for p_stat."""
+    """What sysctl `kinfo_proc` gives for any process: status is psutil's word for p_stat.
+
+    `started_us` is the kernel's start time as it was recorded (microseconds since the
+    epoch), which never changes for a process, so it identifies it; `start_time` is the
+    same instant corrected for later wall-clock steps, for display.
+    """
 
     ppid: int
     uid: int
     status: str  # "running", "sleeping", "stopped", "zombie", "idle"
-    started_us: int  # start time, microseconds since the epoch
+    started_us: int
+    start_time: float
+    comm: str | None = None  # p_comm, at most 16 bytes
 
 
 class ProcessTable(Protocol):
@@ -115,8 +123,10 @@ class PsutilTable:
         proc = self._process(pid)
         try:
             with proc.oneshot():
+                start_time = proc.create_time()
+                raw_start, comm = _raw_kinfo(proc, start_time)
                 return KInfo(ppid=proc.ppid(), uid=proc.uids().real, status=proc.status(),
-                             started_us=round(proc.create_time() * 1_000_000))
+                             started_us=round(raw_start * 1_000_000), start_time=start_time, comm=comm)
         except self._psutil.NoSuchProcess:
             raise ProcessGone(f"pid {pid}") from None
         except self._psutil.AccessDenied:
@@ -139,6 +149,27 @@ class PsutilTable:
             raise ProcessGone(f"pid {pid}") from None
         except self._psutil.AccessDenied:
             raise AccessDenied(f"pid {pid}") from None
+
+
+def _raw_kinfo(proc: object, start_time: float) -> tuple[float, str | None]:
+    """The unadjusted start time and p_comm from psutil's platform object (one cached sysctl).
+
+    psutil >= 7.2 shifts `create_time()` after a wall-clock step; the raw value is what it
+    uses itself to tell processes apart. Older psutil has no `monotonic` argument and never
+    shifts. On Linux the raw value counts from boot instead of the epoch.
+    """
+    impl = getattr(proc, "_proc", None)
+    if impl is None or sys.platform != "darwin":
+        return start_time, None
+    try:
+        raw = impl.create_time(monotonic=True)
+    except TypeError:
+        raw = start_time
+    try:
+        comm = impl.name()
+    except Exception:  # noqa: BLE001 - a private psutil call: any failure just leaves comm out
+        comm = None
+    return raw, comm if isinstance(comm, str) else None
 
 
 _STATUS_LETTER = {"zombie": "Z", "stopped": "T", "running": "R", "sleeping": "S", "idle": "R"}
@@ -341,7 +372,9 @@ class DarwinProcessSource:
                     threads = None
         if denied:
             errors.access_denied += 1
-        cpu_user = cpu_system = None
+        cpu_user = cpu_system = reaped_user = reaped_system = None
+        if base is not None and usage is not None:
+            reaped_user, reaped_system = base.seconds(usage.child_user_ticks), base.seconds(usage.child_system_ticks)
         if base is not None:
             if task is not None:
                 cpu_user, cpu_system = base.seconds(task.user_ticks), base.seconds(task.system_ticks)
@@ -361,11 +394,14 @@ class DarwinProcessSource:
             cpu_system_seconds=cpu_system,  # type: ignore[arg-type]
             threads=threads_now,  # type: ignore[arg-type]
             resident_bytes=resident,  # type: ignore[arg-type]
-            start_time_seconds=kinfo.started_us / 1_000_000,
+            start_time_seconds=kinfo.start_time,
             open_fds=fds,
             read_bytes=usage.diskio_bytes_read if usage is not None else None,
             written_bytes=usage.diskio_bytes_written if usage is not None else None,
             footprint_bytes=usage.phys_footprint_bytes if usage is not None else None,
+            comm=kinfo.comm,
+            reaped_cpu_user_seconds=reaped_user,
+            reaped_cpu_system_seconds=reaped_system,
         )
 
     def statuses(self) -> list[SourceStatus]:
