@@ -243,3 +243,18 @@ def test_darwin_libproc_pid_path_keeps_undecodable_bytes(fake) -> None:
     path = proc.pid_path(10)
     assert path.startswith("/Applications/Café.app/")
     assert path.encode("utf-8", "surrogateescape").endswith(b"Caf\xff")
+
+
+def test_darwin_parsers_agree_with_the_ctypes_structures() -> None:
+    raw = os.urandom(ctypes.sizeof(lp.RusageInfoV4))
+    ri = lp.RusageInfoV4.from_buffer_copy(raw)
+    assert lp.parse_rusage(raw) == lp.Rusage(
+        user_ticks=ri.ri_user_time, system_ticks=ri.ri_system_time, resident_bytes=ri.ri_resident_size,
+        phys_footprint_bytes=ri.ri_phys_footprint, diskio_bytes_read=ri.ri_diskio_bytesread,
+        diskio_bytes_written=ri.ri_diskio_byteswritten, child_user_ticks=ri.ri_child_user_time,
+        child_system_ticks=ri.ri_child_system_time)
+    raw = os.urandom(ctypes.sizeof(lp.ProcTaskInfo))
+    ti = lp.ProcTaskInfo.from_buffer_copy(raw)
+    assert lp.parse_taskinfo(raw) == lp.TaskInfo(
+        resident_bytes=ti.pti_resident_size, user_ticks=ti.pti_total_user, system_ticks=ti.pti_total_system,
+        threads=ti.pti_threadnum, running_threads=ti.pti_numrunning)

@@ -18,6 +18,7 @@ import ctypes
 import ctypes.util
 import errno
 import os
+import struct
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -250,35 +251,29 @@ class Rusage:
     child_system_ticks: int = 0
 
 
+# Both macOS architectures (arm64, x86_64) are little-endian. The formats pick the fields
+# the exporter uses at the offsets of the structures above (checked in the tests).
+_TASKINFO = struct.Struct("<8xQQQ52xii")  # resident, total_user, total_system, threadnum, numrunning
+_RUSAGE = struct.Struct("<16xQQ32xQQ16xQQ32xQQ")  # user, system, resident, footprint, child user/system, disk
+
+
 def parse_taskinfo(raw: bytes) -> TaskInfo:
     """Decode the bytes `proc_pidinfo(PROC_PIDTASKINFO)` filled in."""
     if len(raw) < ctypes.sizeof(ProcTaskInfo):
         raise ValueError(f"proc_taskinfo: {len(raw)} bytes, expected {ctypes.sizeof(ProcTaskInfo)}")
-    info = ProcTaskInfo.from_buffer_copy(raw[: ctypes.sizeof(ProcTaskInfo)])
-    return TaskInfo(
-        resident_bytes=info.pti_resident_size,
-        user_ticks=info.pti_total_user,
-        system_ticks=info.pti_total_system,
-        threads=info.pti_threadnum,
-        running_threads=info.pti_numrunning,
-    )
+    resident, user, system, threads, running = _TASKINFO.unpack_from(raw)
+    return TaskInfo(resident_bytes=resident, user_ticks=user, system_ticks=system, threads=threads,
+                    running_threads=running)
 
 
 def parse_rusage(raw: bytes) -> Rusage:
     """Decode the bytes `proc_pid_rusage(RUSAGE_INFO_V2 or later)` filled in (a v2 prefix suffices)."""
     if len(raw) < ctypes.sizeof(RusageInfoV2):
         raise ValueError(f"rusage_info: {len(raw)} bytes, expected at least {ctypes.sizeof(RusageInfoV2)}")
-    info = RusageInfoV2.from_buffer_copy(raw[: ctypes.sizeof(RusageInfoV2)])
-    return Rusage(
-        user_ticks=info.ri_user_time,
-        system_ticks=info.ri_system_time,
-        resident_bytes=info.ri_resident_size,
-        phys_footprint_bytes=info.ri_phys_footprint,
-        diskio_bytes_read=info.ri_diskio_bytesread,
-        diskio_bytes_written=info.ri_diskio_byteswritten,
-        child_user_ticks=info.ri_child_user_time,
-        child_system_ticks=info.ri_child_system_time,
-    )
+    user, system, resident, footprint, child_user, child_system, read, written = _RUSAGE.unpack_from(raw)
+    return Rusage(user_ticks=user, system_ticks=system, resident_bytes=resident, phys_footprint_bytes=footprint,
+                  diskio_bytes_read=read, diskio_bytes_written=written, child_user_ticks=child_user,
+                  child_system_ticks=child_system)
 
 
 @dataclass(frozen=True, slots=True)

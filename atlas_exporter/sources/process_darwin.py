@@ -6,15 +6,17 @@ source. Per process and pass it reads:
 - `kinfo_proc` (sysctl, any process): ppid, BSD status, start time;
 - `proc_pidinfo(PROC_PIDTASKINFO)` (same uid or root): CPU user/system, resident bytes,
   threads, running threads;
-- `proc_pid_rusage(RUSAGE_INFO_V2+)` (same uid or root): physical footprint and
-  `ri_diskio_bytesread` / `ri_diskio_byteswritten`;
+- `proc_pid_rusage(RUSAGE_INFO_V2+)` (same uid or root): physical footprint,
+  `ri_diskio_bytesread` / `ri_diskio_byteswritten`, and the CPU of reaped children
+  (`ri_child_user_time` / `ri_child_system_time`);
 - `proc_pidinfo(PROC_PIDLISTFDS)` (same uid or root): open descriptors.
 
 CPU times arrive in Mach ticks and are converted with the timebase (24 MHz on Apple
 silicon). Values of another user's process that need the same uid are None and the
 process is counted once in `ReadErrors.access_denied`; its state and start time are still
 read. `read_ops` / `write_ops` are always None: macOS has no per-process read/write system
-call counts. `ProcessId.started` is the start time in microseconds since the epoch.
+call counts. `ProcessId.started` is the kernel's start time in microseconds since the
+epoch, as recorded (a later wall-clock step does not change it).
 
 States, as Linux letters: "Z" zombie, "T" stopped, "R" when a thread is running, "D" when
 no thread runs and one is in uninterruptible wait (ps shows "U"), else "S". For another
