@@ -12,8 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 
 class ConfigError(Exception):
     """A configuration file that cannot be used; the message names file, key and reason."""
@@ -288,6 +286,8 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
         raise ConfigError(f"{name}: is a directory, not a file") from None
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"{name}: cannot read: {getattr(err, 'strerror', None) or err}") from None
+    import yaml  # only when a file is given: the exporter with defaults never pays for it
+
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
