@@ -211,3 +211,19 @@ def test_macos_parent_io_is_not_discounted_when_a_child_exits(tmp_path: Path) ->
     v = parse_exposition(normalised(exporter.render_metrics()[0]))
     assert v['atlas_app_disk_written_bytes_total{app="cc"}'] == 8 << 20
     assert v['atlas_app_disk_written_bytes_total{app="make"}'] == 4 << 20  # today the child's credit eats it
+
+
+def test_macos_csv_mirror_leaves_ops_cells_empty(tmp_path: Path) -> None:
+    import csv
+
+    table, _ = machine(tmp_path)
+    path = tmp_path / "app_resources.csv"
+    exporter = exporter_over(table, {"csv": {"enabled": True, "path": str(path), "interval_seconds": 3600}})
+    mirror = next(s for s in exporter.sources if s.name == "csv")
+    mirror.write_interval()  # primes
+    second_pass(table)
+    assert mirror.write_interval() > 0
+    rows = {row["app_name"]: row for row in csv.DictReader(path.read_text().splitlines())}
+    chrome = rows["Google Chrome"]
+    assert chrome["disk_read_ops"] == "" and chrome["disk_write_ops"] == ""  # not measurable on macOS
+    assert float(chrome["cpu_percent"]) > 0 and chrome["threads"] == "50" and chrome["open_files"] == "125"
