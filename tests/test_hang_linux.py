@@ -183,3 +183,41 @@ def test_io_heavy_writer_is_never_hung(tmp_path):
         if writer.poll() is None:
             writer.kill()
         writer.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_end_to_end_through_the_exporter(vfork_binary):
+    from atlas_exporter.config import parse_config
+    from atlas_exporter.exporter.runtime import Exporter
+
+    config = parse_config({"hang": {"threshold_seconds": 2, "check_interval_seconds": 0.25},
+                           "apps": [{"name": "vfork-e2e", "comm": "^vfork_d$"}]})
+    exporter = Exporter(config, enabled={"process", "hang"})
+    parent = subprocess.Popen([str(vfork_binary), "60"])
+    exporter.start()
+    try:
+        hung_line = 'atlas_app_hung_processes{app="vfork-e2e"} 1.0'
+        deadline = time.monotonic() + 30
+        body = ""
+        while time.monotonic() < deadline and hung_line not in body:
+            body = exporter.render_metrics()[0].decode()
+            time.sleep(0.25)
+        assert hung_line in body
+        assert 'atlas_app_hangs_total{app="vfork-e2e"} 1.0' in body
+        assert 'atlas_scrape_collector_success{collector="hang"} 1.0' in body
+        assert 'atlas_source_active{privilege="root",source="hang_task_scan"} 1.0' in body or os.geteuid() != 0
+        for child in _children(parent.pid):
+            os.kill(child, signal.SIGKILL)
+        parent.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and hung_line in body:
+            time.sleep(0.25)
+            body = exporter.render_metrics()[0].decode()
+        assert hung_line not in body
+    finally:
+        exporter.stop()
+        for child in _children(parent.pid):
+            os.kill(child, signal.SIGKILL)
+        if parent.poll() is None:
+            parent.kill()
+        parent.wait(timeout=30)

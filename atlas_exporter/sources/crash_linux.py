@@ -356,6 +356,10 @@ class PidApps:
     def known(self, pid: int) -> bool:
         return pid in self._apps and pid not in self._dead
 
+    def pids(self) -> set[int]:
+        """Processes believed alive."""
+        return set(self._apps) - set(self._dead)
+
     def died(self, pid: int, now: float) -> None:
         if pid in self._apps or pid in self._threads:
             self._dead[pid] = now
@@ -716,21 +720,28 @@ class LinuxCrashSource:
                                 comm=crash.comm))
 
     def _rescan(self) -> None:
-        """Learn the app of every live pid not yet known (at start, and without the connector)."""
+        """Learn the app of every live pid (at start, and periodically without the connector).
+
+        The resolver caches names per (pid, start time), so asking again is cheap and
+        notices a reused pid. Known pids that are gone are marked dead.
+        """
         try:
             entries = os.listdir(self.procfs)
         except OSError:
             return
-        self._last_rescan = self.monotonic()
+        now = self.monotonic()
+        self._last_rescan = now
+        live = set()
         for name in entries:
             if not name.isdigit():
                 continue
             pid = int(name)
-            if self.pids.known(pid):
-                continue
+            live.add(pid)
             app = self._resolve(pid)
             if app is not None:
                 self.pids.learn(pid, app)
+        for pid in self.pids.pids() - live:
+            self.pids.died(pid, now)
 
     def _poll_folders(self) -> None:
         if self._status.get("systemd_coredump", SourceStatus("", False)).active:

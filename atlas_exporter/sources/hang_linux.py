@@ -180,17 +180,17 @@ class LinuxHangSource:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._status = SourceStatus("task_scan", False, "none", "not started")
+        self._status = SourceStatus("hang_task_scan", False, "none", "not started")
         self.last_scan_seconds: float | None = None
 
     def start(self) -> None:
         if self._thread is not None:
             return
         if not (self.procfs / "self" / "task").is_dir():
-            self._status = SourceStatus("task_scan", False, "none", f"{self.procfs} has no task folders")
+            self._status = SourceStatus("hang_task_scan", False, "none", f"{self.procfs} has no task folders")
             return
         privilege = "root" if os.geteuid() == 0 else "user"
-        self._status = SourceStatus("task_scan", True, privilege, "")
+        self._status = SourceStatus("hang_task_scan", True, privilege, "")
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="atlas-hang-watcher", daemon=True)
         self._thread.start()
