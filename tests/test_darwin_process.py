@@ -28,7 +28,7 @@ from atlas_exporter.sources.libproc_darwin import (
     TaskInfo,
     Timebase,
 )
-from atlas_exporter.sources.process_darwin import DarwinProcessSource, KInfo, PsutilTable, state_letter
+from atlas_exporter.sources.process_darwin import DarwinProcessSource, KInfo, PsutilTable, raw_kinfo, state_letter
 
 TICKS = APPLE_SILICON_TICKS_PER_SECOND
 STAGES = ("kinfo", "task", "rusage", "fds", "threads")
@@ -399,3 +399,35 @@ def test_darwin_scan_of_this_machines_table_with_libproc_denied(child: subproces
     mine = [s for s in scan.samples if s.id.pid == child.pid]
     assert len(mine) == 1 and mine[0].ppid == os.getpid() and mine[0].cpu_user_seconds is None
     assert scan.errors.access_denied >= len(scan.samples) - 1  # every live process was denied
+
+
+class _Impl:
+    """psutil's platform-level Process on a Mac: kinfo values, with or without the `monotonic` argument."""
+
+    def __init__(self, new_api: bool, name: str | Exception) -> None:
+        self.new_api, self._name = new_api, name
+
+    def create_time(self, **kwargs: bool) -> float:
+        if kwargs and not self.new_api:
+            raise TypeError("create_time() got an unexpected keyword argument 'monotonic'")
+        return 1_760_000_000.123456 if kwargs.get("monotonic") else 1_760_000_007.5
+
+    def name(self) -> str:
+        if isinstance(self._name, Exception):
+            raise self._name
+        return self._name
+
+
+class _Proc:
+    def __init__(self, impl: _Impl | None) -> None:
+        if impl is not None:
+            self._proc = impl
+
+
+def test_darwin_raw_kinfo_start_time_survives_clock_steps() -> None:
+    # psutil >= 7.2: the public create_time() is shifted after a clock step, the raw one is not
+    assert raw_kinfo(_Proc(_Impl(True, "Google Chrome H")), 1_760_000_007.5) == (1_760_000_000.123456,
+                                                                                 "Google Chrome H")
+    assert raw_kinfo(_Proc(_Impl(False, "launchd")), 1_760_000_007.5) == (1_760_000_007.5, "launchd")
+    assert raw_kinfo(_Proc(_Impl(True, psutil.NoSuchProcess(5))), 1.0) == (1_760_000_000.123456, None)
+    assert raw_kinfo(_Proc(None), 3.25) == (3.25, None)  # no platform object: the public value

@@ -105,10 +105,11 @@ class LibProcLayer(Protocol):
 class PsutilTable:
     """`ProcessTable` over psutil, translating its errors to `ProcessGone` / `AccessDenied`."""
 
-    def __init__(self) -> None:
+    def __init__(self, darwin: bool = sys.platform == "darwin") -> None:
         import psutil
 
         self._psutil = psutil
+        self._darwin = darwin
 
     def _process(self, pid: int):  # noqa: ANN202 - psutil.Process
         try:
@@ -126,7 +127,7 @@ class PsutilTable:
         try:
             with proc.oneshot():
                 start_time = proc.create_time()
-                raw_start, comm = _raw_kinfo(proc, start_time)
+                raw_start, comm = raw_kinfo(proc, start_time) if self._darwin else (start_time, None)
                 return KInfo(ppid=proc.ppid(), uid=proc.uids().real, status=proc.status(),
                              started_us=round(raw_start * 1_000_000), start_time=start_time, comm=comm)
         except self._psutil.NoSuchProcess:
@@ -153,7 +154,7 @@ class PsutilTable:
             raise AccessDenied(f"pid {pid}") from None
 
 
-def _raw_kinfo(proc: object, start_time: float) -> tuple[float, str | None]:
+def raw_kinfo(proc: object, start_time: float) -> tuple[float, str | None]:
     """The unadjusted start time and p_comm from psutil's platform object (one cached sysctl).
 
     psutil >= 7.2 shifts `create_time()` after a wall-clock step; the raw value is what it
@@ -161,7 +162,7 @@ def _raw_kinfo(proc: object, start_time: float) -> tuple[float, str | None]:
     shifts. On Linux the raw value counts from boot instead of the epoch.
     """
     impl = getattr(proc, "_proc", None)
-    if impl is None or sys.platform != "darwin":
+    if impl is None:
         return start_time, None
     try:
         raw = impl.create_time(monotonic=True)
