@@ -20,6 +20,7 @@ import errno
 import os
 import socket
 import struct
+import sys
 import threading
 from collections.abc import Callable
 from typing import NamedTuple, TypeVar
@@ -45,12 +46,14 @@ DUMP_STATES = 0xFFF & ~(1 << TCP_TIME_WAIT)
 
 _NLH = struct.Struct("=IHHII")  # nlmsghdr: len, type, flags, seq, pid
 _REQ = struct.Struct("=BBBxI48x")  # inet_diag_req_v2: family, protocol, ext, pad, states, sockid
-_MSG_HEAD = struct.Struct("=BB")  # inet_diag_msg: family, state
-_PORTS = struct.Struct("!HH")  # sockid sport, dport (network byte order)
-_COOKIE = struct.Struct("=II")  # sockid cookie[0], cookie[1] (host order, low word first)
-_UID_INODE = struct.Struct("=II")  # idiag_uid, idiag_inode
+_NLH_HEAD = struct.Struct("=IH")  # nlmsghdr: len, type
+# inet_diag_msg: family, state, (timer, retrans), sockid {sport, dport (network byte order), src[16],
+# (dst[16], if), cookie[0], cookie[1] (host order, low word first)}, (expires, rqueue, wqueue), uid, inode
+_MSG = struct.Struct("=BB2x" "2H" "16s" "20x" "II" "12x" "II")
+_SWAP_PORTS = sys.byteorder == "little"  # the ports were read in host order
 _RTA = struct.Struct("=HH")  # rtattr: len, type
 _U64 = struct.Struct("=Q")
+_TCPI_BYTES = struct.Struct("=QQ")  # tcpi_bytes_acked, tcpi_bytes_received
 _I32 = struct.Struct("=i")
 MSG_SIZE = 72  # sizeof(struct inet_diag_msg)
 TCPI_BYTES_ACKED = 120  # offsets in struct tcp_info
@@ -93,29 +96,27 @@ def parse_inet_diag_msg(buf: bytes, start: int, end: int) -> TcpSocketInfo | Non
     """Parse one `inet_diag_msg` plus its attributes in buf[start:end]; None when malformed."""
     if end - start < MSG_SIZE or end > len(buf):
         return None
-    family, state = _MSG_HEAD.unpack_from(buf, start)
+    family, state, sport, dport, src, lo, hi, uid, inode = _MSG.unpack_from(buf, start)
+    if _SWAP_PORTS:
+        sport = ((sport & 0xFF) << 8) | (sport >> 8)
+        dport = ((dport & 0xFF) << 8) | (dport >> 8)
     if family == socket.AF_INET:
-        src = buf[start + 8:start + 12]
-    elif family == socket.AF_INET6:
-        src = buf[start + 8:start + 24]
-    else:
+        src = src[:4]
+    elif family != socket.AF_INET6:
         return None
-    sport, dport = _PORTS.unpack_from(buf, start + 4)
-    lo, hi = _COOKIE.unpack_from(buf, start + 44)
-    uid, inode = _UID_INODE.unpack_from(buf, start + 64)
     acked = received = cgroup_id = None
     pos = start + MSG_SIZE
     while pos + 4 <= end:
         length, kind = _RTA.unpack_from(buf, pos)
         if length < 4 or pos + length > end:
             return None
-        body = length - 4
         if kind == INET_DIAG_INFO:
-            if body >= TCPI_BYTES_ACKED + 8:
-                acked = _U64.unpack_from(buf, pos + 4 + TCPI_BYTES_ACKED)[0]
+            body = length - 4
             if body >= TCPI_BYTES_RECEIVED + 8:
-                received = _U64.unpack_from(buf, pos + 4 + TCPI_BYTES_RECEIVED)[0]
-        elif kind == INET_DIAG_CGROUP_ID and body >= 8:
+                acked, received = _TCPI_BYTES.unpack_from(buf, pos + 4 + TCPI_BYTES_ACKED)
+            elif body >= TCPI_BYTES_ACKED + 8:
+                acked = _U64.unpack_from(buf, pos + 4 + TCPI_BYTES_ACKED)[0]
+        elif kind == INET_DIAG_CGROUP_ID and length >= 12:
             cgroup_id = _U64.unpack_from(buf, pos + 4)[0]
         pos += (length + 3) & ~3
     return TcpSocketInfo(family, state, sport, dport, src, uid, inode, lo | (hi << 32), acked, received, cgroup_id)
@@ -128,20 +129,21 @@ def parse_netlink_buffer(buf: bytes) -> NetlinkBatch:
     error = malformed = 0
     off = 0
     size = len(buf)
-    while off + _NLH.size <= size:
-        length, kind, _flags, _seq, _pid = _NLH.unpack_from(buf, off)
-        if length < _NLH.size or off + length > size:
+    header = _NLH_HEAD.unpack_from
+    parse = parse_inet_diag_msg
+    while off + 16 <= size:
+        length, kind = header(buf, off)
+        if length < 16 or off + length > size:
             malformed += 1
             break
-        body = off + _NLH.size
         if kind == SOCK_DIAG_BY_FAMILY:
-            info = parse_inet_diag_msg(buf, body, off + length)
+            info = parse(buf, off + 16, off + length)
             if info is None:
                 malformed += 1
             else:
                 sockets.append(info)
         elif kind in (NLMSG_DONE, NLMSG_ERROR):
-            code = _I32.unpack_from(buf, body)[0] if length >= _NLH.size + 4 else 0
+            code = _I32.unpack_from(buf, off + 16)[0] if length >= 20 else 0
             if code < 0:
                 error = -code
             if kind == NLMSG_DONE or code < 0:
