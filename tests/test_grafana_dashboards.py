@@ -32,7 +32,7 @@ APP_METRICS = (
 )
 EXPORTER_METRICS = (
     "atlas_exporter_build_info", "atlas_scrape_collector_success", "atlas_scrape_collector_duration_seconds",
-    "atlas_process_read_errors_total",
+    "atlas_process_read_errors_total", "atlas_source_active",
 )
 PROMETHEUS_METRICS = ("up", "scrape_duration_seconds")
 PANEL_TYPES = {"timeseries", "stat", "table", "state-timeline", "row", "text", "gauge", "bargauge"}
@@ -217,6 +217,7 @@ def test_overview_covers_the_issue(dashboards: dict[str, dict[str, Any]]) -> Non
                               "increase(atlas_app_hangs_total"],
         "Collector success": ["atlas_scrape_collector_success"],
         "Collector duration": ["atlas_scrape_collector_duration_seconds"],
+        "Data sources": ["atlas_source_active"],
     }
     for title, fragments in need.items():
         exprs = "\n".join(t["expr"] for t in titles[title]["targets"])
