@@ -326,3 +326,10 @@ def test_shutdown_from_a_signal_handler_in_the_serving_thread():
         signal.signal(signal.SIGUSR1, previous)
     with pytest.raises(OSError):
         request(srv.address[1], timeout=5)
+
+
+def test_host_name_listens_on_its_ipv4_address():
+    with serving(listen="localhost:0") as srv:
+        host, port = srv.address
+        assert host == "127.0.0.1"
+        assert request(port)[0] == 200

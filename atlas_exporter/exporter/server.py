@@ -98,7 +98,8 @@ def _resolve(listen_address: str) -> tuple[socket.AddressFamily, tuple[Any, ...]
     infos = [info for info in infos if info[0] in (socket.AF_INET, socket.AF_INET6)]
     if not infos:
         raise ServerError(f"listen tcp: lookup {host}: no address")
-    family, _, _, _, sockaddr = infos[0]
+    # Like Go's net.Listen, a name with several addresses listens on one, preferring IPv4.
+    family, _, _, _, sockaddr = min(infos, key=lambda info: info[0] != socket.AF_INET)
     return family, sockaddr, False
 
 
