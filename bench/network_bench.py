@@ -10,7 +10,8 @@ thread's CPU clock (user + system):
   `collect()`), which only reads the totals the sampler keeps;
 - sampler, idle: one sampler tick when no TCP socket changed (three /proc/net files);
 - sampler, active: one tick that dumps and applies every socket (traffic on every connection);
-- first sample: the tick that sees every socket for the first time (fd walk to find the owners).
+- first sample: the tick that sees every socket for the first time (fd walk to find the owners);
+- the dump alone: one IPv4 + IPv6 sock_diag dump with its parse, without the bookkeeping.
 It builds and runs /work/shared/bench/procscan.c (or --procscan) in the same run for the C lower
 bound of one pass over every process, and prints every figure as a ratio to it.
 """
@@ -32,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from atlas_exporter.model import Snapshot  # noqa: E402
 from atlas_exporter.sources.network_linux import LinuxNetworkSource, find_cgroup2_root  # noqa: E402
+from atlas_exporter.sources.sockdiag_linux import SockDiagSocket  # noqa: E402
 
 PROCSCAN_C = Path("/work/shared/bench/procscan.c")
 
@@ -106,6 +108,9 @@ def main() -> None:
             holder.stdout.readline()
             active.append(cpu_us(source.sample))
         dumps = source.dumps
+        diag = SockDiagSocket()
+        dump_only = [cpu_us(diag.dump_tcp) for _ in range(args.rounds)]
+        diag.close()
         source.stop()
     finally:
         holder.kill()
@@ -117,6 +122,7 @@ def main() -> None:
         ("collect per scrape (app_totals + collect)", med(collect)),
         ("sampler tick, idle (no TCP change)", med(idle)),
         ("sampler tick, active (dump + apply every socket)", med(active)),
+        ("  of which the sock_diag dump and parse alone", med(dump_only)),
         ("first sample (fd walk for every owner)", first),
     ]
     print(f"sockets tracked: {sockets}  processes: {procs}  dumps: {dumps}  rounds: {args.rounds}")

@@ -12,6 +12,7 @@ from atlas_exporter.sources.network_linux import (
     CgroupApps,
     SocketAccounts,
     SocketInodeMap,
+    change_key,
     parse_cgroup2_mount,
     parse_sockstat_tcp,
     parse_tcp_in_segs,
@@ -194,6 +195,16 @@ def test_parse_sockstat() -> None:
     assert parse_sockstat_tcp("UDP: inuse 0\n") is None
 
 
+def test_change_key_moves_with_segments_and_sockets() -> None:
+    sockstat = "TCP: inuse 1 orphan 0 tw 4 alloc 7 mem 3\n"
+    base = change_key(SNMP, sockstat, "TCP6: inuse 2\n")
+    assert base == (967, (1, 7), (2,))
+    assert change_key(SNMP.replace(" 967 ", " 968 "), sockstat, "TCP6: inuse 2\n") != base
+    assert change_key(SNMP, sockstat.replace("inuse 1", "inuse 2"), "TCP6: inuse 2\n") != base
+    assert change_key(SNMP, sockstat.replace("tw 4", "tw 9"), "TCP6: inuse 2\n") == base  # TIME_WAIT: no bytes
+    assert change_key("", sockstat, "") is None
+
+
 def test_parse_cgroup2_mount() -> None:
     hybrid = ("35 24 0:30 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n"
               "41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n")
@@ -217,14 +228,20 @@ def test_inode_map_finds_owners_lowest_pid_and_remembers_misses(tmp_path: Path) 
     procfs = fake_proc(tmp_path, {10: ["/dev/null", "socket:[500]", "socket:[501]"],
                                   7: ["socket:[501]", "pipe:[9]"], 12: ["socket:[bad]"]})
     (tmp_path / "self").mkdir()
-    inodes = SocketInodeMap(procfs)
+    clock = Clock()
+    inodes = SocketInodeMap(procfs, full_walk_interval=10.0, clock=clock)
     inodes.refresh([500, 501, 999])
     assert (inodes.lookup(500), inodes.lookup(501), inodes.lookup(999)) == (10, 7, None)
     walks = inodes.full_walks
     inodes.refresh([999, 500])  # 999 was not found by a full walk: not searched again
     assert inodes.full_walks == walks
-    fake_proc(tmp_path, {12: ["socket:[777]"]})
+    fake_proc(tmp_path, {12: ["socket:[777]"]})  # the fd count may look unchanged: only a full walk finds it
+    clock.now += 1
     inodes.refresh([777])
+    if inodes.lookup(777) is None:
+        assert inodes.full_walks == walks  # full walks are rate-limited
+        clock.now += 10
+        inodes.refresh([777])
     assert inodes.lookup(777) == 12
     inodes.retain({777})
     assert inodes.lookup(500) is None and inodes.size() == 1
