@@ -44,10 +44,10 @@ class ProcSample:
     id: ProcessId
     ppid: int
     state: str  # one-letter state as in /proc/<pid>/stat ("R", "S", "D", "Z", ...)
-    cpu_user_seconds: float
-    cpu_system_seconds: float
-    threads: int
-    resident_bytes: int
+    cpu_user_seconds: float | None  # None: not readable (macOS: another user's process)
+    cpu_system_seconds: float | None
+    threads: int | None
+    resident_bytes: int | None
     start_time_seconds: float  # Unix time the process started
     open_fds: int | None = None
     read_bytes: int | None = None
@@ -87,7 +87,7 @@ class AppView:
 
     name: str
     processes: int = 0
-    threads: int = 0
+    threads: int | None = None
     resident_bytes: int | None = None
     open_fds: int | None = None
     disk_wait_processes: int = 0
@@ -133,7 +133,13 @@ AppOfPid = Callable[[int], str | None]
 
 
 class ProcessSource(Protocol):
-    """A platform's process table reader (`process_linux`, `process_darwin`)."""
+    """A platform's process table reader (`process_linux`, `process_darwin`).
+
+    `reaped_io_in_parent` says whether a parent's I/O counters grow by a child's when it
+    reaps it (Linux /proc/<pid>/io does; macOS rusage_info does not).
+    """
+
+    reaped_io_in_parent: bool
 
     def scan(self) -> ProcessScan: ...
 

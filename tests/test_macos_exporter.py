@@ -178,8 +178,6 @@ def test_macos_naming_rule_beats_the_bundle(tmp_path: Path) -> None:
     assert v['atlas_app_processes{app="Google Chrome"}'] == 2
 
 
-@pytest.mark.xfail(strict=True, reason="the tracker sums threads and resident bytes of every sample; a sample of "
-                                       "another user's process has None there (model.ProcSample needs `| None`)")
 def test_macos_other_users_processes_are_counted_with_absent_values(tmp_path: Path) -> None:
     table = FakeTable([
         FakeProc(pid=1, name="launchd", uid=0, status="running", exe="/sbin/launchd", denied=True),
@@ -197,9 +195,6 @@ def test_macos_other_users_processes_are_counted_with_absent_values(tmp_path: Pa
     assert v['atlas_process_read_errors_total{reason="access_denied"}'] == 2
 
 
-@pytest.mark.xfail(strict=True, reason="the tracker credits a reaped child's disk bytes against its parent (Linux "
-                                       "folds them into the parent's /proc/<pid>/io); macOS rusage_info has no "
-                                       "child disk fields, so the parent's own new I/O is discounted")
 def test_macos_parent_io_is_not_discounted_when_a_child_exits(tmp_path: Path) -> None:
     parent = FakeProc(pid=300, name="make", exe="/usr/bin/make", disk_read=0, disk_written=0)
     child = FakeProc(pid=301, name="cc", ppid=300, exe="/usr/bin/cc", disk_read=0, disk_written=8 << 20)

@@ -6,10 +6,11 @@ since the previous pass. Totals stay when processes exit or pids are reused, and
 with no processes left stays exported for `retention_seconds`.
 
 When a parent reaps a child on Linux, the child's I/O is added to the parent's I/O
-counters and its CPU time to the parent's reaped-children CPU time (cutime, cstime). The
-tracker counts the parent's reaped-children CPU too, so a child that lived and died
-between two passes is not lost; and when a child it had seen vanishes, it gives the parent
-a credit of the child's last-seen values, so nothing is counted twice.
+counters (not on macOS: `reaped_io_in_parent`) and its CPU time to the parent's
+reaped-children CPU time (cutime, cstime). The tracker counts the parent's reaped-children
+CPU too, so a child that lived and died between two passes is not lost; and when a child it
+had seen vanishes, it gives the parent a credit of the child's last-seen values, so nothing
+is counted twice.
 """
 
 from __future__ import annotations
@@ -59,8 +60,9 @@ class TrackerUpdate:
 class Tracker:
     """Keeps per-process last values and per-app monotonic totals across passes."""
 
-    def __init__(self, retention_seconds: float = 3600.0) -> None:
+    def __init__(self, retention_seconds: float = 3600.0, *, reaped_io_in_parent: bool = True) -> None:
         self.retention_seconds = retention_seconds
+        self.reaped_io_in_parent = reaped_io_in_parent
         self._procs: dict[ProcessId, _Proc] = {}
         self._apps: dict[str, _App] = {}
 
@@ -77,7 +79,7 @@ class Tracker:
                 parent_id = live_by_pid.get(child.ppid)
                 parent = procs.get(parent_id) if parent_id is not None else None
                 if parent is not None:
-                    _add_credit(parent, child.last)
+                    _add_credit(parent, child.last, self.reaped_io_in_parent)
 
         views: dict[str, AppView] = {}
         apps = self._apps
@@ -118,8 +120,10 @@ class Tracker:
             if sample.state == "Z":
                 continue
             view.processes += 1
-            view.threads += sample.threads
-            view.resident_bytes = (view.resident_bytes or 0) + sample.resident_bytes
+            if sample.threads is not None:
+                view.threads = (view.threads or 0) + sample.threads
+            if sample.resident_bytes is not None:
+                view.resident_bytes = (view.resident_bytes or 0) + sample.resident_bytes
             if sample.open_fds is not None:
                 view.open_fds = (view.open_fds or 0) + sample.open_fds
             if sample.state == "D":
@@ -151,13 +155,14 @@ class Tracker:
         return TrackerUpdate(apps=views, gone=gone, retired=retired)
 
 
-def _add_credit(parent: _Proc, child: tuple[float | None, ...]) -> None:
+def _add_credit(parent: _Proc, child: tuple[float | None, ...], with_io: bool) -> None:
     """What the parent's counters will grow by when it reaps this child."""
     if parent.credit is None:
         parent.credit = [0.0] * 8
     credit = parent.credit
-    for i in IO_FIELDS:
-        credit[i] += child[i] or 0.0
+    if with_io:
+        for i in IO_FIELDS:
+            credit[i] += child[i] or 0.0
     credit[REAPED_USER] += (child[CPU_USER] or 0.0) + (child[REAPED_USER] or 0.0)
     credit[REAPED_SYSTEM] += (child[CPU_SYSTEM] or 0.0) + (child[REAPED_SYSTEM] or 0.0)
     parent.credit_passes = 0

@@ -47,7 +47,8 @@ class Exporter:
         self.enabled = set(platform.COLLECTORS) if enabled is None else set(enabled)
         self.process_source = process_source or platform.build_process_source(self.procfs)
         self.resolver = AppResolver(self.process_source, Namer(config.apps), config.max_apps)
-        self.tracker = Tracker(config.retention_seconds)
+        self.tracker = Tracker(config.retention_seconds,
+                               reaped_io_in_parent=getattr(self.process_source, "reaped_io_in_parent", True))
         if sources is None:
             sources = platform.build_sources(config, self.procfs, self.resolver.app_of_pid, self.enabled)
         self.extra_sources = list(sources)

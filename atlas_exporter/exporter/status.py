@@ -69,7 +69,7 @@ class StatusPage:
             for s in self.statuses()
         )
         rows_apps = "\n".join(
-            f"<tr><td>{esc(a.name)}</td><td>{a.processes}</td><td>{a.threads}</td>"
+            f"<tr><td>{esc(a.name)}</td><td>{a.processes}</td><td>{'' if a.threads is None else a.threads}</td>"
             f"<td>{'' if a.name not in cpu else f'{cpu[a.name]:.1f}'}</td><td>{_mib(a.resident_bytes)}</td>"
             f"<td>{'' if a.open_fds is None else a.open_fds}</td></tr>"
             for a in top

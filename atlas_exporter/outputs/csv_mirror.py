@@ -70,7 +70,7 @@ class CsvRow:
     pid: int | None
     cpu_percent: float
     memory_mb: float | None
-    threads: int
+    threads: int | None
     network_bytes_sent: float | None  # per second
     network_bytes_recv: float | None  # per second
     disk_read_ops: float | None  # per second
@@ -80,7 +80,7 @@ class CsvRow:
     def cells(self) -> list[str]:
         return [
             self.timestamp, self.app_name, _int(self.pid), f"{self.cpu_percent:.2f}", _num(self.memory_mb),
-            str(self.threads), _num(self.network_bytes_sent), _num(self.network_bytes_recv),
+            _int(self.threads), _num(self.network_bytes_sent), _num(self.network_bytes_recv),
             _num(self.disk_read_ops), _num(self.disk_write_ops), _int(self.open_files),
         ]
 

@@ -234,6 +234,8 @@ class DarwinProcessSource:
     tell uninterruptible wait ("D") from sleep; it costs one call per thread.
     """
 
+    reaped_io_in_parent = False  # rusage_info has no children's disk fields
+
     def __init__(self, table: ProcessTable | None = None, libproc: LibProcLayer | None = None,
                  bundles: BundleNamer | None = None, *, timebase: Timebase | None = None,
                  thread_states: bool = True, euid: Callable[[], int] = os.geteuid,

@@ -181,6 +181,8 @@ class LinuxProcessSource:
     (Linux 6.2+), else from listing the folder.
     """
 
+    reaped_io_in_parent = True
+
     def __init__(self, procfs: Path | str = Path("/proc")) -> None:
         self.procfs = str(procfs)
         self._btime = parse_btime(Path(self.procfs, "stat").read_text())
