@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Side-by-side scrape benchmark: atlas-exporter vs process-exporter vs the C lower bound,
+# with N extra processes over M apps (defaults 1000 over 50), in one run.
+#   sudo bench/compare.sh [--procs 1000 --apps 50 --scrapes 30]
+# Needs: gcc, prometheus-process-exporter (apt-get install prometheus-process-exporter).
+# atlas-exporter runs from a fresh virtualenv with only its own dependencies, as
+# scripts/install.sh installs it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+gcc -O2 -o "$work/procscan" bench/procscan.c
+python3 -m venv "$work/venv"
+"$work/venv/bin/pip" install --quiet --disable-pip-version-check .
+pe=$(command -v prometheus-process-exporter || command -v process-exporter)
+python3 bench/scrape_bench.py "$@" \
+    --target "process-exporter=$pe -config.path CFG -web.listen-address 127.0.0.1:19256@http://127.0.0.1:19256/metrics" \
+    --target "atlas=$work/venv/bin/atlas-exporter --web.listen-address 127.0.0.1:19900@http://127.0.0.1:19900/metrics" \
+    --floor "$work/procscan"
