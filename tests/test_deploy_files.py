@@ -334,3 +334,31 @@ def test_compose(cli_flags: set[str]) -> None:
     assert {s.get("network_mode") for s in services.values()} == {"host"}
     assert set(compose.get("volumes", {})) >= {v.split(":")[0] for s in services.values()
                                                 for v in s.get("volumes", []) if not v.startswith(("/", "."))}
+
+
+# --- documentation snippets ---------------------------------------------------------------------
+
+
+def test_fleet_doc_prometheus_snippets_pass_promtool(promtool: str, tmp_path: Path) -> None:
+    """The scrape, federation and remote-write examples in docs/fleet.md form a valid config."""
+    text = (REPO / "docs" / "fleet.md").read_text(encoding="utf-8")
+    merged: dict[str, list[Any]] = {}
+    for block in re.findall(r"```yaml\n(.*?)```", text, re.S):
+        raw = yaml.safe_load(block if not block.startswith("  - ") else "scrape_configs:\n" + block)
+        for key, value in raw.items():
+            merged.setdefault(key, []).extend(value)
+    jobs = merged["scrape_configs"]
+    assert len(jobs) >= 5 and merged["remote_write"]
+    # Debian's Prometheus build leaves out some service discoveries; check those for shape only.
+    unsupported = ("consul_sd_configs", "kubernetes_sd_configs")
+    for job in jobs:
+        for key in unsupported:
+            if key in job:
+                assert isinstance(job.pop(key), list)
+                job["static_configs"] = [{"targets": ["localhost:9858"]}]
+    for i, job in enumerate(jobs):
+        job["job_name"] = f"{job['job_name']}-{i}"
+    path = tmp_path / "fleet.yml"
+    path.write_text(yaml.safe_dump(merged), encoding="utf-8")
+    result = subprocess.run([promtool, "check", "config", str(path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
