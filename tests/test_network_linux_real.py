@@ -215,3 +215,62 @@ def test_other_network_namespace_is_seen_when_asked(peers: Peers) -> None:
         assert any(s.name == "network.namespaces" and s.active for s in source.statuses())
     finally:
         source.stop()
+
+
+UNPRIVILEGED = r"""
+import json, os, select, sys, time
+from atlas_exporter.sources.sockdiag_linux import DestroySubscription, SockDiagSocket
+port = int(sys.argv[1])
+diag, destroy = SockDiagSocket(), DestroySubscription()
+mine = [s for s in diag.dump_tcp() if port in (s.sport, s.dport) and s.state == 1]
+print(json.dumps({"uid": os.geteuid(), "dump": [[s.uid, s.inode, s.bytes_acked, s.bytes_received] for s in mine]}),
+      flush=True)
+sys.stdin.readline()
+final, deadline = [], time.monotonic() + 20
+while len(final) < 2 and time.monotonic() < deadline:
+    select.select([destroy], [], [], 0.5)
+    final += [[s.inode, s.bytes_acked, s.bytes_received] for s in destroy.read()[0] if port in (s.sport, s.dport)]
+print(json.dumps(final), flush=True)
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/bin/python3").exists() or shutil.which("setpriv") is None,
+                    reason="needs root to switch to nobody, setpriv and a system python3")
+def test_dump_and_destroy_events_work_unprivileged() -> None:
+    """As nobody, the dump shows root's sockets with their counters and their destroy messages arrive."""
+    import json
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    client = socket.create_connection(listener.getsockname())
+    server, _ = listener.accept()
+    client.sendall(b"z" * 250_000)
+    got = 0
+    while got < 250_000:
+        got += len(server.recv(65536))
+    port = listener.getsockname()[1]
+    repo = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3",
+                             "-c", UNPRIVILEGED, str(port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True, cwd="/", env={"PYTHONPATH": str(repo), "PATH": "/usr/bin:/bin"})
+    try:
+        first = json.loads(line(proc))
+        assert first["uid"] == 65534
+        acked = sorted(d[2] for d in first["dump"])
+        assert len(first["dump"]) == 2 and all(d[0] == 0 and d[1] > 0 for d in first["dump"])  # root's, with inodes
+        assert acked[-1] >= 250_000
+        for sock in (client, server, listener):
+            sock.close()
+        tell(proc)
+        final = json.loads(line(proc))
+        assert len(final) >= 2 and all(f[0] == 0 for f in final)  # the listener may be among them
+        assert max(f[1] for f in final) >= 250_000
+    finally:
+        for sock in (client, server, listener):
+            sock.close()
+        proc.kill()
+        proc.wait(timeout=10)
+        for stream in (proc.stdin, proc.stdout):
+            if stream is not None:
+                stream.close()
