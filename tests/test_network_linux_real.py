@@ -274,3 +274,29 @@ def test_dump_and_destroy_events_work_unprivileged() -> None:
         for stream in (proc.stdin, proc.stdout):
             if stream is not None:
                 stream.close()
+
+
+def test_failed_dump_is_reported_and_recovered(make_source) -> None:
+    source = make_source(3600.0)
+
+    class Broken:
+        malformed = 0
+
+        def dump_tcp(self) -> list:
+            raise OSError(105, "No buffer space available")
+
+        def close(self) -> None:
+            pass
+
+    (space,) = list(source._namespaces.values())
+    space.diag = Broken()  # type: ignore[assignment]
+    space.last_key = None
+    source.sample()
+    status = next(s for s in source.statuses() if s.name == "network.sock_diag")
+    assert not status.active and "dump failed" in status.reason
+    assert source.errors == 1
+    # the totals measured so far are still exported, and a fresh socket replaced the broken one
+    assert "atlas_network_unattributed_receive_bytes" in {m.name for m in source.collect(None)}  # type: ignore[arg-type]
+    assert not isinstance(space.diag, Broken)
+    source.sample()
+    assert next(s for s in source.statuses() if s.name == "network.sock_diag").active

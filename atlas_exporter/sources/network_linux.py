@@ -418,10 +418,12 @@ class _Owners:
 class _Namespace:
     """The netlink sockets of one network namespace."""
 
-    def __init__(self, ns: int, net_dir: str, diag: SockDiagSocket, destroy: DestroySubscription | None) -> None:
+    def __init__(self, ns: int, net_dir: str, open_diag: Callable[[], SockDiagSocket],
+                 destroy: DestroySubscription | None) -> None:
         self.ns = ns
         self.net_dir = net_dir  # /proc/<pid>/net of a process in this namespace
-        self.diag = diag
+        self.open_diag = open_diag
+        self.diag = open_diag()
         self.destroy = destroy
         self.last_key: tuple[object, ...] | None = None
         self._key_fds: list[int] | None = None
@@ -445,6 +447,12 @@ class _Namespace:
         for fd in self._key_fds or ():
             os.close(fd)
         self._key_fds = None
+
+    def reopen(self) -> None:
+        """A fresh dump socket after a failed dump (the old one may hold the rest of that dump)."""
+        self.diag.close()
+        self.diag = self.open_diag()
+        self.last_key = None
 
     def close(self) -> None:
         self._close_key_fds()
@@ -538,6 +546,7 @@ class LinuxNetworkSource:
         self._namespaces: dict[int, _Namespace] = {}
         self._home_ns = 0
         self._diag_error = ""
+        self._opened = False  # the home namespace's dump socket opened once: the totals are meaningful
         self._destroy_error = ""
         self._netns_error = ""
         self._namespaces_scanned = float("-inf")
@@ -559,15 +568,15 @@ class LinuxNetworkSource:
         except OSError:
             self._home_ns = 0
         try:
-            diag = SockDiagSocket()
+            home = _Namespace(self._home_ns, str(self._procfs / "self" / "net"), SockDiagSocket, None)
         except OSError as err:
             self._diag_error = f"cannot open NETLINK_SOCK_DIAG: {err.strerror or err}"
             log.warning("network: %s", self._diag_error)
             return
-        destroy = self._open_destroy(DestroySubscription)
+        home.destroy = self._open_destroy(DestroySubscription)
         with self._lock:
-            self._namespaces[self._home_ns] = _Namespace(
-                self._home_ns, str(self._procfs / "self" / "net"), diag, destroy)
+            self._namespaces[self._home_ns] = home
+            self._opened = True
         self.sample()
         for target, name in ((self._sampler, "atlas-network-sampler"), (self._listener, "atlas-network-destroy")):
             thread = threading.Thread(target=target, name=name, daemon=True)
@@ -619,9 +628,19 @@ class LinuxNetworkSource:
                     sockets = space.diag.dump_tcp()
                 except OSError as err:
                     self.errors += 1
-                    self._diag_error = f"sock_diag dump failed: {err.strerror or err}"
+                    message = f"sock_diag dump failed: {err.strerror or err}"
+                    if space.ns == self._home_ns:
+                        self._diag_error = message
+                    else:
+                        self._netns_error = f"network namespace {space.ns}: {message}"
+                    log.warning("network: %s", message)
+                    try:
+                        space.reopen()
+                    except OSError:
+                        pass  # the next sample tries again
                     continue
-                self._diag_error = ""
+                if space.ns == self._home_ns:
+                    self._diag_error = ""
                 self.dumps += 1
                 space.last_key = key
                 with self._lock:
@@ -649,13 +668,14 @@ class LinuxNetworkSource:
                 continue
             ns_path = f"{self._procfs}/{pid}/ns/net"
             try:
-                diag = in_netns(ns_path, SockDiagSocket)
+                space = _Namespace(ino, f"{self._procfs}/{pid}/net",
+                                   lambda path=ns_path: in_netns(path, SockDiagSocket), None)
             except OSError as err:
                 self._netns_error = f"cannot enter network namespace of pid {pid}: {err.strerror or err}"
                 continue
-            destroy = self._open_destroy(lambda path=ns_path: in_netns(path, DestroySubscription))
+            space.destroy = self._open_destroy(lambda path=ns_path: in_netns(path, DestroySubscription))
             with self._lock:
-                self._namespaces[ino] = _Namespace(ino, f"{self._procfs}/{pid}/net", diag, destroy)
+                self._namespaces[ino] = space
         for ino in known - found.keys() - {self._home_ns}:
             with self._lock:
                 space = self._namespaces.pop(ino)
@@ -672,11 +692,14 @@ class LinuxNetworkSource:
             if not subs:
                 self._stop.wait(0.5)
                 continue
+            poller = select.poll()
+            for fd in subs:
+                poller.register(fd, select.POLLIN)
             try:
-                ready, _, _ = select.select(list(subs), [], [], 0.5)
-            except (OSError, ValueError):  # a namespace closed under us; take the new list
+                ready = poller.poll(500)
+            except OSError:
                 continue
-            for fd in ready:
+            for fd, _event in ready:
                 self._drain(subs[fd])
 
     def _drain(self, space: _Namespace) -> None:
@@ -714,12 +737,8 @@ class LinuxNetworkSource:
         with self._lock:
             return self.accounts.unattributed[0], self.accounts.unattributed[1]
 
-    def active(self) -> bool:
-        with self._lock:
-            return bool(self._namespaces) and not self._diag_error
-
     def collect(self, snapshot: Snapshot) -> Iterator[Metric]:
-        if not self.active():
+        if not self._opened:  # sock_diag never worked: nothing was measured, so no series
             return
         totals = self.app_totals()
         unattributed = self.unattributed()
@@ -742,12 +761,13 @@ class LinuxNetworkSource:
         with self._lock:
             opened = bool(self._namespaces)
             count = len(self._namespaces)
-        diag_reason = self._diag_error
-        if not diag_reason and not opened:
-            diag_reason = "not started"
-        if not diag_reason and self._euid != 0:
-            diag_reason = ("sockets of other users' processes are attributed only through their cgroup "
-                           "(reading /proc/<pid>/fd of other users needs root)")
+        notes = [self._diag_error or ("" if opened else "not started")]
+        if self._euid != 0:
+            notes.append("sockets of other users' processes are attributed only through their cgroup or listener "
+                         "(reading /proc/<pid>/fd of other users needs root)")
+        if self.malformed:
+            notes.append(f"{self.malformed} malformed netlink messages skipped")
+        diag_reason = "; ".join(n for n in notes if n)
         out = [SourceStatus("network.sock_diag", opened and not self._diag_error, privilege, diag_reason)]
         destroy = self.destroy_active()
         destroy_reason = self._destroy_error or ("" if destroy else "not started")
