@@ -7,6 +7,8 @@ import socket
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from atlas_exporter.sources.network_linux import (
     CgroupApps,
@@ -279,3 +281,41 @@ def test_cgroup_apps_only_when_one_app_owns_the_cgroup(tmp_path: Path) -> None:
     assert cgroups.app_of(new.stat().st_ino) is None  # tree walked recently: an unknown id waits
     clock.now += 60
     assert cgroups.app_of(new.stat().st_ino) == "redis"
+
+
+events = st.lists(
+    st.tuples(st.sampled_from(["dump", "destroy"]),
+              st.lists(st.tuples(st.integers(1, 6), st.integers(0, 1000), st.integers(0, 1000)), max_size=6)),
+    max_size=25)
+
+
+@settings(max_examples=150, deadline=None)
+@given(events)
+def test_totals_are_monotonic_and_reconcile(sequence) -> None:
+    """Whatever the order of dumps and destroy messages, totals never drop, and apps plus unattributed
+    hold exactly the highest counter value seen for every socket that was counted."""
+    acc, _, _ = accounts({1001: "a", 1002: "b"})
+    highest: dict[int, list[int]] = {}
+    destroyed: set[int] = set()
+    previous = (0.0, 0.0)
+    for kind, items in sequence:
+        socks = {}
+        for cookie, tx, rx in items:
+            base = highest.get(cookie, [0, 0])
+            socks[cookie] = sock(cookie, base[0] + tx, base[1] + rx)  # counters only grow in the kernel
+        if kind == "dump":
+            acc.apply_dump(NS, list(socks.values()))
+        else:
+            acc.apply_destroyed(NS, [info._replace(inode=0) for info in socks.values()])
+        for cookie, info in socks.items():
+            if cookie in destroyed:
+                continue  # a destroyed socket never comes back; later records of it are ignored
+            highest[cookie] = [info.bytes_acked, info.bytes_received]
+            if kind == "destroy":
+                destroyed.add(cookie)
+        total_rx = sum(v[0] for v in acc.totals().values()) + acc.unattributed[0]
+        total_tx = sum(v[1] for v in acc.totals().values()) + acc.unattributed[1]
+        assert total_rx >= previous[0] and total_tx >= previous[1]
+        previous = (total_rx, total_tx)
+        assert total_tx == sum(h[0] for h in highest.values())
+        assert total_rx == sum(h[1] for h in highest.values())

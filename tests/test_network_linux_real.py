@@ -213,6 +213,19 @@ def test_other_network_namespace_is_seen_when_asked(peers: Peers) -> None:
     try:
         poll(lambda: (source.sample(), totals(source, comm)[1] >= 500000)[1], "the other namespace's socket")
         assert any(s.name == "network.namespaces" and s.active for s in source.statuses())
+        ns = os.stat(f"/proc/{proc.pid}/ns/net").st_ino
+        assert ns in source._namespaces
+        counted = totals(source, comm)
+        proc.kill()
+        proc.wait(timeout=10)
+
+        def forgotten() -> bool:
+            source._namespaces_scanned = float("-inf")  # rescan namespaces now
+            source.sample()
+            return ns not in source._namespaces
+
+        poll(forgotten, "the vanished namespace to be closed")
+        assert totals(source, comm) >= counted  # its bytes stay counted
     finally:
         source.stop()
 
