@@ -60,6 +60,7 @@ KMSG = Path("/dev/kmsg")
 MAX_REPORT_BYTES = 1024 * 1024  # apport headers are read up to here; a core dump is never read
 
 CAP_NET_ADMIN = 12
+BATCH_SECONDS = 0.02
 
 # --- netlink / proc connector constants (linux/netlink.h, linux/connector.h, linux/cn_proc.h)
 NETLINK_CONNECTOR = 11
@@ -343,6 +344,11 @@ class PidApps:
         self._apps[pid] = app
         self._dead.pop(pid, None)
 
+    def forget(self, pid: int) -> None:
+        """The process changed (exec) and could not be named again: drop its old name."""
+        self._apps.pop(pid, None)
+        self._dead.pop(pid, None)
+
     def learn_thread(self, tid: int, tgid: int) -> None:
         self._threads[tid] = tgid
         self._dead.pop(tid, None)
@@ -410,9 +416,15 @@ class ProcConnector:
         return self.sock.fileno()
 
     def read(self) -> list[ProcEvent]:
-        """The events of one datagram; raises OSError(ENOBUFS) when the kernel dropped events."""
+        """The events of one datagram, without blocking.
+
+        Raises BlockingIOError when none is waiting and OSError(ENOBUFS) when the kernel
+        dropped events because the reader fell behind.
+        """
         events, self.pending = self.pending, []
-        return events + parse_proc_events(self.sock.recv(65536))
+        if events:
+            return events
+        return parse_proc_events(self.sock.recv(65536, socket.MSG_DONTWAIT))
 
     def close(self) -> None:
         try:
@@ -485,6 +497,7 @@ class LinuxCrashSource:
         rescan_interval_seconds: float = 10.0,
         dedup_window_seconds: float = 30.0,
         max_apps: int = 500,
+        names_per_second: float = 200.0,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -512,6 +525,11 @@ class LinuxCrashSource:
         self._thread: threading.Thread | None = None
         self._last_rescan = float("-inf")
         self._last_poll = float("-inf")
+        # naming at exec costs ~0.3 ms; in an exec storm the budget runs out and the
+        # rest are named at exit (resolver cache, else the zombie's comm)
+        self.names_per_second = names_per_second
+        self._name_budget = names_per_second
+        self._budget_at = float("-inf")
 
     # -- lifecycle
 
@@ -638,6 +656,9 @@ class LinuxCrashSource:
             return
         if self._connector is not None and self._connector.fileno() in ready:
             self._drain_connector()
+            # let events gather: one wake-up per batch instead of per event (fork storms)
+            self._stop.wait(BATCH_SECONDS)
+            self._drain_connector()
         if self._kmsg_fd is not None and self._kmsg_fd in ready:
             for record in read_kmsg(self._kmsg_fd):
                 self._on_kmsg(record)
@@ -651,7 +672,7 @@ class LinuxCrashSource:
 
     def _drain_connector(self) -> None:
         assert self._connector is not None
-        for _ in range(256):
+        for _ in range(4096):
             try:
                 events = self._connector.read()
             except BlockingIOError:
@@ -667,8 +688,6 @@ class LinuxCrashSource:
                 continue
             for event in events:
                 self._on_proc_event(event)
-            if not select.select([self._connector.fileno()], [], [], 0)[0]:
-                return
 
     def _resolve(self, pid: int) -> str | None:
         try:
@@ -688,6 +707,9 @@ class LinuxCrashSource:
         elif event.what == "exec":
             if event.pid != event.tgid:
                 return
+            if not self._take_name_budget():
+                self.pids.forget(event.pid)
+                return
             app = self._resolve(event.pid)
             if app is not None:
                 self.pids.learn(event.pid, app)
@@ -702,6 +724,16 @@ class LinuxCrashSource:
                 when = self.clock() - max(0.0, now - event.timestamp_ns / 1e9)
                 self._record(CrashEvent(source="proc_connector", time=when, reason=reason, app=app, pid=event.pid))
             self.pids.died(event.pid, now)
+
+    def _take_name_budget(self) -> bool:
+        now = self.monotonic()
+        elapsed = now - self._budget_at
+        self._budget_at = now
+        self._name_budget = min(self.names_per_second, self._name_budget + elapsed * self.names_per_second)
+        if self._name_budget < 1.0:
+            return False
+        self._name_budget -= 1.0
+        return True
 
     def _comm(self, pid: int) -> str:
         try:
