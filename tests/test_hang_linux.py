@@ -141,9 +141,9 @@ def test_vfork_parent_is_hung_after_the_threshold_not_before(vfork_binary):
         assert first_seen is not None, "the vfork parent was never seen in D"
         assert hung_at is not None, "the vfork parent was never reported hung"
         assert hung_at - first_seen < threshold + 10
-        assert source.book.hangs() == {"vfork-test": 1}
+        assert source.book.hangs().get("vfork-test") == 1
         source.check()
-        assert source.book.hangs() == {"vfork-test": 1}  # one episode counts once
+        assert source.book.hangs().get("vfork-test") == 1  # one episode counts once
         # let the child go: the parent resumes and the episode ends
         children = _children(parent.pid)
         assert children, "the vfork child is not visible"
@@ -165,7 +165,8 @@ def test_vfork_parent_is_hung_after_the_threshold_not_before(vfork_binary):
 
 @pytest.mark.slow
 def test_io_heavy_writer_is_never_hung(tmp_path):
-    source = LinuxHangSource(lambda pid: "dd", threshold_seconds=1.0, check_interval_seconds=0.1)
+    source = LinuxHangSource(lambda pid: "dd" if pid == writer.pid else "misc", threshold_seconds=1.0,
+                             check_interval_seconds=0.1)
     out = tmp_path / "dd.out"
     writer = subprocess.Popen(["dd", "if=/dev/zero", f"of={out}", "bs=64k", "count=100000", "oflag=direct,dsync"],
                               stderr=subprocess.DEVNULL)
@@ -178,7 +179,7 @@ def test_io_heavy_writer_is_never_hung(tmp_path):
             assert not any(pid == writer.pid for pid, _ in update.hung)
             time.sleep(0.1)
         print(f"dd seen in D at {seen_in_d} checks")
-        assert source.book.hangs() == {}
+        assert "dd" not in source.book.hangs()
     finally:
         if writer.poll() is None:
             writer.kill()
