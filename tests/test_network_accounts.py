@@ -37,6 +37,7 @@ class FakeOwners:
         self.table = table
         self.prepared: list[list[int]] = []
         self.asked: list[int] = []
+        self.searching: set[int] = set()  # inodes a later lookup may still find
 
     def prepare(self, ns: int, sockets: list[TcpSocketInfo]) -> None:
         self.prepared.append([s.cookie for s in sockets])
@@ -44,6 +45,9 @@ class FakeOwners:
     def owner(self, ns: int, info: TcpSocketInfo) -> str | None:
         self.asked.append(info.cookie)
         return self.table.get(info.inode)
+
+    def settled(self, ns: int, info: TcpSocketInfo) -> bool:
+        return info.inode not in self.searching
 
 
 class Clock:
@@ -144,6 +148,34 @@ def test_unresolved_socket_is_retried_and_earlier_bytes_stay_unattributed() -> N
     assert owners.prepared == [[5], [5]]
     acc.apply_dump(NS, [sock(5, 160, 0, inode=1005)])
     assert owners.prepared == [[5], [5]]  # resolved: no more lookups
+
+
+def test_bytes_of_a_socket_whose_owner_may_still_be_found_wait_for_it() -> None:
+    acc, owners, clock = accounts({})
+    owners.searching = {1005, 1006, 1007}
+    acc.apply_dump(NS, [sock(5, 100, 1, inode=1005), sock(6, 10, 0, inode=1006), sock(7, 3, 3, inode=1007)])
+    assert acc.totals() == {} and acc.unattributed == [0.0, 0.0]
+    owners.table[1005] = "late"
+    clock.now += 1
+    acc.apply_dump(NS, [sock(5, 150, 1, inode=1005), sock(6, 20, 0, inode=1006), sock(7, 3, 3, inode=1007)])
+    assert acc.totals() == {"late": (1, 150)}  # every byte since the socket opened
+    owners.searching.discard(1006)  # a full walk did not find it: unattributed from its first byte
+    acc.apply_dump(NS, [sock(5, 150, 1, inode=1005), sock(6, 25, 0, inode=1006), sock(7, 3, 3, inode=1007)])
+    assert acc.unattributed == [0.0, 25.0]
+    acc.apply_destroyed(NS, [sock(7, 4, 9, inode=0)])  # closed while still pending
+    assert acc.unattributed == [9.0, 29.0]
+
+
+def test_pending_socket_gives_up_after_a_while_and_when_gone() -> None:
+    acc, owners, clock = accounts({})
+    owners.searching = {1005, 1006}
+    acc.apply_dump(NS, [sock(5, 100, 0, inode=1005), sock(6, 7, 0, inode=1006)])
+    clock.now += 31
+    acc.apply_dump(NS, [sock(5, 120, 0, inode=1005)])  # socket 6 vanished with no destroy message
+    assert acc.unattributed == [0.0, 120.0]
+    clock.now += 1000
+    acc.apply_dump(NS, [sock(5, 120, 0, inode=1005)])
+    assert acc.unattributed == [0.0, 127.0]  # forgotten: its last counters are not lost
 
 
 def test_sockets_without_tcp_info_are_not_counted() -> None:

@@ -50,21 +50,28 @@ from atlas_exporter.sources.sockdiag_linux import (
 log = logging.getLogger(__name__)
 
 FORGET_AFTER_SECONDS = 120.0  # how long a closed socket's cookie is remembered (late or duplicate messages)
+PENDING_MAX_SECONDS = 30.0  # how long a socket's bytes wait for its owner to be found before going unattributed
 NAMESPACE_RESCAN_SECONDS = 15.0
+YOUNG_PROCESS_SECONDS = 10.0
 CGROUP_CACHE_SECONDS = 30.0
 
 
 class _Sock:
-    """Mutable per-socket state, keyed by (netns, cookie)."""
+    """Mutable per-socket state, keyed by (netns, cookie).
 
-    __slots__ = ("app", "acked", "received", "inode", "since")
+    `seen_*` are the highest counters observed, `acked` / `received` what has been credited so far.
+    A pending socket (owner not known yet, but a later lookup may find it) is observed, not credited.
+    """
 
-    def __init__(self, app: str | None, inode: int, since: float) -> None:
+    __slots__ = ("app", "pending", "acked", "received", "seen_acked", "seen_received", "inode", "born", "since")
+
+    def __init__(self, app: str | None, inode: int, now: float) -> None:
         self.app = app
-        self.acked = 0
-        self.received = 0
+        self.pending = False
+        self.acked = self.received = self.seen_acked = self.seen_received = 0
         self.inode = inode
-        self.since = since  # when it vanished from the dump or was destroyed
+        self.born = now  # first seen
+        self.since = now  # when it vanished from the dump or was destroyed
 
 
 class OwnerResolver(Protocol):
@@ -76,13 +83,19 @@ class OwnerResolver(Protocol):
 
     def owner(self, ns: int, info: TcpSocketInfo) -> str | None: ...
 
+    def settled(self, ns: int, info: TcpSocketInfo) -> bool:
+        """True when no later lookup can name the owner of a socket `owner` found none for."""
+        ...
+
 
 class SocketAccounts:
     """Turns successive socket dumps and destroy messages into monotonic per-app byte totals.
 
     Pure: no I/O, the clock is injected. A socket's bytes are credited from 0 the first time it is
-    seen, so connections opened after the exporter started are counted in full; bytes of a socket
-    whose owner is unknown go to the unattributed totals. Not thread-safe; the caller locks.
+    seen, so connections opened after the exporter started are counted in full. While its owner
+    may still be found (the resolver is not `settled`), a new socket's bytes wait, for at most
+    `PENDING_MAX_SECONDS`; then, or when it closes, or when no owner can be found, they go to the
+    unattributed totals. Not thread-safe; the caller locks.
     """
 
     def __init__(self, resolver: OwnerResolver, clock: Callable[[], float] = time.monotonic) -> None:
@@ -99,15 +112,19 @@ class SocketAccounts:
         self._pruned = float("-inf")
 
     def _credit(self, st: _Sock, acked: int | None, received: int | None) -> None:
-        d_tx = d_rx = 0
-        if acked is not None and acked > st.acked:
-            d_tx = acked - st.acked
-            st.acked = acked
-        if received is not None and received > st.received:
-            d_rx = received - st.received
-            st.received = received
+        if acked is not None and acked > st.seen_acked:
+            st.seen_acked = acked
+        if received is not None and received > st.seen_received:
+            st.seen_received = received
+        if not st.pending:
+            self._flush(st)
+
+    def _flush(self, st: _Sock) -> None:
+        d_tx = st.seen_acked - st.acked
+        d_rx = st.seen_received - st.received
         if not (d_tx or d_rx):
             return
+        st.acked, st.received = st.seen_acked, st.seen_received
         if st.app is None:
             target = self.unattributed
         else:
@@ -168,9 +185,13 @@ class SocketAccounts:
                 st = _Sock(None, info.inode, now)
                 self.sockets_seen += 1
                 st.app = self._resolver.owner(ns, info) or self._fallback(ns, info)
+                st.pending = st.app is None and not self._resolver.settled(ns, info)
             live[cookie] = st
-        elif st.app is None and info.inode:
-            st.app = self._resolver.owner(ns, info)
+        elif st.app is None and (info.inode or st.pending):
+            st.app = self._resolver.owner(ns, info) or (self._fallback(ns, info) if st.pending else None)
+            if st.app is not None or (st.pending and (now - st.born >= PENDING_MAX_SECONDS
+                                                      or self._resolver.settled(ns, info))):
+                st.pending = False  # credited from its first byte, to the app or unattributed
         self._credit(st, info.bytes_acked, info.bytes_received)
         return st
 
@@ -190,6 +211,9 @@ class SocketAccounts:
                 st = _Sock(self._fallback(ns, info), 0, now)
                 self.sockets_seen += 1
                 self.destroyed_unknown += 1
+            elif st.pending:
+                st.pending = False
+                st.app = self._fallback(ns, info)
             self._credit(st, info.bytes_acked, info.bytes_received)
 
     def forget_namespace(self, ns: int) -> None:
@@ -210,7 +234,10 @@ class SocketAccounts:
         limit = now - FORGET_AFTER_SECONDS
         for gone in self._gone.values():
             for cookie in [c for c, st in gone.items() if st.since < limit]:
-                del gone[cookie]
+                st = gone.pop(cookie)
+                if st.pending:  # closed without a destroy message, owner never found
+                    st.pending = False
+                    self._flush(st)
         for destroyed in self._destroyed.values():
             for cookie in [c for c, t in destroyed.items() if t < limit]:
                 del destroyed[cookie]
@@ -230,7 +257,7 @@ class SocketInodeMap:
     to the lowest pid.
     """
 
-    def __init__(self, procfs: Path = Path("/proc"), *, full_walk_interval: float = 10.0,
+    def __init__(self, procfs: Path = Path("/proc"), *, full_walk_interval: float = 5.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._procfs = str(procfs)
         self._full_walk_interval = full_walk_interval
@@ -238,6 +265,7 @@ class SocketInodeMap:
         self._last_full_walk = float("-inf")
         self._pid_of: dict[int, int] = {}
         self._fd_counts: dict[int, int] = {}
+        self._first_seen: dict[int, float] = {}
         self._unresolvable: set[int] = set()
         self.partial_walks = 0
         self.full_walks = 0
@@ -251,7 +279,9 @@ class SocketInodeMap:
         if not missing:
             return
         pids = self._pids()
+        now = self._clock()
         counts: dict[int, int] = {}
+        first_seen: dict[int, float] = {}
         changed: list[int] = []
         for pid in pids:
             try:
@@ -259,9 +289,13 @@ class SocketInodeMap:
             except OSError:
                 continue
             counts[pid] = size
-            if size == 0 or self._fd_counts.get(pid) != size:
+            born = first_seen[pid] = self._first_seen.get(pid, now)
+            # young processes are read every time: while starting they reuse fd numbers, so their
+            # fd count can stay the same across the creation of a socket
+            if size == 0 or self._fd_counts.get(pid) != size or now - born < YOUNG_PROCESS_SECONDS:
                 changed.append(pid)
         self._fd_counts = counts
+        self._first_seen = first_seen
         self.partial_walks += 1
         for pid in changed:
             self._read_fds(pid, missing)
@@ -273,6 +307,9 @@ class SocketInodeMap:
                 if pid not in changed_set:
                     self._read_fds(pid, missing)
             self._unresolvable |= missing - self._pid_of.keys()
+
+    def is_unresolvable(self, inode: int) -> bool:
+        return inode in self._unresolvable
 
     def retain(self, live: set[int]) -> None:
         """Forget inodes that are no longer live sockets."""
@@ -413,6 +450,9 @@ class _Owners:
         if self._cgroups is not None and info.cgroup_id:
             return self._cgroups.app_of(info.cgroup_id)
         return None
+
+    def settled(self, ns: int, info: TcpSocketInfo) -> bool:
+        return info.inode == 0 or self._inodes.is_unresolvable(info.inode)
 
 
 class _Namespace:
