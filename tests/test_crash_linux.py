@@ -144,6 +144,7 @@ def test_fallback_folders_count_new_reports_only(folders, tmp_path):
 def _statuses_as_nobody(conn_fd: int) -> None:
     """In a forked child: drop to nobody, detect the crash sources, write their statuses to the pipe."""
     code = 1
+    signal.alarm(60)  # never outlive the test, whatever the child inherited from the fork
     try:
         os.setgroups([])
         os.setresgid(65534, 65534, 65534)
