@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 FORGET_AFTER_SECONDS = 120.0  # how long a closed socket's cookie is remembered (late or duplicate messages)
 PENDING_MAX_SECONDS = 30.0  # how long a socket's bytes wait for its owner to be found before going unattributed
 NAMESPACE_RESCAN_SECONDS = 15.0
-YOUNG_PROCESS_SECONDS = 10.0
+YOUNG_PROCESS_SECONDS = 2.0
 CGROUP_CACHE_SECONDS = 30.0
 
 
@@ -145,15 +145,26 @@ class SocketAccounts:
         live = self._live.setdefault(ns, {})
         gone = self._gone.setdefault(ns, {})
         destroyed = self._destroyed.setdefault(ns, {})
-        need = [i for i in sockets
-                if i.bytes_acked is not None and i.cookie not in destroyed
-                and ((st := live.get(i.cookie)) is None or (st.app is None and i.inode))]
+        seen: set[int] = set()
+        # fast path: known sockets whose owner is settled only have their counters compared
+        slow: list[TcpSocketInfo] = []
+        for info in sockets:
+            st = live.get(info.cookie)
+            if st is None or info.state == TCP_LISTEN or (st.app is None and (info.inode or st.pending)):
+                if info.bytes_acked is not None or info.bytes_received is not None:
+                    slow.append(info)
+                continue
+            seen.add(info.cookie)
+            acked, received = info.bytes_acked, info.bytes_received
+            if (acked is not None and acked > st.seen_acked) or (received is not None and received > st.seen_received):
+                self._credit(st, acked, received)
+        need = [i for i in slow
+                if i.cookie not in destroyed and ((st := live.get(i.cookie)) is None or (st.app is None and i.inode))]
         if need:
             self._resolver.prepare(ns, need)
-        seen: set[int] = set()
         # listeners first, so that an orphaned socket of this same dump can be matched to its port
         listeners: dict[tuple[int, int], str | None] = {}
-        for info in sockets:
+        for info in slow:
             if info.state == TCP_LISTEN:
                 st = self._track(ns, info, live, gone, destroyed, seen, now)
                 if st is not None and st.app is not None:
@@ -161,7 +172,7 @@ class SocketAccounts:
                     listeners[key] = st.app if listeners.get(key, st.app) == st.app else None
         self._listeners = {k: v for k, v in self._listeners.items() if k[0] != ns}
         self._listeners.update(listeners)
-        for info in sockets:
+        for info in slow:
             if info.state != TCP_LISTEN:
                 self._track(ns, info, live, gone, destroyed, seen, now)
         for cookie in [c for c in live if c not in seen]:
