@@ -194,8 +194,8 @@ def test_statuses_and_metric_families(make_source) -> None:
 def test_other_network_namespace_is_seen_when_asked(peers: Peers) -> None:
     """A transfer inside a separate network namespace is attributed when all_namespaces is on."""
     script = (
-        f"import ctypes,os,socket,sys;ctypes.CDLL(None).prctl(15,b'ann-{os.getpid()}',0,0,0);"
-        "os.system('ip link set lo up 2>/dev/null');"
+        f"import ctypes,fcntl,socket,struct,sys;ctypes.CDLL(None).prctl(15,b'ann-{os.getpid()}',0,0,0);"
+        "fcntl.ioctl(socket.socket(),0x8914,struct.pack('16sH14x',b'lo',1));"  # SIOCSIFFLAGS lo IFF_UP
         "l=socket.socket();l.bind(('127.0.0.1',0));l.listen();"
         "c=socket.create_connection(l.getsockname());s,_=l.accept();"
         "c.sendall(b'x'*500000);n=0\n"

@@ -769,13 +769,6 @@ class LinuxNetworkSource:
             if sockets:
                 self.accounts.apply_destroyed(space.ns, sockets)
 
-    def drain_destroyed(self) -> None:
-        """Apply every pending destroy notification now (the listener thread does this continuously)."""
-        with self._lock:
-            spaces = list(self._namespaces.values())
-        for space in spaces:
-            self._drain(space)
-
     # --- reporting -------------------------------------------------------------------------------
 
     def app_totals(self) -> dict[str, tuple[float, float]]:
