@@ -351,3 +351,20 @@ def test_totals_are_monotonic_and_reconcile(sequence) -> None:
         previous = (total_rx, total_tx)
         assert total_tx == sum(h[0] for h in highest.values())
         assert total_rx == sum(h[1] for h in highest.values())
+
+
+def test_factory_and_statuses_before_start_and_without_root() -> None:
+    from atlas_exporter.config import Config, NetworkOptions
+    from atlas_exporter.sources.network_linux import LinuxNetworkSource, make_network_source
+
+    config = Config(network=NetworkOptions(sample_interval_seconds=2.5, all_namespaces=True))
+    source = make_network_source(config, Path("/proc"), lambda pid: None)
+    assert isinstance(source, LinuxNetworkSource) and source.name == "network"
+    assert source._interval == 2.5
+    assert list(source.collect(None)) == []  # type: ignore[arg-type]  # never started: nothing measured
+    user = LinuxNetworkSource(lambda pid: None, all_namespaces=True, euid=1000)
+    statuses = {s.name: s for s in user.statuses()}
+    assert not statuses["network.sock_diag"].active and "not started" in statuses["network.sock_diag"].reason
+    assert "needs root" in statuses["network.sock_diag"].reason
+    assert statuses["network.sock_diag"].privilege == "user"
+    assert not statuses["network.namespaces"].active and "root" in statuses["network.namespaces"].reason
