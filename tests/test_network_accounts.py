@@ -368,3 +368,13 @@ def test_factory_and_statuses_before_start_and_without_root() -> None:
     assert "needs root" in statuses["network.sock_diag"].reason
     assert statuses["network.sock_diag"].privilege == "user"
     assert not statuses["network.namespaces"].active and "root" in statuses["network.namespaces"].reason
+
+
+def test_needing_owner_lists_new_and_unattributed_sockets_only() -> None:
+    acc, owners, _ = accounts({1001: "web"})
+    first = [sock(1, 5, 5), sock(2, 5, 5), sock(3, None, None)]
+    assert [i.cookie for i in acc.needing_owner(NS, first)] == [1, 2]
+    acc.apply_dump(NS, first, prepare=False)
+    assert owners.prepared == []
+    later = [sock(1, 6, 6), sock(2, 6, 6), sock(4, 1, 1), sock(5, 1, 1, inode=0)]
+    assert [i.cookie for i in acc.needing_owner(NS, later)] == [2, 4, 5]  # 2 is unattributed, 4 and 5 are new

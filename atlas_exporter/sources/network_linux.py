@@ -139,8 +139,20 @@ class SocketAccounts:
             return self._listeners.get((ns, info.sport))
         return None
 
-    def apply_dump(self, ns: int, sockets: list[TcpSocketInfo]) -> None:
-        """One complete dump of namespace `ns`."""
+    def needing_owner(self, ns: int, sockets: list[TcpSocketInfo]) -> list[TcpSocketInfo]:
+        """The sockets of a dump whose owner is still to be looked up (new, or not attributed yet)."""
+        live = self._live.get(ns, {})
+        destroyed = self._destroyed.get(ns, {})
+        return [i for i in sockets
+                if (i.bytes_acked is not None or i.bytes_received is not None) and i.cookie not in destroyed
+                and ((st := live.get(i.cookie)) is None or (st.app is None and i.inode))]
+
+    def apply_dump(self, ns: int, sockets: list[TcpSocketInfo], *, prepare: bool = True) -> None:
+        """One complete dump of namespace `ns`.
+
+        With `prepare=False` the caller has already run the resolver's `prepare` on
+        `needing_owner(...)` (outside its lock: that is where the fd walks happen).
+        """
         now = self._clock()
         live = self._live.setdefault(ns, {})
         gone = self._gone.setdefault(ns, {})
@@ -158,10 +170,11 @@ class SocketAccounts:
             acked, received = info.bytes_acked, info.bytes_received
             if (acked is not None and acked > st.seen_acked) or (received is not None and received > st.seen_received):
                 self._credit(st, acked, received)
-        need = [i for i in slow
-                if i.cookie not in destroyed and ((st := live.get(i.cookie)) is None or (st.app is None and i.inode))]
-        if need:
-            self._resolver.prepare(ns, need)
+        if prepare:
+            need = [i for i in slow if i.cookie not in destroyed
+                    and ((st := live.get(i.cookie)) is None or (st.app is None and i.inode))]
+            if need:
+                self._resolver.prepare(ns, need)
         # listeners first, so that an orphaned socket of this same dump can be matched to its port
         listeners: dict[tuple[int, int], str | None] = {}
         for info in slow:
@@ -589,7 +602,8 @@ class LinuxNetworkSource:
         self._wanted_namespaces = all_namespaces
         self.inodes = SocketInodeMap(procfs, clock=clock)
         cgroups = CgroupApps(cgroup_root, app_of_pid, clock) if cgroup_root is not None else None
-        self.accounts = SocketAccounts(_Owners(self.inodes, cgroups, app_of_pid), clock)
+        self._owners = _Owners(self.inodes, cgroups, app_of_pid)  # used by the sampler thread only
+        self.accounts = SocketAccounts(self._owners, clock)
         self._lock = threading.Lock()
         self._sample_lock = threading.Lock()
         self._stop = threading.Event()
@@ -695,7 +709,11 @@ class LinuxNetworkSource:
                 self.dumps += 1
                 space.last_key = key
                 with self._lock:
-                    self.accounts.apply_dump(space.ns, sockets)
+                    need = self.accounts.needing_owner(space.ns, sockets)
+                if need:  # the fd walks run outside the lock, so scrapes never wait for them
+                    self._owners.prepare(space.ns, need)
+                with self._lock:
+                    self.accounts.apply_dump(space.ns, sockets, prepare=False)
                     self.malformed = sum(s.diag.malformed + (s.destroy.malformed if s.destroy else 0)
                                          for s in self._namespaces.values())
                     if self.inodes.size() > 2 * self.accounts.live_count() + 1024:
