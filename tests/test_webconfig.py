@@ -278,3 +278,19 @@ def test_64_concurrent_first_checks_run_bcrypt_once():
 ])
 def test_peer_san_allowed(cert, allowed, expected):
     assert peer_san_allowed(cert, allowed) is expected
+
+
+def test_the_documented_example_is_valid():
+    import yaml
+
+    from atlas_exporter.exporter.webconfig import parse_web_config
+
+    folder = Path(__file__).parent / "fixtures" / "webconfig"
+    example = (folder / "web-config.example.yml").read_text()
+    docs = (Path(__file__).parent.parent / "docs" / "security.md").read_text()
+    assert example in docs  # the fixture is the example in docs/security.md
+    config = parse_web_config(yaml.safe_load(example), "web-config.example.yml", folder)
+    assert config.tls is not None and config.tls.client_allowed_sans == ("prometheus-1.example.net",
+                                                                          "prometheus-2.example.net")
+    assert list(config.basic_auth_users) == ["prometheus"]
+    assert dict(config.headers)["X-Frame-Options"] == "deny"
