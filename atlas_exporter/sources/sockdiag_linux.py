@@ -14,8 +14,6 @@ another network namespace (root: setns on a helper thread; the socket stays boun
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import os
 import socket
@@ -23,7 +21,7 @@ import struct
 import sys
 import threading
 from collections.abc import Callable
-from typing import NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
@@ -248,13 +246,15 @@ class DestroySubscription:
 
 
 _T = TypeVar("_T")
-_libc: ctypes.CDLL | None = None
+_libc: Any = None
 
 
 def _setns(fd: int, nstype: int) -> None:
     global _libc
+    import ctypes  # only for other namespaces: ctypes costs megabytes of resident memory
+
     if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        _libc = ctypes.CDLL("libc.so.6", use_errno=True)
     if _libc.setns(fd, nstype) != 0:
         code = ctypes.get_errno()
         raise OSError(code, f"setns: {os.strerror(code)}")
