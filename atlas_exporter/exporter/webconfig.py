@@ -27,8 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 
 class WebConfigError(Exception):
     """A web config file that cannot be used; the message is one line: file, key and problem."""
@@ -265,6 +263,8 @@ def load_web_config(path: str | os.PathLike[str]) -> WebConfig:
         raise WebConfigError(f"{name}: is a directory, not a file") from None
     except (OSError, UnicodeDecodeError) as err:
         raise WebConfigError(f"{name}: cannot read: {getattr(err, 'strerror', None) or err}") from None
+    import yaml  # only when a web config file is given
+
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
