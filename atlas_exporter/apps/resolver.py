@@ -17,7 +17,7 @@ from atlas_exporter.model import ProcessId, ProcessSource, ProcSample
 
 OTHER = "other"
 MAX_REMEMBERED_FOLDS = 100_000
-MAX_CACHED_PIDS = 65_536
+MAX_WATCHED_PIDS = 4096  # names looked up by watchers for processes the scans have not seen
 
 
 class AppFold:
@@ -60,37 +60,47 @@ class AppResolver:
         self.namer = namer
         self.fold = AppFold(max_apps)
         self._lock = threading.Lock()
-        # ProcessId -> (comm at naming time, app name); insertion-ordered for eviction
-        self._cache: OrderedDict[ProcessId, tuple[str | None, str]] = OrderedDict()
+        # ProcessId -> (comm at naming time, app name) of scanned processes; dropped when they exit
+        self._cache: dict[ProcessId, tuple[str | None, str]] = {}
+        # the same for pids only the watchers asked about, least recently used first, bounded
+        self._watched: OrderedDict[ProcessId, tuple[str | None, str]] = OrderedDict()
 
     def app_for(self, sample: ProcSample) -> str | None:
         """The app of a scanned process; None when it vanished before it could be named."""
         cached = self._cache.get(sample.id)
+        if cached is None:
+            with self._lock:
+                cached = self._watched.pop(sample.id, None)
+                if cached is not None:
+                    self._cache[sample.id] = cached
         if cached is not None and (sample.comm is None or cached[0] == sample.comm):
             return cached[1]
-        return self._resolve(sample.id, sample.comm)
+        return self._resolve(sample.id, sample.comm, scanned=True)
 
     def app_of_pid(self, pid: int) -> str | None:
         """The app of a live pid, or None when it is gone."""
         token = self.source.start_token(pid)
         if token is None:
             return None
-        cached = self._cache.get(token)
+        cached = self._cache.get(token) or self._watched.get(token)
         if cached is not None:
             return cached[1]
-        return self._resolve(token, None)
+        return self._resolve(token, None, scanned=False)
 
-    def _resolve(self, pid: ProcessId, comm: str | None) -> str | None:
+    def _resolve(self, pid: ProcessId, comm: str | None, *, scanned: bool) -> str | None:
         ident = self.source.identity(pid)
         if ident is None:
             return None
         name = self.namer.name(ident)
         with self._lock:
             app = self.fold(name)
-            self._cache[pid] = (comm if comm is not None else ident.comm, app)
-            self._cache.move_to_end(pid)
-            while len(self._cache) > MAX_CACHED_PIDS:
-                self._cache.popitem(last=False)
+            entry = (comm if comm is not None else ident.comm, app)
+            if scanned:
+                self._cache[pid] = entry
+            else:
+                self._watched[pid] = entry
+                while len(self._watched) > MAX_WATCHED_PIDS:
+                    self._watched.popitem(last=False)
         return app
 
     def forget(self, gone: Iterable[ProcessId]) -> None:
