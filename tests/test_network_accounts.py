@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import tempfile
 from pathlib import Path
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -282,13 +283,36 @@ def test_inode_map_finds_owners_lowest_pid_and_remembers_misses(tmp_path: Path) 
 
 
 def test_inode_map_without_permission_counts_denials(tmp_path: Path) -> None:
-    if os.geteuid() == 0:
-        pytest.skip("root reads every fd folder")
-    procfs = fake_proc(tmp_path, {10: ["socket:[1]"]})
-    (procfs / "10" / "fd").chmod(0)
-    inodes = SocketInodeMap(procfs)
-    inodes.refresh([1])
-    assert inodes.lookup(1) is None and inodes.denied >= 1
+    """An fd folder the exporter may not read is counted as denied (as nobody when run as root)."""
+    base = Path(tempfile.mkdtemp(prefix="atlas-inodes-"))
+    try:
+        base.chmod(0o755)
+        procfs = fake_proc(base, {10: ["socket:[1]"]})
+        (procfs / "10").chmod(0o755)
+        (procfs / "10" / "fd").chmod(0)
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child drops to nobody if it is root, checks, and reports through the pipe
+            try:
+                os.close(read)
+                if os.geteuid() == 0:
+                    os.setgroups([])
+                    os.setgid(65534)
+                    os.setuid(65534)
+                inodes = SocketInodeMap(procfs)
+                inodes.refresh([1])
+                ok = inodes.lookup(1) is None and inodes.denied >= 1
+                os.write(write, b"ok" if ok else f"lookup={inodes.lookup(1)} denied={inodes.denied}".encode())
+            finally:
+                os._exit(0)
+        os.close(write)
+        with os.fdopen(read, "rb") as pipe:
+            result = pipe.read().decode()
+        os.waitpid(pid, 0)
+        assert result == "ok"
+    finally:
+        (base / "10" / "fd").chmod(0o755)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_cgroup_apps_only_when_one_app_owns_the_cgroup(tmp_path: Path) -> None:
