@@ -29,9 +29,9 @@ int main(int argc, char **argv) {
 """
 
 
-def _stat(pid: int, comm: str, state: str, ppid: int, flags: int, start: int) -> str:
+def _stat(pid: int, comm: str, state: str, ppid: int, flags: int, start: int, threads: int = 2) -> str:
     rest = ["0"] * 40
-    rest[0], rest[1], rest[6], rest[19] = state, str(ppid), str(flags), str(start)
+    rest[0], rest[1], rest[6], rest[17], rest[19] = state, str(ppid), str(flags), str(threads), str(start)
     return f"{pid} ({comm}) " + " ".join(rest) + "\n"
 
 
@@ -39,6 +39,8 @@ def _task(root: Path, pid: int, tid: int, stat: str, switches: tuple[int, int] |
     folder = root / str(pid) / "task" / str(tid)
     folder.mkdir(parents=True)
     (folder / "stat").write_text(stat)
+    if tid == pid:
+        (root / str(pid) / "stat").write_text(stat)
     if switches is not None:
         (folder / "status").write_text(f"Name:\tx\nvoluntary_ctxt_switches:\t{switches[0]}\n"
                                        f"nonvoluntary_ctxt_switches:\t{switches[1]}\n")
@@ -54,11 +56,15 @@ def test_scan_fake_tree_sees_worker_threads_and_skips_kernel_threads(tmp_path):
     # a task that vanished between listing and reading (no status), and a running one
     _task(tmp_path, 200, 200, _stat(200, "gone", "D", 1, 0, 700), None)
     _task(tmp_path, 300, 300, _stat(300, "busy", "R", 1, 0, 800))
+    # a single-threaded process in D: its own stat is read, its task folder is not listed
+    _task(tmp_path, 400, 400, _stat(400, "tar", "D", 1, 0, 900, threads=1), (5, 5))
+    (tmp_path / "400" / "task" / "400" / "stat").write_text("unreadable if it were read")
     (tmp_path / "self").mkdir()
     result = scan_blocked_tasks(tmp_path)
-    assert [(o.process, o.task, o.switches) for o in result.blocked] == [((100, 500), (101, 510), 9)]
-    assert result.comms == {(100, 500): "db server"}
-    assert result.tasks == 6
+    assert sorted((o.process, o.task, o.switches) for o in result.blocked) == [
+        ((100, 500), (101, 510), 9), ((400, 900), (400, 900), 10)]
+    assert result.comms == {(100, 500): "db server", (400, 900): "tar"}
+    assert result.tasks == 5  # kernel threads are not read past their process stat
 
 
 class FakeClock:

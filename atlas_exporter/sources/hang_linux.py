@@ -49,6 +49,7 @@ class TaskStat:
     ppid: int
     flags: int
     starttime: int
+    num_threads: int = 1
 
 
 def parse_task_stat(data: bytes) -> TaskStat:
@@ -57,12 +58,12 @@ def parse_task_stat(data: bytes) -> TaskStat:
     close_paren = data.rfind(b")")
     if open_paren < 0 or close_paren < open_paren:
         raise ValueError("stat: no '(comm)' field")
-    fields = data[close_paren + 2:].split()
+    fields = data[close_paren + 2:].split(None, 20)
     if len(fields) < 20:
         raise ValueError(f"stat: only {len(fields) + 2} fields")
     return TaskStat(comm=data[open_paren + 1:close_paren].decode("utf-8", "replace"),
                     state=fields[0].decode("ascii", "replace"), ppid=int(fields[1]), flags=int(fields[6]),
-                    starttime=int(fields[19]))
+                    starttime=int(fields[19]), num_threads=int(fields[17]))
 
 
 def parse_switches(text: bytes) -> int:
@@ -113,20 +114,29 @@ def scan_blocked_tasks(procfs: Path) -> BlockedScan:
     for name in pids:
         pid = int(name)
         base = f"{root}/{name}/task"
+        # The process's own stat is enough for kernel threads (skipped) and for single-threaded
+        # processes (its state is the only thread's); only others need their task folder listed.
         try:
-            tids = os.listdir(base)
-        except OSError:
+            leader = parse_task_stat(_read(f"{root}/{name}/stat"))
+        except (OSError, ValueError):
             continue  # vanished
-        stats: dict[int, TaskStat] = {}
-        for tid_name in tids:
-            try:
-                stats[int(tid_name)] = parse_task_stat(_read(f"{base}/{tid_name}/stat"))
-            except (OSError, ValueError):
-                continue
-        tasks += len(stats)
-        leader = stats.get(pid)
-        if leader is None or is_kernel_thread(pid, leader):
+        if is_kernel_thread(pid, leader):
             continue
+        stats: dict[int, TaskStat] = {}
+        if leader.num_threads == 1:
+            stats[pid] = leader
+        else:
+            try:
+                tids = os.listdir(base)
+            except OSError:
+                continue  # vanished
+            for tid_name in tids:
+                try:
+                    stats[int(tid_name)] = parse_task_stat(_read(f"{base}/{tid_name}/stat"))
+                except (OSError, ValueError):
+                    continue
+            leader = stats.get(pid, leader)
+        tasks += len(stats)
         process = (pid, leader.starttime)
         for tid, stat in stats.items():
             if stat.state != "D":
