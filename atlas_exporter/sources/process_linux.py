@@ -62,10 +62,8 @@ class ProcIO:
     syscw: int
 
 
-def parse_stat(text: bytes | str) -> ProcStat:
-    """Parse `/proc/<pid>/stat`. The comm may hold spaces and parentheses: split at the last ')'."""
-    if isinstance(text, str):
-        text = text.encode("utf-8", "surrogateescape")
+def _stat_fields(text: bytes) -> tuple[bytes, list[bytes]]:
+    """The comm and the fields after it (state first); the comm may hold spaces and ')'."""
     open_paren = text.find(b"(")
     close_paren = text.rfind(b")")
     if open_paren < 0 or close_paren < open_paren:
@@ -73,9 +71,17 @@ def parse_stat(text: bytes | str) -> ProcStat:
     fields = text[close_paren + 2:].split(None, 22)
     if len(fields) < 22:
         raise ParseError(f"stat: {len(fields) + 2} fields, expected at least 24")
+    return text[open_paren + 1:close_paren], fields
+
+
+def parse_stat(text: bytes | str) -> ProcStat:
+    """Parse `/proc/<pid>/stat`."""
+    if isinstance(text, str):
+        text = text.encode("utf-8", "surrogateescape")
+    comm, fields = _stat_fields(text)
     try:
         return ProcStat(
-            comm=text[open_paren + 1:close_paren].decode("utf-8", "replace"),
+            comm=comm.decode("utf-8", "replace"),
             state=fields[0].decode("ascii", "replace"),
             ppid=int(fields[1]),
             flags=int(fields[6]),
@@ -87,6 +93,22 @@ def parse_stat(text: bytes | str) -> ProcStat:
             starttime=int(fields[19]),
             rss_pages=int(fields[21]),
         )
+    except ValueError as err:
+        raise ParseError(f"stat: {err}") from None
+
+
+def sample_from_stat(pid: int, text: bytes, btime: float) -> ProcSample | None:
+    """A `ProcSample` straight from `/proc/<pid>/stat` text (the scan's hot path); None for kernel threads."""
+    comm, f = _stat_fields(text)
+    try:
+        if int(f[6]) & PF_KTHREAD:
+            return None
+        starttime = int(f[19])
+        return ProcSample(ProcessId(pid, starttime), int(f[1]), f[0].decode("ascii", "replace"),
+                          int(f[11]) / CLK_TCK, int(f[12]) / CLK_TCK, int(f[17]), int(f[21]) * PAGE_SIZE,
+                          btime + starttime / CLK_TCK, comm=comm.decode("utf-8", "replace"),
+                          reaped_cpu_user_seconds=int(f[13]) / CLK_TCK,
+                          reaped_cpu_system_seconds=int(f[14]) / CLK_TCK)
     except ValueError as err:
         raise ParseError(f"stat: {err}") from None
 
@@ -278,7 +300,7 @@ class LinuxProcessSource:
                 continue
             base = f"{root}/{name}"
             try:
-                st = parse_stat(_read(base + "/stat"))
+                sample = sample_from_stat(int(name), _read(base + "/stat"), btime)
             except _VANISHED:
                 errors.vanished += 1
                 continue
@@ -286,22 +308,9 @@ class LinuxProcessSource:
                 log.debug("skipping pid %s: %s", name, err)
                 errors.vanished += 1
                 continue
-            if st.flags & PF_KTHREAD:
+            if sample is None:  # a kernel thread
                 continue
-            sample = ProcSample(
-                id=ProcessId(int(name), st.starttime),
-                ppid=st.ppid,
-                state=st.state,
-                cpu_user_seconds=st.utime / CLK_TCK,
-                cpu_system_seconds=st.stime / CLK_TCK,
-                threads=st.num_threads,
-                resident_bytes=st.rss_pages * PAGE_SIZE,
-                start_time_seconds=btime + st.starttime / CLK_TCK,
-                comm=st.comm,
-                reaped_cpu_user_seconds=st.cutime / CLK_TCK,
-                reaped_cpu_system_seconds=st.cstime / CLK_TCK,
-            )
-            if st.state == "Z":  # exited, not yet reaped: no files, no fds
+            if sample.state == "Z":  # exited, not yet reaped: no files, no fds
                 append(sample)
                 continue
             try:
