@@ -12,8 +12,11 @@ trap 'rm -rf "$work"' EXIT
 gcc -O2 -o "$work/procscan" bench/procscan.c
 python3 -m venv "$work/venv"
 "$work/venv/bin/pip" install --quiet --disable-pip-version-check .
+# every scrape takes a fresh snapshot: scrapes within snapshot_max_age_seconds (default 1 s)
+# would otherwise share one and make the exporter look cheaper than it is
+echo "snapshot_max_age_seconds: 0" > "$work/atlas.yml"
 pe=$(command -v prometheus-process-exporter || command -v process-exporter)
 python3 bench/scrape_bench.py "$@" \
     --target "process-exporter=$pe -config.path CFG -web.listen-address 127.0.0.1:19256@http://127.0.0.1:19256/metrics" \
-    --target "atlas=$work/venv/bin/atlas-exporter --web.listen-address 127.0.0.1:19900@http://127.0.0.1:19900/metrics" \
+    --target "atlas=$work/venv/bin/atlas-exporter --config.file $work/atlas.yml --web.listen-address 127.0.0.1:19900@http://127.0.0.1:19900/metrics" \
     --floor "$work/procscan"
