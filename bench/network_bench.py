@@ -12,7 +12,7 @@ thread's CPU clock (user + system):
 - sampler, active: one tick that dumps and applies every socket (traffic on every connection);
 - first sample: the tick that sees every socket for the first time (fd walk to find the owners);
 - the dump alone: one IPv4 + IPv6 sock_diag dump with its parse, without the bookkeeping.
-It builds and runs /work/shared/bench/procscan.c (or --procscan) in the same run for the C lower
+It builds and runs bench/procscan.c (or --procscan) in the same run for the C lower
 bound of one pass over every process, and prints every figure as a ratio to it.
 """
 
@@ -35,7 +35,7 @@ from atlas_exporter.model import Snapshot  # noqa: E402
 from atlas_exporter.sources.network_linux import LinuxNetworkSource, find_cgroup2_root  # noqa: E402
 from atlas_exporter.sources.sockdiag_linux import SockDiagSocket  # noqa: E402
 
-PROCSCAN_C = Path("/work/shared/bench/procscan.c")
+PROCSCAN_C = Path(__file__).resolve().parent / "procscan.c"
 
 HOLDER = r"""
 import socket, sys, time
