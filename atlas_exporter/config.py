@@ -273,26 +273,30 @@ def parse_config(raw: Any, source: str = "<config>") -> Config:
     return config
 
 
-def load_config(path: str | os.PathLike[str] | None) -> Config:
-    """Read and validate a YAML file; None gives the built-in defaults."""
-    if path is None:
-        return Config()
+def read_yaml_file(path: str | os.PathLike[str], error: type[Exception]) -> Any:
+    """Parse a YAML file; every failure is an `error` whose one-line message names the file."""
     name = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"{name}: file not found") from None
+        raise error(f"{name}: file not found") from None
     except IsADirectoryError:
-        raise ConfigError(f"{name}: is a directory, not a file") from None
+        raise error(f"{name}: is a directory, not a file") from None
     except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{name}: cannot read: {getattr(err, 'strerror', None) or err}") from None
+        raise error(f"{name}: cannot read: {getattr(err, 'strerror', None) or err}") from None
     import yaml  # only when a file is given: the exporter with defaults never pays for it
 
     try:
-        raw = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "YAML"
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ConfigError(f"{name}: {where}: YAML syntax error: {problem}") from None
-    return parse_config(raw, name)
+        raise error(f"{name}: {where}: YAML syntax error: {problem}") from None
+
+
+def load_config(path: str | os.PathLike[str] | None) -> Config:
+    """Read and validate a YAML file; None gives the built-in defaults."""
+    if path is None:
+        return Config()
+    return parse_config(read_yaml_file(path, ConfigError), str(path))

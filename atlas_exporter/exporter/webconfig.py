@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from atlas_exporter.config import read_yaml_file
+
 
 class WebConfigError(Exception):
     """A web config file that cannot be used; the message is one line: file, key and problem."""
@@ -255,23 +257,7 @@ def load_web_config(path: str | os.PathLike[str]) -> WebConfig:
     bcrypt must be importable when `basic_auth_users` is set.
     """
     name = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise WebConfigError(f"{name}: file not found") from None
-    except IsADirectoryError:
-        raise WebConfigError(f"{name}: is a directory, not a file") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise WebConfigError(f"{name}: cannot read: {getattr(err, 'strerror', None) or err}") from None
-    import yaml  # only when a web config file is given
-
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "YAML"
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise WebConfigError(f"{name}: {where}: YAML syntax error: {problem}") from None
+    raw = read_yaml_file(path, WebConfigError)
     config = parse_web_config(raw, name, Path(path).resolve().parent)
     if config.tls is not None:
         build_ssl_context(config.tls, name)
