@@ -33,10 +33,10 @@ from prometheus_client.metrics_core import Metric
 from atlas_exporter.apps.crashes import CrashBook, HangTracker, HangUpdate, TaskObservation
 from atlas_exporter.config import Config
 from atlas_exporter.model import AppOfPid, Snapshot, Source, SourceStatus
+from atlas_exporter.sources.process_linux import PF_KTHREAD, read_proc_file, split_stat
 
 log = logging.getLogger(__name__)
 
-PF_KTHREAD = 0x00200000
 KTHREADD_PID = 2
 
 
@@ -53,17 +53,11 @@ class TaskStat:
 
 
 def parse_task_stat(data: bytes) -> TaskStat:
-    """Parse `/proc/<pid>/task/<tid>/stat`; the comm may hold spaces and ')', so split at the last ')'."""
-    open_paren = data.find(b"(")
-    close_paren = data.rfind(b")")
-    if open_paren < 0 or close_paren < open_paren:
-        raise ValueError("stat: no '(comm)' field")
-    fields = data[close_paren + 2:].split(None, 20)
-    if len(fields) < 20:
-        raise ValueError(f"stat: only {len(fields) + 2} fields")
-    return TaskStat(comm=data[open_paren + 1:close_paren].decode("utf-8", "replace"),
-                    state=fields[0].decode("ascii", "replace"), ppid=int(fields[1]), flags=int(fields[6]),
-                    starttime=int(fields[19]), num_threads=int(fields[17]))
+    """Parse `/proc/<pid>/task/<tid>/stat` (or a process's `stat`)."""
+    comm, fields = split_stat(data)
+    return TaskStat(comm=comm.decode("utf-8", "replace"), state=fields[0].decode("ascii", "replace"),
+                    ppid=int(fields[1]), flags=int(fields[6]), starttime=int(fields[19]),
+                    num_threads=int(fields[17]))
 
 
 def parse_switches(text: bytes) -> int:
@@ -81,14 +75,6 @@ def parse_switches(text: bytes) -> int:
 
 def is_kernel_thread(pid: int, stat: TaskStat) -> bool:
     return bool(stat.flags & PF_KTHREAD) or stat.ppid == KTHREADD_PID or pid == KTHREADD_PID
-
-
-def _read(path: str) -> bytes:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        return os.read(fd, 4096)
-    finally:
-        os.close(fd)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +103,7 @@ def scan_blocked_tasks(procfs: Path) -> BlockedScan:
         # The process's own stat is enough for kernel threads (skipped) and for single-threaded
         # processes (its state is the only thread's); only others need their task folder listed.
         try:
-            leader = parse_task_stat(_read(f"{root}/{name}/stat"))
+            leader = parse_task_stat(read_proc_file(f"{root}/{name}/stat"))
         except (OSError, ValueError):
             continue  # vanished
         if is_kernel_thread(pid, leader):
@@ -132,7 +118,7 @@ def scan_blocked_tasks(procfs: Path) -> BlockedScan:
                 continue  # vanished
             for tid_name in tids:
                 try:
-                    stats[int(tid_name)] = parse_task_stat(_read(f"{base}/{tid_name}/stat"))
+                    stats[int(tid_name)] = parse_task_stat(read_proc_file(f"{base}/{tid_name}/stat"))
                 except (OSError, ValueError):
                     continue
             leader = stats.get(pid, leader)
@@ -142,7 +128,7 @@ def scan_blocked_tasks(procfs: Path) -> BlockedScan:
             if stat.state != "D":
                 continue
             try:
-                switches = parse_switches(_read(f"{base}/{tid}/status"))
+                switches = parse_switches(read_proc_file(f"{base}/{tid}/status"))
             except OSError:
                 continue
             except ValueError:

@@ -62,7 +62,7 @@ class ProcIO:
     syscw: int
 
 
-def _stat_fields(text: bytes) -> tuple[bytes, list[bytes]]:
+def split_stat(text: bytes) -> tuple[bytes, list[bytes]]:
     """The comm and the fields after it (state first); the comm may hold spaces and ')'."""
     open_paren = text.find(b"(")
     close_paren = text.rfind(b")")
@@ -78,7 +78,7 @@ def parse_stat(text: bytes | str) -> ProcStat:
     """Parse `/proc/<pid>/stat`."""
     if isinstance(text, str):
         text = text.encode("utf-8", "surrogateescape")
-    comm, fields = _stat_fields(text)
+    comm, fields = split_stat(text)
     try:
         return ProcStat(
             comm=comm.decode("utf-8", "replace"),
@@ -99,7 +99,7 @@ def parse_stat(text: bytes | str) -> ProcStat:
 
 def sample_from_stat(pid: int, text: bytes, btime: float) -> ProcSample | None:
     """A `ProcSample` straight from `/proc/<pid>/stat` text (the scan's hot path); None for kernel threads."""
-    comm, f = _stat_fields(text)
+    comm, f = split_stat(text)
     try:
         if int(f[6]) & PF_KTHREAD:
             return None
@@ -185,8 +185,9 @@ def privilege_of(status_text: str, euid: int) -> str:
     return "user"
 
 
-def _read(path: str) -> bytes:
-    fd = os.open(path, os.O_RDONLY)
+def read_proc_file(path: str) -> bytes:
+    """The bytes of a small /proc file (one open, one read, one close)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         return os.read(fd, 65536)
     finally:
@@ -237,7 +238,7 @@ class LinuxProcessSource:
 
     def start_token(self, pid: int) -> ProcessId | None:
         try:
-            st = parse_stat(_read(f"{self.procfs}/{pid}/stat"))
+            st = parse_stat(read_proc_file(f"{self.procfs}/{pid}/stat"))
         except (OSError, ParseError):
             return None
         return ProcessId(pid, st.starttime)
@@ -246,7 +247,7 @@ class LinuxProcessSource:
         """Read comm, exe, cmdline, user and cgroup of a live process (None if it is gone)."""
         base = f"{self.procfs}/{pid.pid}"
         try:
-            st = parse_stat(_read(f"{base}/stat"))
+            st = parse_stat(read_proc_file(f"{base}/stat"))
         except (OSError, ParseError):
             return None
         if st.starttime != pid.started:
@@ -259,18 +260,18 @@ class LinuxProcessSource:
         except OSError:
             pass
         try:
-            raw = _read(f"{base}/cmdline")
+            raw = read_proc_file(f"{base}/cmdline")
             ident.cmdline = tuple(a.decode("utf-8", "replace") for a in raw.rstrip(b"\0").split(b"\0") if raw)
         except OSError:
             pass
         try:
-            uid = parse_uid(_read(f"{base}/status").decode("utf-8", "replace"))
+            uid = parse_uid(read_proc_file(f"{base}/status").decode("utf-8", "replace"))
             if uid is not None:
                 ident.user = self._user_name(uid)
         except (OSError, ValueError):
             pass
         try:
-            ident.cgroup = parse_cgroup(_read(f"{base}/cgroup").decode("utf-8", "replace"))
+            ident.cgroup = parse_cgroup(read_proc_file(f"{base}/cgroup").decode("utf-8", "replace"))
         except OSError:
             pass
         return ident
@@ -300,7 +301,7 @@ class LinuxProcessSource:
                 continue
             base = f"{root}/{name}"
             try:
-                sample = sample_from_stat(int(name), _read(base + "/stat"), btime)
+                sample = sample_from_stat(int(name), read_proc_file(base + "/stat"), btime)
             except _VANISHED:
                 errors.vanished += 1
                 continue
@@ -327,7 +328,7 @@ class LinuxProcessSource:
                 pass
             if read_io:
                 try:
-                    io = parse_io(_read(base + "/io"))
+                    io = parse_io(read_proc_file(base + "/io"))
                 except PermissionError:
                     errors.access_denied += 1
                 except _VANISHED:
