@@ -28,11 +28,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prometheus_client.core import CounterMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from atlas_exporter.config import Config
 from atlas_exporter.model import AppOfPid, Snapshot, Source, SourceStatus
+from atlas_exporter.sources.network_metrics import byte_families
 
 log = logging.getLogger(__name__)
 
@@ -269,13 +269,7 @@ class DarwinNetworkSource:
                 return
             totals = self.deltas.totals()
             unattributed = tuple(self.deltas.unattributed)
-        for name, help_text, index in APP_METRICS:
-            family = CounterMetricFamily(name, help_text, labels=["app"])
-            for app in sorted(totals):
-                family.add_metric([app], totals[app][index])
-            yield family
-        for name, help_text, index in UNATTRIBUTED_METRICS:
-            yield CounterMetricFamily(name, help_text, value=unattributed[index])
+        yield from byte_families(APP_METRICS, UNATTRIBUTED_METRICS, totals, unattributed)
 
     def statuses(self) -> list[SourceStatus]:
         with self._lock:

@@ -39,6 +39,7 @@ from prometheus_client.metrics_core import Metric
 
 from atlas_exporter.config import Config
 from atlas_exporter.model import AppOfPid, Snapshot, Source, SourceStatus
+from atlas_exporter.sources.network_metrics import byte_families
 from atlas_exporter.sources.sockdiag_linux import (
     TCP_LISTEN,
     DestroySubscription,
@@ -804,13 +805,7 @@ class LinuxNetworkSource:
             return
         totals = self.app_totals()
         unattributed = self.unattributed()
-        for name, help_text, index in APP_METRICS:
-            family = CounterMetricFamily(name, help_text, labels=["app"])
-            for app in sorted(totals):
-                family.add_metric([app], totals[app][index])
-            yield family
-        for name, help_text, index in UNATTRIBUTED_METRICS:
-            yield CounterMetricFamily(name, help_text, value=unattributed[index])
+        yield from byte_families(APP_METRICS, UNATTRIBUTED_METRICS, totals, unattributed)
         if self.destroy_active():
             yield CounterMetricFamily(LOST_METRIC[0], LOST_METRIC[1], value=self.lost_events)
 
