@@ -19,18 +19,14 @@ COUNTER = re.compile(r"^atlas_\w+_total\{")
 
 
 def churn(stop: threading.Event, spawned: list[int]) -> None:
-    """Spawn /bin/true as fast as possible (no shell) and reap everything."""
-    while not stop.is_set():
-        for _ in range(20):
-            os.posix_spawn("/bin/true", ["true"], {})
-            spawned[0] += 1
-        while True:
-            try:
-                pid, _ = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if pid == 0:
-                break
+    """Spawn /bin/true as fast as possible (no shell) and reap each child it spawned."""
+    live: list[int] = []
+    while not stop.is_set() or live:
+        if not stop.is_set():
+            for _ in range(20):
+                live.append(os.posix_spawn("/bin/true", ["true"], {}))
+                spawned[0] += 1
+        live = [pid for pid in live if os.waitpid(pid, os.WNOHANG)[0] == 0]
         time.sleep(0.01)
 
 
