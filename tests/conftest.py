@@ -77,6 +77,24 @@ def parse_exposition(text: str) -> dict[str, float]:
     return out
 
 
+def normalised_exposition(body: bytes) -> str:
+    """An exposition without what changes from run to run, for golden files.
+
+    Drops prometheus_client's own process metrics and the collector durations, and blanks the
+    build_info labels (Python version).
+    """
+    keep = []
+    for line in body.decode().splitlines():
+        if line.startswith(("process_", "# HELP process_", "# TYPE process_")):
+            continue
+        if line.startswith("atlas_scrape_collector_duration_seconds{"):
+            continue
+        if line.startswith("atlas_exporter_build_info{"):
+            line = "atlas_exporter_build_info{...} 1.0"
+        keep.append(line)
+    return "\n".join(keep) + "\n"
+
+
 def _package_dir(name: str) -> Path:
     spec = importlib.util.find_spec(name)
     assert spec is not None and spec.origin is not None, name

@@ -12,7 +12,7 @@ from pathlib import Path
 from atlas_exporter.config import parse_config
 from atlas_exporter.exporter.runtime import Exporter
 from atlas_exporter.sources.process_linux import CLK_TCK, PAGE_SIZE, LinuxProcessSource
-from conftest import parse_exposition
+from conftest import normalised_exposition, parse_exposition
 
 GOLDEN = Path(__file__).parent / "golden" / "linux.prom"
 BTIME = 1700000000
@@ -71,17 +71,7 @@ def expose(tmp_path: Path) -> str:
     config = parse_config({"apps": [{"name": "login-shells", "comm": "^bash$", "user": "."}]})
     exporter = Exporter(config, procfs=procfs, enabled={"process"},
                         process_source=LinuxProcessSource(procfs), sources=[], platform_name="linux")
-    body = exporter.render_metrics()[0].decode()
-    keep = []
-    for line in body.splitlines():
-        if line.startswith(("process_", "# HELP process_", "# TYPE process_")):
-            continue  # the exporter's own process metrics (prometheus_client)
-        if line.startswith("atlas_scrape_collector_duration_seconds{"):
-            continue
-        if line.startswith("atlas_exporter_build_info{"):
-            line = "atlas_exporter_build_info{...} 1.0"
-        keep.append(line)
-    return "\n".join(keep) + "\n"
+    return normalised_exposition(exporter.render_metrics()[0])
 
 
 def test_fake_proc_matches_golden(tmp_path: Path, update_golden: bool) -> None:

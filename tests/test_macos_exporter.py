@@ -18,7 +18,7 @@ from atlas_exporter.config import parse_config
 from atlas_exporter.exporter.runtime import Exporter
 from atlas_exporter.sources.libproc_darwin import TH_STATE_UNINTERRUPTIBLE, TH_STATE_WAITING
 from atlas_exporter.sources.process_darwin import DarwinProcessSource
-from conftest import parse_exposition
+from conftest import normalised_exposition, parse_exposition
 
 GOLDEN = Path(__file__).parent / "golden" / "darwin.prom"
 T0 = 1_760_000_000_000_000  # start times, microseconds since the epoch
@@ -96,25 +96,12 @@ def second_pass(table: FakeTable) -> None:
     table.procs[600].reaped_user += 2.0  # a child that lived and died between the scrapes
 
 
-def normalised(body: bytes) -> str:
-    keep = []
-    for line in body.decode().splitlines():
-        if line.startswith(("process_", "# HELP process_", "# TYPE process_")):
-            continue  # the exporter's own process metrics (prometheus_client)
-        if line.startswith("atlas_scrape_collector_duration_seconds{"):
-            continue
-        if line.startswith("atlas_exporter_build_info{"):
-            line = "atlas_exporter_build_info{...} 1.0"
-        keep.append(line)
-    return "\n".join(keep) + "\n"
-
-
 def two_scrapes(tmp_path: Path) -> tuple[str, str, Exporter]:
     table, _ = machine(tmp_path)
     exporter = exporter_over(table)
-    first = normalised(exporter.render_metrics()[0])
+    first = normalised_exposition(exporter.render_metrics()[0])
     second_pass(table)
-    second = normalised(exporter.render_metrics()[0])
+    second = normalised_exposition(exporter.render_metrics()[0])
     return first, second, exporter
 
 
@@ -173,7 +160,7 @@ def test_macos_naming_rule_beats_the_bundle(tmp_path: Path) -> None:
     table, _ = machine(tmp_path)
     exporter = exporter_over(table, {"apps": [{"name": "chrome-gpu", "comm": "^Google Chrome H$",
                                                "exe": r"\(GPU\)"}]})
-    v = parse_exposition(normalised(exporter.render_metrics()[0]))
+    v = parse_exposition(normalised_exposition(exporter.render_metrics()[0]))
     assert v['atlas_app_processes{app="chrome-gpu"}'] == 1
     assert v['atlas_app_processes{app="Google Chrome"}'] == 2
 
@@ -186,7 +173,7 @@ def test_macos_other_users_processes_are_counted_with_absent_values(tmp_path: Pa
         FakeProc(pid=400, name="zsh", exe="/bin/zsh", threads=1, resident=4 << 20),
     ])
     exporter = exporter_over(table)
-    v = parse_exposition(normalised(exporter.render_metrics()[0]))
+    v = parse_exposition(normalised_exposition(exporter.render_metrics()[0]))
     assert v['atlas_scrape_collector_success{collector="process"}'] == 1
     assert v['atlas_app_processes{app="WindowServer"}'] == 1
     assert 'atlas_app_resident_memory_bytes{app="WindowServer"}' not in v
@@ -203,7 +190,7 @@ def test_macos_parent_io_is_not_discounted_when_a_child_exits(tmp_path: Path) ->
     exporter.render_metrics()
     del table.procs[301]
     parent.disk_written += 4 << 20  # the parent's own writes, after the child exited
-    v = parse_exposition(normalised(exporter.render_metrics()[0]))
+    v = parse_exposition(normalised_exposition(exporter.render_metrics()[0]))
     assert v['atlas_app_disk_written_bytes_total{app="cc"}'] == 8 << 20
     assert v['atlas_app_disk_written_bytes_total{app="make"}'] == 4 << 20  # today the child's credit eats it
 
