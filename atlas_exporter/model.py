@@ -75,6 +75,8 @@ class ProcessScan:
     samples: list[ProcSample]
     errors: ReadErrors
     monotonic: float  # time.monotonic() when the pass started
+    # pids that are still there but could not be read this pass (not vanished): the tracker keeps them
+    skipped: frozenset[int] = frozenset()
 
 
 @dataclass(slots=True)

@@ -185,6 +185,15 @@ def privilege_of(status_text: str, euid: int) -> str:
     return "user"
 
 
+def current_privilege(procfs: Path | str = "/proc") -> str:
+    """This process's privilege for reading other processes: 'root', 'capabilities' or 'user'."""
+    try:
+        status = Path(procfs, "self", "status").read_text()
+    except OSError:
+        status = ""
+    return privilege_of(status, os.geteuid())
+
+
 def read_proc_file(path: str) -> bytes:
     """The bytes of a small /proc file (one open, one read, one close)."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -349,11 +358,7 @@ class LinuxProcessSource:
         return ProcessScan(samples=samples, errors=errors, monotonic=started)
 
     def statuses(self) -> list[SourceStatus]:
-        try:
-            status = Path(self.procfs, "self", "status").read_text()
-        except OSError:
-            status = ""
-        privilege = privilege_of(status, os.geteuid())
+        privilege = current_privilege(self.procfs)
         reason = ""
         if privilege == "user":
             reason = ("running unprivileged: disk I/O, I/O operations and open fds of other users' processes "
