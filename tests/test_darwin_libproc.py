@@ -7,6 +7,8 @@ import errno
 import os
 import struct
 import sys
+import threading
+from collections.abc import Callable
 
 import pytest
 
@@ -117,6 +119,8 @@ class FakeLib:
         self.calls: list[tuple[str, int, int]] = []
         self.errno = 0
         self.rusage_flavors_ok = {lp.RUSAGE_INFO_V2, lp.RUSAGE_INFO_V3}
+        self.paths = {10: b"/Applications/Caf\xc3\xa9.app/Contents/MacOS/Caf\xff"}
+        self.after_fill: Callable[[int], None] = lambda pid: None  # runs while the GIL would be released
         for name in ("proc_pidinfo", "proc_pid_rusage", "proc_pidpath", "sysctlbyname", "mach_timebase_info"):
             setattr(self, name, _Func(getattr(self, "_" + name)))
 
@@ -152,7 +156,8 @@ class FakeLib:
             return ctypes.sizeof(lp.ProcThreadInfo)
         if flavor == lp.PROC_PIDTASKINFO:
             info = buf._obj  # type: ignore[attr-defined]
-            info.pti_total_user, info.pti_threadnum = 24_000_000, 3
+            info.pti_total_user, info.pti_threadnum, info.pti_resident_size = 24_000_000, 3, pid << 20
+            self.after_fill(pid)
             return size
         return 0
 
@@ -165,13 +170,16 @@ class FakeLib:
             self._fail(pid)
             return -1
         buf._obj.ri_diskio_bytesread = 4096  # type: ignore[attr-defined]
+        buf._obj.ri_diskio_byteswritten = pid  # type: ignore[attr-defined]
+        self.after_fill(pid)
         return 0
 
     def _proc_pidpath(self, pid: int, buf: ctypes.Array, size: int) -> int:
         if pid not in self.fds:
             return self._fail(pid)
-        path = b"/Applications/Caf\xc3\xa9.app/Contents/MacOS/Caf\xff"
+        path = self.paths.get(pid, b"/usr/libexec/proc-%d" % pid)
         ctypes.memmove(buf, path, len(path))
+        self.after_fill(pid)
         return len(path)
 
     def _sysctlbyname(self, name: bytes, value: object, size: object, new: object, new_size: int) -> int:
@@ -243,6 +251,38 @@ def test_darwin_libproc_pid_path_keeps_undecodable_bytes(fake) -> None:
     path = proc.pid_path(10)
     assert path.startswith("/Applications/Café.app/")
     assert path.encode("utf-8", "surrogateescape").endswith(b"Caf\xff")
+
+
+_READERS = {
+    "task_info": lambda proc, pid: proc.task_info(pid).resident_bytes >> 20,
+    "rusage": lambda proc, pid: proc.rusage(pid).diskio_bytes_written,
+    "pid_path": lambda proc, pid: int(proc.pid_path(pid).rsplit("-", 1)[-1]),
+}
+
+
+@pytest.mark.parametrize("call", sorted(_READERS))
+def test_darwin_libproc_calls_from_two_threads_keep_their_own_results(fake, call: str) -> None:
+    # The scan and the network source's pid lookups share one LibProc; a real call releases the GIL
+    # between filling the buffer and copying it out, which after_fill stands in for.
+    proc, lib = fake
+    lib.fds.update({41: 1, 42: 1})
+    read = _READERS[call]
+    filled, other_done = threading.Event(), threading.Event()
+
+    def pause(pid: int) -> None:
+        if pid == 41:
+            filled.set()
+            other_done.wait(0.3)  # the other thread's call would overwrite a shared buffer now
+
+    lib.after_fill = pause
+    results: dict[str, int] = {}
+    worker = threading.Thread(target=lambda: results.update(first=read(proc, 41)))
+    worker.start()
+    assert filled.wait(10)
+    results["second"] = read(proc, 42)
+    other_done.set()
+    worker.join(10)
+    assert results == {"first": 41, "second": 42}
 
 
 def test_darwin_parsers_agree_with_the_ctypes_structures() -> None:

@@ -10,6 +10,10 @@ use, so this module imports on Linux (where only the parsers and structures are 
 CPU times in `proc_taskinfo` and `rusage_info_*` are Mach absolute-time ticks, not
 nanoseconds: 24,000,000 ticks per second on Apple silicon, 1,000,000,000 on Intel.
 `Timebase` converts them.
+
+A `LibProc` is shared by threads (the scrape's scan, the network source's pid lookups), and
+ctypes releases the GIL during each call, so its reusable buffers are held under a lock from
+the call until their bytes are copied out.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import errno
 import os
 import struct
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -327,12 +332,15 @@ class LibProc:
     """The real libproc calls. The library is loaded on first use (macOS only).
 
     Every method raises `ProcessGone` or `AccessDenied` for the two expected failures and
-    `OSError` for anything else.
+    `OSError` for anything else. Methods are thread-safe: each fills a buffer of this
+    object and copies it out under `_lock`.
     """
 
     def __init__(self, loader: Callable[[], ctypes.CDLL] | None = None) -> None:
         self._loader = loader or self._load
         self._lib: ctypes.CDLL | None = None
+        self._load_lock = threading.Lock()
+        self._lock = threading.Lock()  # held while a call fills one of the buffers below and they are read
         self._rusage_flavor = RUSAGE_INFO_V2
         self._rusage_buf = RusageInfoV4()
         self._task_buf = ProcTaskInfo()
@@ -356,7 +364,11 @@ class LibProc:
 
     @property
     def lib(self) -> ctypes.CDLL:
-        if self._lib is None:
+        if self._lib is not None:
+            return self._lib
+        with self._load_lock:
+            if self._lib is not None:
+                return self._lib
             lib = self._loader()
             lib.proc_pidinfo.argtypes = [ctypes.c_int, ctypes.c_int, c_uint64, ctypes.c_void_p, ctypes.c_int]
             lib.proc_pidinfo.restype = ctypes.c_int
@@ -369,9 +381,9 @@ class LibProc:
             lib.sysctlbyname.restype = ctypes.c_int
             lib.mach_timebase_info.argtypes = [ctypes.POINTER(MachTimebaseInfo)]
             lib.mach_timebase_info.restype = ctypes.c_int
-            self._lib = lib
             self._rusage_flavor = self._probe_rusage_flavor(lib)
-        return self._lib
+            self._lib = lib  # published last: another thread sees the library only with its flavor
+        return lib
 
     @staticmethod
     def _probe_rusage_flavor(lib: ctypes.CDLL) -> int:
@@ -392,17 +404,21 @@ class LibProc:
 
     def task_info(self, pid: int) -> TaskInfo:
         size = ctypes.sizeof(ProcTaskInfo)
-        got = self._pidinfo(pid, PROC_PIDTASKINFO, 0, self._task_buf, size, "proc_taskinfo")
+        with self._lock:
+            got = self._pidinfo(pid, PROC_PIDTASKINFO, 0, self._task_buf, size, "proc_taskinfo")
+            raw = bytes(self._task_buf)
         if got < size:
             raise OSError(errno.EIO, f"proc_taskinfo of pid {pid}: short read ({got} bytes)")
-        return parse_taskinfo(bytes(self._task_buf))
+        return parse_taskinfo(raw)
 
     def rusage(self, pid: int) -> Rusage:
         lib = self.lib  # loading also picks the flavor
-        ctypes.set_errno(0)
-        if lib.proc_pid_rusage(pid, self._rusage_flavor, ctypes.byref(self._rusage_buf)) != 0:
-            _raise_for_errno(ctypes.get_errno(), f"proc_pid_rusage of pid {pid}")
-        return parse_rusage(bytes(self._rusage_buf))
+        with self._lock:
+            ctypes.set_errno(0)
+            if lib.proc_pid_rusage(pid, self._rusage_flavor, ctypes.byref(self._rusage_buf)) != 0:
+                _raise_for_errno(ctypes.get_errno(), f"proc_pid_rusage of pid {pid}")
+            raw = bytes(self._rusage_buf)
+        return parse_rusage(raw)
 
     def fd_count(self, pid: int) -> int:
         """Open descriptors: PROC_PIDLISTFDS bytes / sizeof(proc_fdinfo).
@@ -410,36 +426,42 @@ class LibProc:
         A first call without a buffer returns the size of the descriptor table (an upper
         bound), the second fills in the open ones.
         """
+        lib = self.lib
         ctypes.set_errno(0)
-        need = self.lib.proc_pidinfo(pid, PROC_PIDLISTFDS, 0, None, 0)
+        need = lib.proc_pidinfo(pid, PROC_PIDLISTFDS, 0, None, 0)
         if need <= 0:
             _raise_for_errno(ctypes.get_errno(), f"PROC_PIDLISTFDS of pid {pid}")
-        if need > len(self._fd_buf):
-            self._fd_buf = ctypes.create_string_buffer(need + 8 * 64)
-        got = self._pidinfo(pid, PROC_PIDLISTFDS, 0, self._fd_buf, len(self._fd_buf), "PROC_PIDLISTFDS")
+        with self._lock:
+            if need > len(self._fd_buf):
+                self._fd_buf = ctypes.create_string_buffer(need + 8 * 64)
+            got = self._pidinfo(pid, PROC_PIDLISTFDS, 0, self._fd_buf, len(self._fd_buf), "PROC_PIDLISTFDS")
         return got // ctypes.sizeof(ProcFdInfo)
 
     def thread_states(self, pid: int, threads: int) -> list[int]:
         """`pth_run_state` of each thread (PROC_PIDLISTTHREADS, then PROC_PIDTHREADINFO each)."""
-        ids = (c_uint64 * max(threads + 16, 32))()
+        ids = (c_uint64 * max(threads + 16, 32))()  # this call's own buffer
         got = self._pidinfo(pid, PROC_PIDLISTTHREADS, 0, ids, ctypes.sizeof(ids), "PROC_PIDLISTTHREADS")
         states: list[int] = []
         size = ctypes.sizeof(ProcThreadInfo)
         for handle in ids[: got // 8]:
-            try:
-                self._pidinfo(pid, PROC_PIDTHREADINFO, handle, self._thread_buf, size, "PROC_PIDTHREADINFO")
-            except ProcessGone:
-                continue  # the thread exited between the two calls
-            states.append(self._thread_buf.pth_run_state)
+            with self._lock:
+                try:
+                    self._pidinfo(pid, PROC_PIDTHREADINFO, handle, self._thread_buf, size, "PROC_PIDTHREADINFO")
+                except ProcessGone:
+                    continue  # the thread exited between the two calls
+                states.append(self._thread_buf.pth_run_state)
         return states
 
     def pid_path(self, pid: int) -> str:
         """The executable path (`proc_pidpath`, readable for every process), decoded like `os.fsdecode`."""
-        ctypes.set_errno(0)
-        got = self.lib.proc_pidpath(pid, self._path_buf, PROC_PIDPATHINFO_MAXSIZE)
-        if got <= 0:
-            _raise_for_errno(ctypes.get_errno(), f"proc_pidpath of pid {pid}")
-        return os.fsdecode(self._path_buf.raw[:got])
+        lib = self.lib
+        with self._lock:
+            ctypes.set_errno(0)
+            got = lib.proc_pidpath(pid, self._path_buf, PROC_PIDPATHINFO_MAXSIZE)
+            if got <= 0:
+                _raise_for_errno(ctypes.get_errno(), f"proc_pidpath of pid {pid}")
+            raw = self._path_buf.raw[:got]
+        return os.fsdecode(raw)
 
     def timebase(self) -> Timebase:
         """Ticks per second: `hw.tbfrequency` (right under Rosetta), else `mach_timebase_info`."""
