@@ -43,7 +43,7 @@ class ProcSample:
 
     id: ProcessId
     ppid: int
-    state: str  # one-letter state as in /proc/<pid>/stat ("R", "S", "D", "Z", ...)
+    state: str  # one-letter state as in /proc/<pid>/stat ("R", "S", "D", "Z", ...); "?" if unreadable
     cpu_user_seconds: float | None  # None: not readable (macOS: another user's process)
     cpu_system_seconds: float | None
     threads: int | None
@@ -92,17 +92,23 @@ class AppView:
     threads: int | None = None
     resident_bytes: int | None = None
     open_fds: int | None = None
-    disk_wait_processes: int = 0
+    disk_wait_processes: int | None = 0  # None: no process's state could be read
     oldest_start_time_seconds: float | None = None
     oldest_pid: int | None = None
-    cpu_user_seconds_total: float = 0.0
-    cpu_system_seconds_total: float = 0.0
+    cpu_user_seconds_total: float | None = None
+    cpu_system_seconds_total: float | None = None
     read_bytes_total: float | None = None
     written_bytes_total: float | None = None
     read_ops_total: float | None = None
     write_ops_total: float | None = None
     network_receive_bytes_total: float | None = None
     network_transmit_bytes_total: float | None = None
+
+    def cpu_seconds_total(self) -> float | None:
+        """User plus system CPU seconds; None when neither could be read."""
+        if self.cpu_user_seconds_total is None and self.cpu_system_seconds_total is None:
+            return None
+        return (self.cpu_user_seconds_total or 0.0) + (self.cpu_system_seconds_total or 0.0)
 
 
 @dataclass(slots=True)

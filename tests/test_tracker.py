@@ -149,3 +149,24 @@ def test_seen_child_cpu_is_not_counted_twice_after_reaping() -> None:
     ])
     assert a3["job"].cpu_user_seconds_total == 2.0
     assert a3["shell"].cpu_user_seconds_total == 1.5
+
+
+def test_process_unreadable_for_a_pass_is_kept_not_counted_again() -> None:
+    t = Tracker()
+    t.update([(proc(10, cpu=100.0, wb=1000), "app"), (proc(20, cpu=1.0, ppid=10), "kid")], now=0.0)
+    middle = t.update([(proc(10, cpu=100.0, wb=1000), "app")], now=1.0, keep=frozenset({20}))
+    assert middle.gone == []
+    after = t.update([(proc(10, cpu=100.0, wb=1000), "app"), (proc(20, cpu=2.0, ppid=10), "kid")], now=2.0)
+    assert after.apps["kid"].cpu_user_seconds_total == 2.0  # 1 s more, not its lifetime again
+    assert after.apps["app"].cpu_user_seconds_total == 100.0
+
+
+def test_unreadable_cpu_and_state_are_absent() -> None:
+    t = Tracker()
+    sample = proc(10)
+    sample.cpu_user_seconds = sample.cpu_system_seconds = None
+    sample.state = "?"
+    (apps,) = run(t, [[(sample, "locked")]])
+    assert apps["locked"].cpu_user_seconds_total is None and apps["locked"].cpu_seconds_total() is None
+    assert apps["locked"].disk_wait_processes is None
+    assert apps["locked"].processes == 1

@@ -44,7 +44,7 @@ class _Proc:
 
 @dataclass(slots=True)
 class _App:
-    totals: list[float | None] = field(default_factory=lambda: [0.0, 0.0, None, None, None, None])
+    totals: list[float | None] = field(default_factory=lambda: [None] * 6)
     last_seen: float = 0.0
 
 
@@ -66,12 +66,17 @@ class Tracker:
         self._procs: dict[ProcessId, _Proc] = {}
         self._apps: dict[str, _App] = {}
 
-    def update(self, named: Iterable[tuple[ProcSample, str]], now: float) -> TrackerUpdate:
-        """Fold one pass of (sample, app name) pairs into the totals; `now` is a monotonic time."""
+    def update(self, named: Iterable[tuple[ProcSample, str]], now: float,
+               keep: frozenset[int] = frozenset()) -> TrackerUpdate:
+        """Fold one pass of (sample, app name) pairs into the totals; `now` is a monotonic time.
+
+        Processes whose pid is in `keep` were there but unreadable this pass: they are not gone,
+        so they neither credit their parent nor count in full again when they are read next.
+        """
         named = list(named)
         procs = self._procs
         current = {sample.id for sample, _ in named}
-        gone = [pid for pid in procs if pid not in current]
+        gone = [pid for pid in procs if pid not in current and pid.pid not in keep]
         if gone:
             live_by_pid = {pid.pid: pid for pid in current}
             for pid in gone:
@@ -82,6 +87,7 @@ class Tracker:
                     _add_credit(parent, child.last, self.reaped_io_in_parent)
 
         views: dict[str, AppView] = {}
+        known_state: set[str] = set()
         apps = self._apps
         for sample, app in named:
             now_values = counters_of(sample)
@@ -120,6 +126,8 @@ class Tracker:
             if sample.state == "Z":
                 continue
             view.processes += 1
+            if sample.state != "?":  # "?": the state could not be read
+                known_state.add(app)
             if sample.threads is not None:
                 view.threads = (view.threads or 0) + sample.threads
             if sample.resident_bytes is not None:
@@ -141,8 +149,10 @@ class Tracker:
             if view is None:
                 view = views[name] = AppView(name=name)
             t = state.totals
-            view.cpu_user_seconds_total = t[CPU_USER] or 0.0
-            view.cpu_system_seconds_total = t[CPU_SYSTEM] or 0.0
+            view.cpu_user_seconds_total = t[CPU_USER]
+            view.cpu_system_seconds_total = t[CPU_SYSTEM]
+            if view.processes and name not in known_state:
+                view.disk_wait_processes = None
             view.read_bytes_total = t[READ_BYTES]
             view.written_bytes_total = t[WRITTEN_BYTES]
             view.read_ops_total = t[READ_OPS]

@@ -60,7 +60,7 @@ APP_METRICS: tuple[AppMetric, ...] = (
               lambda a: a.write_ops_total),
     AppMetric("atlas_app_disk_wait_processes", "gauge",
               "Processes of the application in uninterruptible (disk) wait now.",
-              lambda a: a.disk_wait_processes if a.processes else None),
+              lambda a: a.disk_wait_processes if a.processes else None),  # None: states unreadable
     AppMetric("atlas_app_oldest_start_time_seconds", "gauge",
               "Unix time the application's oldest live process started.", lambda a: a.oldest_start_time_seconds),
 )
@@ -91,8 +91,10 @@ class ProcessMetrics:
         cpu = CounterMetricFamily("atlas_app_cpu_seconds", "CPU time the application's processes used, by mode.",
                                   labels=["app", "mode"])
         for app in apps:
-            cpu.add_metric([app.name, "user"], app.cpu_user_seconds_total)
-            cpu.add_metric([app.name, "system"], app.cpu_system_seconds_total)
+            if app.cpu_user_seconds_total is not None:
+                cpu.add_metric([app.name, "user"], app.cpu_user_seconds_total)
+            if app.cpu_system_seconds_total is not None:
+                cpu.add_metric([app.name, "system"], app.cpu_system_seconds_total)
         yield cpu
         for row in APP_METRICS:
             if row.kind == "counter":

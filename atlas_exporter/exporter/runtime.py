@@ -55,7 +55,8 @@ class Exporter:
         network = next((s for s in self.extra_sources if s.name == "network"), None)
         self.snapshotter = Snapshotter(self.process_source, self.resolver, self.tracker,
                                        max_age_seconds=config.snapshot_max_age_seconds,
-                                       network_totals=getattr(network, "app_totals", None))
+                                       network_totals=getattr(network, "app_totals", None),
+                                       on_retired=[s.retire for s in self.extra_sources if hasattr(s, "retire")])
         all_sources: list[Source] = []
         if "process" in self.enabled:
             all_sources.append(ProcessMetrics(self.snapshotter, self.process_source.statuses))

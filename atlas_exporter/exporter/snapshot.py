@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from atlas_exporter.apps.resolver import AppResolver
 from atlas_exporter.apps.tracker import Tracker
@@ -27,12 +27,14 @@ class Snapshotter:
 
     def __init__(self, source: ProcessSource, resolver: AppResolver, tracker: Tracker, *,
                  max_age_seconds: float = 1.0, network_totals: NetworkTotals | None = None,
+                 on_retired: Sequence[Callable[[list[str]], None]] = (),
                  clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time) -> None:
         self.source = source
         self.resolver = resolver
         self.tracker = tracker
         self.max_age_seconds = max_age_seconds
         self.network_totals = network_totals
+        self.on_retired = list(on_retired)  # told which apps were retired, to drop their state too
         self.clock = clock
         self.wall_clock = wall_clock
         self.read_errors_total = {"access_denied": 0, "vanished": 0}
@@ -53,13 +55,15 @@ class Snapshotter:
 
     def _take(self, now: float) -> Snapshot:
         try:
-            scan = self.source.scan()
-        except Exception as err:  # the process table itself failed: report, keep serving
-            log.error("process scan failed: %s", err)
+            return self._build(now)
+        except Exception as err:  # the process table failed: report it, keep serving the rest
+            log.error("process snapshot failed: %s", err)
             self.scan_error = str(err) or type(err).__name__
-            snapshot = Snapshot(wall_time=self.wall_clock(), monotonic=now,
-                                read_errors_total=dict(self.read_errors_total))
-            return snapshot
+            return Snapshot(wall_time=self.wall_clock(), monotonic=now,
+                            read_errors_total=dict(self.read_errors_total))
+
+    def _build(self, now: float) -> Snapshot:
+        scan = self.source.scan()
         self.scan_error = None
         self.read_errors_total["access_denied"] += scan.errors.access_denied
         self.read_errors_total["vanished"] += scan.errors.vanished
@@ -71,11 +75,16 @@ class Snapshotter:
                 self.read_errors_total["vanished"] += 1
                 continue
             named.append((sample, app))
-        update = self.tracker.update(named, now)
+        update = self.tracker.update(named, now, keep=scan.skipped)
         if update.gone:
             self.resolver.forget(update.gone)
         if update.retired:
             self.resolver.release(update.retired)
+            for retire in self.on_retired:
+                try:
+                    retire(update.retired)
+                except Exception as err:
+                    log.warning("could not retire apps %s: %s", update.retired, err)
         apps = update.apps
         if self.network_totals is not None:
             try:

@@ -47,10 +47,10 @@ class StatusPage:
         out = {}
         for name, app in snap.apps.items():
             before = prev.apps.get(name)
-            if before is not None:
-                used = (app.cpu_user_seconds_total + app.cpu_system_seconds_total
-                        - before.cpu_user_seconds_total - before.cpu_system_seconds_total)
-                out[name] = max(used, 0.0) / interval * 100
+            now_cpu = app.cpu_seconds_total()
+            before_cpu = before.cpu_seconds_total() if before is not None else None
+            if now_cpu is not None and before_cpu is not None:
+                out[name] = max(now_cpu - before_cpu, 0.0) / interval * 100
         return out
 
     def render(self) -> str:

@@ -68,7 +68,7 @@ class CsvRow:
     timestamp: str
     app_name: str
     pid: int | None
-    cpu_percent: float
+    cpu_percent: float | None
     memory_mb: float | None
     threads: int | None
     network_bytes_sent: float | None  # per second
@@ -79,10 +79,14 @@ class CsvRow:
 
     def cells(self) -> list[str]:
         return [
-            self.timestamp, self.app_name, _int(self.pid), f"{self.cpu_percent:.2f}", _num(self.memory_mb),
+            self.timestamp, self.app_name, _int(self.pid), _percent(self.cpu_percent), _num(self.memory_mb),
             _int(self.threads), _num(self.network_bytes_sent), _num(self.network_bytes_recv),
             _num(self.disk_read_ops), _num(self.disk_write_ops), _int(self.open_files),
         ]
+
+
+def _percent(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}"
 
 
 def _int(value: int | None) -> str:
@@ -118,15 +122,15 @@ def app_row(app: AppView, before: AppView | None, seconds: float, timestamp: str
     """One row for `app` over the `seconds` since `before` (None: the app is new since then)."""
     if before is None:
         # Everything the app has accumulated happened after the previous snapshot.
-        before = AppView(name=app.name, read_bytes_total=0.0, written_bytes_total=0.0, read_ops_total=0.0,
+        before = AppView(name=app.name, cpu_user_seconds_total=0.0, cpu_system_seconds_total=0.0,
+                         read_bytes_total=0.0, written_bytes_total=0.0, read_ops_total=0.0,
                          write_ops_total=0.0, network_receive_bytes_total=0.0, network_transmit_bytes_total=0.0)
-    cpu = _delta(app.cpu_user_seconds_total + app.cpu_system_seconds_total,
-                 before.cpu_user_seconds_total + before.cpu_system_seconds_total)
+    cpu = _delta(app.cpu_seconds_total(), before.cpu_seconds_total())
     return CsvRow(
         timestamp=timestamp,
         app_name=app.name,
         pid=app.oldest_pid,
-        cpu_percent=(cpu or 0.0) / seconds * 100.0,
+        cpu_percent=None if cpu is None else cpu / seconds * 100.0,
         memory_mb=None if app.resident_bytes is None else app.resident_bytes / MIB,
         threads=app.threads,
         network_bytes_sent=_per_second(app.network_transmit_bytes_total, before.network_transmit_bytes_total, seconds),
@@ -149,8 +153,8 @@ def build_rows(previous: Snapshot, current: Snapshot, top: int) -> list[CsvRow]:
     timestamp = format_timestamp(current.wall_time)
     rows = [app_row(app, previous.apps.get(name), seconds, timestamp)
             for name, app in current.apps.items() if app.processes > 0]
-    rows.sort(key=lambda r: (-r.cpu_percent, -(r.memory_mb or 0.0), r.app_name))
-    return [row for i, row in enumerate(rows) if i < top or row.cpu_percent >= CORE_BURNER_PERCENT]
+    rows.sort(key=lambda r: (-(r.cpu_percent or 0.0), -(r.memory_mb or 0.0), r.app_name))
+    return [row for i, row in enumerate(rows) if i < top or (row.cpu_percent or 0.0) >= CORE_BURNER_PERCENT]
 
 
 def format_rows(rows: Sequence[CsvRow]) -> str:

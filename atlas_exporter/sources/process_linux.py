@@ -305,18 +305,21 @@ class LinuxProcessSource:
         fd_size = self._fd_size_is_count
         read_io = self._io_available
         append = samples.append
+        skipped: set[int] = set()
+        listed = 0
         for name in os.listdir(root):
             if not name.isdigit():
                 continue
             base = f"{root}/{name}"
+            listed += 1
             try:
                 sample = sample_from_stat(int(name), read_proc_file(base + "/stat"), btime)
             except _VANISHED:
                 errors.vanished += 1
                 continue
-            except (OSError, ParseError) as err:
-                log.debug("skipping pid %s: %s", name, err)
-                errors.vanished += 1
+            except (OSError, ParseError) as err:  # still there, but unreadable this pass (EMFILE, ...)
+                log.debug("skipping pid %s this pass: %s", name, err)
+                skipped.add(int(name))
                 continue
             if sample is None:  # a kernel thread
                 continue
@@ -355,7 +358,9 @@ class LinuxProcessSource:
                     sample.read_ops = io.syscr
                     sample.write_ops = io.syscw
             append(sample)
-        return ProcessScan(samples=samples, errors=errors, monotonic=started)
+        if listed and len(skipped) * 2 > listed:
+            raise OSError(f"{len(skipped)} of {listed} processes unreadable in {root}")
+        return ProcessScan(samples=samples, errors=errors, monotonic=started, skipped=frozenset(skipped))
 
     def statuses(self) -> list[SourceStatus]:
         privilege = current_privilege(self.procfs)
