@@ -203,17 +203,17 @@ TEMPLATE_KEYS = {"comm", "exe", "exe_path", "user", "unit", "cgroup"}
 
 def _check_template(name: str, patterns: dict[str, re.Pattern[str]]) -> None:
     groups: set[str] = set()
-    numbered = 0
     for pattern in patterns.values():
         groups |= set(pattern.groupindex)
-        numbered = max(numbered, pattern.groups)
+    # numbered fields come from the first matcher (in MATCH_FIELDS order) that has groups
+    numbered = next((patterns[k].groups for k in MATCH_FIELDS if k in patterns and patterns[k].groups), 0)
     for key in _TEMPLATE_FIELD.findall(name):
         if key in TEMPLATE_KEYS or key in groups:
             continue
-        if key.isdigit() and 0 <= int(key) <= numbered:
+        if key.isdigit() and int(key) <= numbered:
             continue
         raise ValueError(f"unknown template field '{{{key}}}' (use one of {', '.join(sorted(TEMPLATE_KEYS))},"
-                         " or a regex group)")
+                         " or a regex group of the first matcher with groups)")
 
 
 def parse_config(raw: Any, source: str = "<config>") -> Config:

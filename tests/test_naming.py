@@ -130,3 +130,18 @@ def test_resolver_caches_per_process_and_renames_after_exec() -> None:
     assert resolver.app_of_pid(11) == "beta"
     assert resolver.app_of_pid(99) is None
     assert resolver.app_for(sample(12, 1, "gone")) is None
+
+
+def test_numbered_fields_come_from_the_first_matcher_with_groups() -> None:
+    assert rules([{"name": "x-{0}", "comm": "^ngi"}]).name(P("nginx")) == "x-ngi"
+    namer = rules([{"name": "{0}/{1}", "comm": "^(ng)inx$", "cmdline": "(a)(b)"}])
+    assert namer.name(P("nginx", cmdline=("ab",))) == "nginx/ng"
+
+
+def test_template_field_beyond_the_rendering_matcher_is_rejected() -> None:
+    import pytest
+
+    from atlas_exporter.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"apps\[0\]\.name: unknown template field '\{2\}'"):
+        parse_config({"apps": [{"name": "y-{2}", "comm": "(a)", "cmdline": "(b)(c)"}]})

@@ -237,8 +237,9 @@ class Namer:
 def apply_rule(rule: NamingRule, ident: ProcIdentity) -> str | None:
     """The rule's rendered name when every matcher of the rule matches, else None.
 
-    Numbered groups (`{1}`) come from the first matcher that has groups, in the order
-    comm, exe, cmdline, user, cgroup; named groups from any matcher.
+    Numbered groups (`{0}` the whole match, `{1}`...) come from the first matcher that has
+    groups, in the order comm, exe, cmdline, user, cgroup (`{0}`: else the first matcher);
+    named groups from any matcher.
     """
     values = {
         "comm": ident.comm,
@@ -249,6 +250,7 @@ def apply_rule(rule: NamingRule, ident: ProcIdentity) -> str | None:
     }
     fields: dict[str, str] = {}
     numbered: Sequence[str] | None = None
+    first: str | None = None
     for key in ("comm", "exe", "cmdline", "user", "cgroup"):
         pattern: re.Pattern[str] | None = getattr(rule, key)
         if pattern is None:
@@ -259,8 +261,10 @@ def apply_rule(rule: NamingRule, ident: ProcIdentity) -> str | None:
         fields.update({k: v or "" for k, v in match.groupdict().items()})
         if numbered is None and match.re.groups:
             numbered = [match.group(0), *(g or "" for g in match.groups())]
+        if first is None:
+            first = match.group(0)
     if numbered is None:
-        numbered = []
+        numbered = [first or ""]
     unit = unit_of_cgroup(ident.cgroup)
     context = {
         "comm": ident.comm,
