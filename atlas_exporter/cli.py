@@ -118,6 +118,12 @@ def run(args: argparse.Namespace) -> int:
             web_config = load_web_config(args.web_config)
         except WebConfigError as err:
             return _fail(str(err))
+    from atlas_exporter.exporter.server import ServerError, parse_listen_address
+
+    try:
+        parse_listen_address(args.listen_address)
+    except ServerError as err:
+        return _fail(f"--web.listen-address: {err}", 2)
     if args.check_config:
         what = args.config_file or "built-in defaults"
         print(f"atlas-exporter: configuration OK: {what} ({len(config.apps)} naming rules)")
@@ -154,12 +160,13 @@ def run(args: argparse.Namespace) -> int:
 def serve(args: argparse.Namespace, exporter: object, web_config: object) -> int:
     from atlas_exporter.exporter.runtime import Exporter
     from atlas_exporter.exporter.server import ServerError, start_server
+    from atlas_exporter.exporter.webconfig import WebConfigError
 
     assert isinstance(exporter, Exporter)
     try:
         server = start_server(args.listen_address, args.telemetry_path, exporter.render_metrics,
                               exporter.render_status, web_config)  # type: ignore[arg-type]
-    except ServerError as err:
+    except (ServerError, WebConfigError) as err:
         return _fail(str(err))
     stop = threading.Event()
 

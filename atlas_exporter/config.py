@@ -98,7 +98,7 @@ class _Checker:
         if value is None:
             return {}
         if not isinstance(value, dict):
-            self.fail(path, f"must be a mapping, got {_kind(value)}")
+            self.fail(path or "(top level)", f"must be a mapping, got {_kind(value)}")
             return {}
         out: dict[str, Any] = {}
         for key, item in value.items():

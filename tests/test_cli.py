@@ -95,3 +95,17 @@ def test_once_with_collectors_off() -> None:
     assert r.returncode == 0, r.stderr
     assert "atlas_app_" not in r.stdout
     assert "atlas_exporter_build_info{" in r.stdout
+
+
+@pytest.mark.parametrize("address", ["nonsense", "127.0.0.1:99999", "[::1"])
+def test_bad_listen_address_is_rejected_before_anything_starts(address: str) -> None:
+    r = run("--web.listen-address", address, "--check-config")
+    assert r.returncode == 2
+    assert r.stderr.startswith("atlas-exporter: error: --web.listen-address:") and "Traceback" not in r.stderr
+
+
+def test_top_level_that_is_not_a_mapping(tmp_path: Path) -> None:
+    cfg = tmp_path / "list.yml"
+    cfg.write_text("- 1\n- 2\n")
+    r = run("--check-config", "--config.file", str(cfg))
+    assert r.returncode == 1 and "(top level): must be a mapping, got a list" in r.stderr
