@@ -21,7 +21,7 @@ DASHBOARDS = REPO / "grafana" / "dashboards"
 PROVISIONING = REPO / "grafana" / "provisioning"
 DS = {"type": "prometheus", "uid": "${datasource}"}
 
-# The per-app metrics of the contract (DESIGN.md, "Metrics").
+# The per-app metrics of the contract (the README's metric table).
 APP_METRICS = (
     "atlas_app_processes", "atlas_app_threads", "atlas_app_cpu_seconds_total",
     "atlas_app_resident_memory_bytes", "atlas_app_open_fds", "atlas_app_disk_read_bytes_total",
