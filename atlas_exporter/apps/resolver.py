@@ -47,10 +47,6 @@ class AppFold:
     def release(self, names: Iterable[str]) -> None:
         self._admitted.difference_update(names)
 
-    @property
-    def folded_count(self) -> int:
-        return len(self._folded)
-
 
 class AppResolver:
     """Names processes through a `Namer` and an `AppFold`, reading identities from `source`."""
