@@ -36,7 +36,10 @@ STAGES = ("kinfo", "task", "rusage", "fds", "threads")
 
 @dataclass
 class FakeProc:
-    """One process as the fakes report it. `vanish_at` makes every call from that stage on fail with ESRCH."""
+    """One process as the fakes report it.
+
+    `vanish_at` makes every call from that stage on fail with ESRCH; `fail` makes one stage raise.
+    """
 
     pid: int
     name: str = "proc"
@@ -60,8 +63,11 @@ class FakeProc:
     thread_states: list[int] = field(default_factory=lambda: [TH_STATE_WAITING] * 4)
     denied: bool = False
     vanish_at: str | None = None
+    fail: dict[str, Exception] = field(default_factory=dict)
 
     def check(self, stage: str) -> None:
+        if stage in self.fail:
+            raise self.fail[stage]
         if self.vanish_at is not None and STAGES.index(stage) >= STAGES.index(self.vanish_at):
             raise ProcessGone(f"pid {self.pid}")
         if self.denied and stage != "kinfo":
@@ -193,7 +199,7 @@ def test_darwin_other_users_process_keeps_state_and_start_only() -> None:
     source, libproc = make_source([FakeProc(pid=88, uid=0, status="running", denied=True), FakeProc(pid=500)])
     samples, errors = by_pid(source)
     s = samples[88]
-    assert s.state == "R" and s.start_time_seconds == pytest.approx(1_760_000_000.0)
+    assert s.state == "?" and s.start_time_seconds == pytest.approx(1_760_000_000.0)
     assert [s.cpu_user_seconds, s.cpu_system_seconds, s.threads, s.resident_bytes, s.open_fds, s.read_bytes,
             s.written_bytes, s.footprint_bytes] == [None] * 8
     assert (errors.access_denied, errors.vanished) == (1, 0)  # one process, counted once
@@ -252,9 +258,47 @@ def test_darwin_thread_scan_can_be_switched_off() -> None:
     assert ("threads", 3) not in libproc.calls
 
 
-def test_darwin_state_letter_without_task_info_uses_bsd_status() -> None:
+def test_darwin_state_letter_without_task_info_is_unknown_unless_zombie_or_stopped() -> None:
+    # macOS keeps the BSD status at SRUN while a process lives: it cannot tell R, S or D apart
     assert [state_letter(s, None, None) for s in ("running", "sleeping", "stopped", "zombie", "new")] == \
-        ["R", "S", "T", "Z", "S"]
+        ["?", "?", "T", "Z", "?"]
+
+
+@pytest.mark.parametrize("error", [OSError(5, "proc_taskinfo: short read"), AccessDenied("pid 9")])
+def test_darwin_unreadable_task_info_gives_an_unknown_state(error: Exception) -> None:
+    source, _ = make_source([FakeProc(pid=9, status="running", fail={"task": error})])
+    [sample] = source.scan().samples
+    assert sample.state == "?" and sample.threads is None
+
+
+@pytest.mark.parametrize("error", [OSError(5, "PROC_PIDLISTTHREADS failed"), AccessDenied("pid 9")])
+def test_darwin_unreadable_thread_states_give_an_unknown_state(error: Exception) -> None:
+    source, _ = make_source([FakeProc(pid=9, fail={"threads": error}), FakeProc(pid=10, running=1,
+                                                                                fail={"threads": error})])
+    samples, _ = by_pid(source)
+    assert samples[9].state == "?"  # no thread running: D or S, and the threads cannot say which
+    assert samples[10].state == "R" and samples[9].threads == 4
+
+
+@pytest.mark.parametrize("error", [OSError(12, "Cannot allocate memory"), AccessDenied("pid 7")])
+def test_darwin_unreadable_process_is_skipped_not_gone(error: Exception) -> None:
+    source, _ = make_source([FakeProc(pid=7, fail={"kinfo": error}), FakeProc(pid=8, vanish_at="kinfo"),
+                             FakeProc(pid=9)])
+    scan = source.scan()
+    assert [s.id.pid for s in scan.samples] == [9]
+    assert scan.skipped == frozenset({7})  # still there: the tracker keeps it; 8 exited
+    assert (scan.errors.access_denied, scan.errors.vanished) == (1, 1)
+
+
+def test_darwin_failed_process_listing_fails_the_pass() -> None:
+    source, _ = make_source([FakeProc(pid=7)])
+
+    def broken() -> list[int]:
+        raise OSError(12, "sysctl KERN_PROC_ALL: Cannot allocate memory")
+
+    source.table.pids = broken  # type: ignore[method-assign]
+    with pytest.raises(OSError, match="KERN_PROC_ALL"):
+        source.scan()
 
 
 def test_darwin_kernel_task_is_left_out() -> None:

@@ -178,8 +178,44 @@ def test_macos_other_users_processes_are_counted_with_absent_values(tmp_path: Pa
     assert v['atlas_app_processes{app="WindowServer"}'] == 1
     assert 'atlas_app_resident_memory_bytes{app="WindowServer"}' not in v
     assert 'atlas_app_threads{app="WindowServer"}' not in v
+    assert 'atlas_app_disk_wait_processes{app="WindowServer"}' not in v  # state unknown, not 0
+    assert v['atlas_app_disk_wait_processes{app="zsh"}'] == 0
     assert v['atlas_app_resident_memory_bytes{app="zsh"}'] == 4 << 20
     assert v['atlas_process_read_errors_total{reason="access_denied"}'] == 2
+
+
+def test_macos_process_unreadable_for_one_pass_is_not_counted_twice(tmp_path: Path) -> None:
+    editor = FakeProc(pid=310, name="vim", exe="/usr/bin/vim", user_seconds=40.0, disk_written=1 << 20)
+    table = FakeTable([editor])
+    exporter = exporter_over(table)
+    exporter.render_metrics()
+    editor.fail["kinfo"] = OSError(12, "Cannot allocate memory")
+    during = parse_exposition(normalised_exposition(exporter.render_metrics()[0]))
+    del editor.fail["kinfo"]
+    editor.user_seconds += 1.0
+    after = parse_exposition(normalised_exposition(exporter.render_metrics()[0]))
+    assert during['atlas_app_cpu_seconds_total{app="vim",mode="user"}'] == pytest.approx(40.0)
+    assert after['atlas_app_cpu_seconds_total{app="vim",mode="user"}'] == pytest.approx(41.0)
+    assert after['atlas_app_disk_written_bytes_total{app="vim"}'] == 1 << 20
+
+
+def test_macos_failed_process_listing_fails_the_collector_and_keeps_the_totals(tmp_path: Path) -> None:
+    editor = FakeProc(pid=310, name="vim", exe="/usr/bin/vim", user_seconds=40.0)
+    table = FakeTable([editor])
+    exporter = exporter_over(table)
+    exporter.render_metrics()
+    listing = table.pids
+
+    def broken() -> list[int]:
+        raise OSError(12, "Cannot allocate memory")
+
+    table.pids = broken  # type: ignore[method-assign]
+    during = parse_exposition(normalised_exposition(exporter.render_metrics()[0]))
+    table.pids = listing  # type: ignore[method-assign]
+    after = parse_exposition(normalised_exposition(exporter.render_metrics()[0]))
+    assert during['atlas_scrape_collector_success{collector="process"}'] == 0
+    assert after['atlas_scrape_collector_success{collector="process"}'] == 1
+    assert after['atlas_app_cpu_seconds_total{app="vim",mode="user"}'] == pytest.approx(40.0)
 
 
 def test_macos_parent_io_is_not_discounted_when_a_child_exits(tmp_path: Path) -> None:

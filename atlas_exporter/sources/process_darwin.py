@@ -6,8 +6,8 @@ source. Per process and pass it reads:
 - `kinfo_proc` (sysctl, any process): ppid, BSD status, start time;
 - `proc_pidinfo(PROC_PIDTASKINFO)` (same uid or root): CPU user/system, resident bytes,
   threads, running threads;
-- `proc_pid_rusage(RUSAGE_INFO_V2+)` (same uid or root): physical footprint,
-  `ri_diskio_bytesread` / `ri_diskio_byteswritten`, and the CPU of reaped children
+- `proc_pid_rusage(RUSAGE_INFO_V2+)` (same uid or root): physical footprint (kept in the
+  sample, not exported), `ri_diskio_bytesread` / `ri_diskio_byteswritten`, and the CPU of reaped children
   (`ri_child_user_time` / `ri_child_system_time`);
 - `proc_pidinfo(PROC_PIDLISTFDS)` (same uid or root): open descriptors.
 
@@ -18,10 +18,16 @@ read. `read_ops` / `write_ops` are always None: macOS has no per-process read/wr
 call counts. `ProcessId.started` is the kernel's start time in microseconds since the
 epoch, as recorded (a later wall-clock step does not change it).
 
+A process whose `kinfo_proc` cannot be read (other than because it exited) is left out of
+the pass and its pid is listed in `ProcessScan.skipped`, so the tracker keeps it. A
+failure to list the processes at all raises, so the pass fails instead of looking empty.
+
 States, as Linux letters: "Z" zombie, "T" stopped, "R" when a thread is running, "D" when
-no thread runs and one is in uninterruptible wait (ps shows "U"), else "S". For another
-user's process only the BSD status is readable, which macOS keeps at SRUN ("R") while
-the process lives.
+no thread runs and one is in uninterruptible wait (ps shows "U"), else "S". When the
+task info cannot be read (another user's process, without root) the state is "?",
+unknown: the BSD status alone cannot tell running, sleeping and disk wait apart (macOS
+keeps it at SRUN while a process lives). Zombie and stopped come from the BSD status and
+are always known.
 """
 
 from __future__ import annotations
@@ -175,14 +181,23 @@ def raw_kinfo(proc: object, start_time: float) -> tuple[float, str | None]:
     return raw, comm if isinstance(comm, str) else None
 
 
-_STATUS_LETTER = {"zombie": "Z", "stopped": "T", "running": "R", "sleeping": "S", "idle": "R"}
+UNKNOWN_STATE = "?"
 
 
-def state_letter(status: str, task: TaskInfo | None, thread_states: list[int] | None) -> str:
-    """A Linux-like state letter from the BSD status and, when readable, the threads' run states."""
-    letter = _STATUS_LETTER.get(status, "S")
-    if letter in ("Z", "T") or task is None:
-        return letter
+def state_letter(status: str, task: TaskInfo | None, thread_states: list[int] | None, *,
+                 threads_unreadable: bool = False) -> str:
+    """A Linux-like state letter from the BSD status and, when readable, the task and its threads.
+
+    "Z" and "T" come from the BSD status alone. Anything else needs the task info (`task`
+    None: unreadable, so "?"), and telling "D" from "S" needs the threads' run states
+    (`threads_unreadable`: they were wanted but could not be read, so "?" too).
+    """
+    if status == "zombie":
+        return "Z"
+    if status == "stopped":
+        return "T"
+    if task is None:
+        return UNKNOWN_STATE
     if task.running_threads > 0:
         return "R"
     if thread_states:
@@ -190,7 +205,7 @@ def state_letter(status: str, task: TaskInfo | None, thread_states: list[int] | 
             return "R"
         if TH_STATE_UNINTERRUPTIBLE in thread_states:
             return "D"
-    return "S"
+    return UNKNOWN_STATE if threads_unreadable else "S"
 
 
 def calibrate_timebase(libproc: LibProcLayer, reported: Timebase, *, pid: int | None = None,
@@ -308,30 +323,28 @@ class DarwinProcessSource:
         started = self._clock()
         errors = ReadErrors()
         samples: list[ProcSample] = []
+        skipped: set[int] = set()
         base = self.timebase
-        try:
-            pids = self.table.pids()
-        except OSError as err:
-            log.warning("cannot list processes: %s", err)
-            pids = []
+        pids = self.table.pids()  # an OSError fails the pass: an empty table would end every process
         for pid in pids:
             if pid == KERNEL_TASK_PID:
                 continue
-            sample = self._sample(pid, base, errors)
+            sample = self._sample(pid, base, errors, skipped)
             if sample is not None:
                 samples.append(sample)
         self._denied_last = errors.access_denied
-        return ProcessScan(samples=samples, errors=errors, monotonic=started)
+        return ProcessScan(samples=samples, errors=errors, monotonic=started, skipped=frozenset(skipped))
 
-    def _sample(self, pid: int, base: Timebase | None, errors: ReadErrors) -> ProcSample | None:
+    def _sample(self, pid: int, base: Timebase | None, errors: ReadErrors, skipped: set[int]) -> ProcSample | None:
         try:
             kinfo = self.table.kinfo(pid)
         except ProcessGone:
             errors.vanished += 1
             return None
-        except (AccessDenied, OSError) as err:
-            log.debug("skipping pid %d: %s", pid, err)
+        except (AccessDenied, OSError) as err:  # still there, but unreadable this pass
+            log.debug("skipping pid %d this pass: %s", pid, err)
             errors.access_denied += 1
+            skipped.add(pid)
             return None
         denied = False
         zombie = kinfo.status == "zombie"
@@ -339,6 +352,7 @@ class DarwinProcessSource:
         usage: Rusage | None = None
         fds: int | None = None
         threads: list[int] | None = None
+        threads_unreadable = False
         if not zombie:
             try:
                 task = self.libproc.task_info(pid)
@@ -373,8 +387,11 @@ class DarwinProcessSource:
             if self.thread_states and task.running_threads == 0 and task.threads > 0:
                 try:
                     threads = self.libproc.thread_states(pid, task.threads)
-                except (AccessDenied, ProcessGone, OSError):
-                    threads = None
+                except ProcessGone:
+                    threads = None  # exiting: no thread is waiting on the disk any more
+                except (AccessDenied, OSError) as err:
+                    log.debug("thread states of pid %d: %s", pid, err)
+                    threads_unreadable = True
         if denied:
             errors.access_denied += 1
         cpu_user = cpu_system = reaped_user = reaped_system = None
@@ -394,7 +411,7 @@ class DarwinProcessSource:
         return ProcSample(
             id=ProcessId(pid, kinfo.started_us),
             ppid=kinfo.ppid,
-            state=state_letter(kinfo.status, task, threads),
+            state=state_letter(kinfo.status, task, threads, threads_unreadable=threads_unreadable),
             cpu_user_seconds=cpu_user,  # type: ignore[arg-type]  # None: not readable here
             cpu_system_seconds=cpu_system,  # type: ignore[arg-type]
             threads=threads_now,  # type: ignore[arg-type]
@@ -416,8 +433,8 @@ class DarwinProcessSource:
             return [SourceStatus(name="libproc", active=False, privilege=privilege, reason=self._timebase_error)]
         reason = ""
         if privilege == "user":
-            reason = (f"running as {self._user(euid)}: CPU, memory, threads, open fds and disk bytes of other "
-                      "users' processes are absent (run as a LaunchDaemon as root to see them)")
+            reason = (f"running as {self._user(euid)}: CPU, memory, threads, open fds, disk bytes and disk-wait "
+                      "state of other users' processes are absent (run as a LaunchDaemon as root to see them)")
         return [SourceStatus(name="libproc", active=True, privilege=privilege, reason=reason)]
 
 
