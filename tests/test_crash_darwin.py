@@ -213,3 +213,28 @@ def test_default_naming_uses_bundle_folder():
     ident = ProcIdentity(comm="MarkdownEditor",
                          exe="/Users/USER/Documents/*/Markdown Editor.app/Contents/MacOS/MarkdownEditor")
     assert naming(ident) == "Markdown Editor"
+
+
+def test_no_hang_zeros_while_no_report_folder_is_readable(tmp_path):
+    from atlas_exporter.model import AppView
+
+    source = _source(tmp_path, tmp_path / "missing", tmp_path / "missing-too")
+    source.start()
+    try:
+        assert not source.statuses()[0].active
+        snapshot = Snapshot(wall_time=0.0, monotonic=0.0, apps={"Safari": AppView(name="Safari")})
+        families = {m.name: m.samples for m in source.collect(snapshot)}
+        assert families["atlas_app_hangs"] == []
+        assert families["atlas_crash_source_active"][0].value == 0.0
+    finally:
+        source.stop()
+
+
+def test_linux_and_macos_crash_families_share_one_table(tmp_path):
+    from atlas_exporter.sources.crash_linux import LinuxCrashSource
+
+    darwin = {m.name: (m.type, m.documentation) for m in _source(tmp_path, tmp_path, tmp_path).collect(
+        Snapshot(wall_time=0.0, monotonic=0.0))}
+    linux = {m.name: (m.type, m.documentation) for m in LinuxCrashSource(lambda pid: None).collect(None)}
+    assert set(darwin) - set(linux) == {"atlas_app_hangs"}
+    assert all(darwin[name] == linux[name] for name in linux)

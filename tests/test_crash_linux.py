@@ -218,3 +218,93 @@ def test_end_to_end_through_the_exporter():
             assert check.returncode == 0, check.stdout + check.stderr
     finally:
         exporter.stop()
+
+
+def _fake_procfs(tmp_path: Path, cap_eff: str) -> Path:
+    procfs = tmp_path / "proc"
+    (procfs / "self").mkdir(parents=True)
+    (procfs / "self" / "status").write_text(f"Name:\tatlas\nCapEff:\t{cap_eff}\n")
+    return procfs
+
+
+@pytest.mark.parametrize(("euid", "cap_eff", "privilege", "connector_reason"), [
+    # the hardened systemd unit: CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH and CAP_NET_ADMIN, not root
+    (1000, "0000000000081004", "capabilities", "disabled"),
+    (1000, "0000000000000000", "user", "the proc connector needs root or CAP_NET_ADMIN"),
+    (1000, "0000000000080004", "capabilities", "the proc connector needs root or CAP_NET_ADMIN"),
+])
+def test_privilege_words_match_the_process_sources(folders, tmp_path, monkeypatch, euid, cap_eff, privilege,
+                                                   connector_reason):
+    coredump, crash = folders
+    monkeypatch.setattr(os, "geteuid", lambda: euid)
+    source = LinuxCrashSource(lambda pid: None, procfs=_fake_procfs(tmp_path, cap_eff), coredump_dir=coredump,
+                              report_dirs=[crash], kmsg=tmp_path / "no-kmsg",
+                              use_connector=connector_reason != "disabled", poll_interval_seconds=3600)
+    source.start()
+    try:
+        statuses = {s.name: s for s in source.statuses()}
+    finally:
+        source.stop()
+    assert statuses["systemd_coredump"].privilege == privilege
+    assert statuses["apport"].privilege == privilege
+    assert not statuses["proc_connector"].active and statuses["proc_connector"].reason == connector_reason
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_fork_naming_shares_the_exec_budget(tmp_path):
+    from atlas_exporter.sources.crash_linux import ProcEvent
+
+    asked: list[int] = []
+
+    def resolver(pid: int) -> str:
+        asked.append(pid)
+        return "forked"
+
+    source = LinuxCrashSource(resolver, procfs=tmp_path, names_per_second=5, monotonic=_Clock())
+    for pid in range(1000, 1100):  # a fork storm from parents the source never named
+        source._on_proc_event(ProcEvent(what="fork", timestamp_ns=0, pid=pid, tgid=pid, parent_pid=1, parent_tgid=1))
+    assert len(asked) == 5
+    # a known parent names its child without spending the budget
+    source.pids.learn(7, "web")
+    source._on_proc_event(ProcEvent(what="fork", timestamp_ns=0, pid=8, tgid=8, parent_pid=7, parent_tgid=7))
+    assert source.pids.app(8) == "web" and len(asked) == 5
+
+
+def test_deleted_reports_are_forgotten_and_size_never_skips_one(folders, tmp_path):
+    coredump, crash = folders
+    boot = "9a350d932b254a8d880f502cd4a2ae66"
+    source = LinuxCrashSource(lambda pid: None, coredump_dir=coredump, report_dirs=[crash], kmsg=tmp_path / "no-kmsg",
+                              use_connector=False, poll_interval_seconds=0.05)
+    source.start()
+    try:
+        now_us = int(time.time() * 1e6)
+        names = [f"core.tool.1000.{boot}.{pid}.{now_us + pid}.zst" for pid in range(100, 110)]
+        for name in names:
+            (coredump / ".#tmp").write_bytes(b"")  # systemd-coredump's temporary file, then the rename
+            os.rename(coredump / ".#tmp", coredump / name)
+        # an apport report far larger than the part that is read: its head still counts it
+        big = crash / "_usr_bin_crashme.0.crash"
+        with open(big, "wb") as handle:
+            handle.write((FIXTURES / "apport_usr_bin_crashme.0.crash").read_bytes())
+            handle.write(b"CoreDump: base64\n" + (b" " + b"A" * 75 + b"\n") * 30000)
+        assert big.stat().st_size > 2 * 1024 * 1024
+        expected = {("tool", "other"): 10, ("crashme", "SIGSEGV"): 1}
+        assert wait_for(lambda: source.book.crashes() == expected, timeout=10), source.book.crashes()
+        for name in names:
+            (coredump / name).unlink()
+        big.unlink()
+        assert wait_for(lambda: not source._files, timeout=10), sorted(source._files)
+        assert source.book.crashes() == expected  # counters hold when the reports go
+        families = {m.name: m for m in source.collect(None)}
+        skipped = {s.labels["reason"]: s.value for s in families["atlas_crash_reports_skipped"].samples
+                   if s.name.endswith("_total")}
+        assert skipped == {"malformed": 0, "unreadable": 0, "lost_events": 0}
+    finally:
+        source.stop()

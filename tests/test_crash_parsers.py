@@ -131,9 +131,13 @@ def test_parse_task_stat_and_switches():
     stat = parse_task_stat(b"4242 (we (ird) name) D 4241 4242 4200 0 -1 4194304 90 0 0 0 1 2 0 0 20 0 1 0 "
                            b"5555 1000 100 18446744073709551615 0 0 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0")
     assert (stat.comm, stat.state, stat.ppid, stat.starttime) == ("we (ird) name", "D", 4241, 5555)
-    assert not is_kernel_thread(4242, stat)
+    assert not is_kernel_thread(stat)
     kthread = parse_task_stat(b"77 (kworker/0:1) D 2 0 0 0 -1 69238880 0 0 0 0 0 0 0 0 20 0 1 0 12 0 0 0")
-    assert is_kernel_thread(77, kthread)
+    assert is_kernel_thread(kthread)
+    # in a container's pid namespace: pid 2 and a child of it, without PF_KTHREAD, are user processes
+    for line in (b"2 (sh) S 1 2 2 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 40 0 0 0",
+                 b"9 (app) D 2 9 2 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 41 0 0 0"):
+        assert not is_kernel_thread(parse_task_stat(line))
     assert parse_switches(b"Name:\tx\nvoluntary_ctxt_switches:\t12\nnonvoluntary_ctxt_switches:\t3\n") == 15
     with pytest.raises(ValueError):
         parse_switches(b"Name:\tx\n")
@@ -226,6 +230,6 @@ def test_pid_apps_keeps_dead_entries_for_a_grace_period():
     pids.died(5, now=100.0)
     pids.died(6, now=100.0)
     pids.prune(105.0)
-    assert pids.app(5) == "web" and pids.tgid(6) == 5 and not pids.known(5)
+    assert pids.app(5) == "web" and pids.tgid(6) == 5 and 5 not in pids.pids()
     pids.prune(111.0)
     assert pids.app(5) is None and pids.tgid(6) == 6

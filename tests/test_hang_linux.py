@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from atlas_exporter.model import AppView, Snapshot
-from atlas_exporter.sources.hang_linux import LinuxHangSource, make_hang_source, scan_blocked_tasks
+from atlas_exporter.sources.hang_linux import BlockedScan, LinuxHangSource, make_hang_source, scan_blocked_tasks
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux /proc")
 
@@ -50,9 +50,12 @@ def test_scan_fake_tree_sees_worker_threads_and_skips_kernel_threads(tmp_path):
     # a process whose leader sleeps while a worker thread is in D
     _task(tmp_path, 100, 100, _stat(100, "db server", "S", 1, 0x400000, 500))
     _task(tmp_path, 100, 101, _stat(101, "db worker", "D", 1, 0x400040, 510), (7, 2))
-    # a kernel thread in D, by flag and by parent
+    # kernel threads in D: PF_KTHREAD is set on each
     _task(tmp_path, 50, 50, _stat(50, "kworker/u4:1", "D", 2, 0x04208060, 5))
-    _task(tmp_path, 51, 51, _stat(51, "jbd2/vda-8", "D", 2, 0, 6))
+    _task(tmp_path, 51, 51, _stat(51, "jbd2/vda-8", "D", 2, 0x00208040, 6))
+    # inside a pid namespace, pid 2 and its children are ordinary processes
+    _task(tmp_path, 2, 2, _stat(2, "sh", "D", 1, 0x400100, 20, threads=1), (1, 1))
+    _task(tmp_path, 60, 60, _stat(60, "worker", "D", 2, 0x400100, 30, threads=1), (2, 2))
     # a task that vanished between listing and reading (no status), and a running one
     _task(tmp_path, 200, 200, _stat(200, "gone", "D", 1, 0, 700), None)
     _task(tmp_path, 300, 300, _stat(300, "busy", "R", 1, 0, 800))
@@ -62,9 +65,9 @@ def test_scan_fake_tree_sees_worker_threads_and_skips_kernel_threads(tmp_path):
     (tmp_path / "self").mkdir()
     result = scan_blocked_tasks(tmp_path)
     assert sorted((o.process, o.task, o.switches) for o in result.blocked) == [
-        ((100, 500), (101, 510), 9), ((400, 900), (400, 900), 10)]
-    assert result.comms == {(100, 500): "db server", (400, 900): "tar"}
-    assert result.tasks == 5  # kernel threads are not read past their process stat
+        ((2, 20), (2, 20), 2), ((60, 30), (60, 30), 4), ((100, 500), (101, 510), 9), ((400, 900), (400, 900), 10)]
+    assert result.comms == {(2, 20): "sh", (60, 30): "worker", (100, 500): "db server", (400, 900): "tar"}
+    assert result.tasks == 7  # kernel threads are not read past their process stat
 
 
 class FakeClock:
@@ -75,11 +78,20 @@ class FakeClock:
         return self.now
 
 
+def _started(source: LinuxHangSource) -> LinuxHangSource:
+    """Start the source (its watcher makes one pass at the fake clock's time) and stop the thread."""
+    source.start()
+    source.stop()
+    assert source.statuses()[0].active
+    return source
+
+
 def test_source_counts_episodes_and_exports_zero_for_known_apps(tmp_path):
     _task(tmp_path, 100, 100, _stat(100, "backup", "D", 1, 0, 500))
+    (tmp_path / "self" / "task").mkdir(parents=True)
     clock = FakeClock()
-    source = LinuxHangSource(lambda pid: {100: "backup"}.get(pid), procfs=tmp_path, threshold_seconds=30,
-                             check_interval_seconds=5, clock=clock)
+    source = _started(LinuxHangSource(lambda pid: {100: "backup"}.get(pid), procfs=tmp_path, threshold_seconds=30,
+                                      check_interval_seconds=5, clock=clock))
     for clock.now in (0.0, 10.0, 29.0):
         assert not source.check().hung
     clock.now = 31.0
@@ -99,12 +111,51 @@ def test_source_counts_episodes_and_exports_zero_for_known_apps(tmp_path):
     assert fams == {"atlas_app_hung_processes": {}, "atlas_app_hangs": {"backup": 1}}
 
 
+def test_inactive_source_emits_nothing(tmp_path):
+    _task(tmp_path, 100, 100, _stat(100, "backup", "D", 1, 0, 500))
+    source = LinuxHangSource(lambda pid: "backup", procfs=tmp_path, threshold_seconds=30, clock=FakeClock())
+    source.start()  # no <procfs>/self/task: the task scan is unavailable
+    try:
+        status = source.statuses()[0]
+        assert (status.active, status.privilege) == (False, "none")
+        assert "no task folders" in status.reason
+        snapshot = Snapshot(wall_time=0.0, monotonic=0.0, apps={"backup": AppView(name="backup")})
+        assert list(source.collect(snapshot)) == []
+    finally:
+        source.stop()
+
+
+@pytest.mark.parametrize(("euid", "cap_eff", "privilege"), [
+    (1000, "0000000000081004", "capabilities"),  # the systemd unit: CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH, ...
+    (1000, "0000000000000000", "user"),
+    (0, "000001ffffffffff", "root"),
+])
+def test_privilege_words_match_the_process_sources(tmp_path, monkeypatch, euid, cap_eff, privilege):
+    (tmp_path / "self" / "task").mkdir(parents=True)
+    (tmp_path / "self" / "status").write_text(f"Name:\tatlas\nCapEff:\t{cap_eff}\n")
+    monkeypatch.setattr(os, "geteuid", lambda: euid)
+    source = _started(LinuxHangSource(lambda pid: None, procfs=tmp_path, clock=FakeClock()))
+    assert source.statuses()[0].privilege == privilege
+
+
 def test_factory_reads_hang_options():
     from atlas_exporter.config import parse_config
 
     source = make_hang_source(parse_config({"hang": {"threshold_seconds": 12, "check_interval_seconds": 3}}),
                               Path("/proc"), lambda pid: None)
     assert source.threshold_seconds == 12 and source.check_interval_seconds == 3 and source.name == "hang"
+
+
+class RecordingScan:
+    """`scan_blocked_tasks` that remembers which processes its last pass saw in D."""
+
+    def __init__(self) -> None:
+        self.blocked_pids: set[int] = set()
+
+    def __call__(self, procfs: Path) -> BlockedScan:
+        result = scan_blocked_tasks(procfs)
+        self.blocked_pids = {obs.process[0] for obs in result.blocked}
+        return result
 
 
 @pytest.fixture(scope="module")
@@ -127,8 +178,9 @@ def _children(pid: int) -> list[int]:
 @pytest.mark.slow
 def test_vfork_parent_is_hung_after_the_threshold_not_before(vfork_binary):
     threshold = 2.0
+    scan = RecordingScan()
     source = LinuxHangSource(lambda pid: "vfork-test" if pid == parent.pid else "misc",
-                             threshold_seconds=threshold, check_interval_seconds=0.2)
+                             threshold_seconds=threshold, check_interval_seconds=0.2, scan=scan)
     parent = subprocess.Popen([str(vfork_binary), "60"])
     children: list[int] = []
     try:
@@ -137,8 +189,7 @@ def test_vfork_parent_is_hung_after_the_threshold_not_before(vfork_binary):
         while time.monotonic() < deadline and hung_at is None:
             update = source.check()
             now = time.monotonic()
-            blocked = {pid for pid, _ in source.tracker.blocked}
-            if first_seen is None and parent.pid in blocked:
+            if first_seen is None and parent.pid in scan.blocked_pids:
                 first_seen = now
             if any(pid == parent.pid for pid, _ in update.hung):
                 hung_at = now
@@ -171,8 +222,9 @@ def test_vfork_parent_is_hung_after_the_threshold_not_before(vfork_binary):
 
 @pytest.mark.slow
 def test_io_heavy_writer_is_never_hung(tmp_path):
+    scan = RecordingScan()
     source = LinuxHangSource(lambda pid: "dd" if pid == writer.pid else "misc", threshold_seconds=1.0,
-                             check_interval_seconds=0.1)
+                             check_interval_seconds=0.1, scan=scan)
     out = tmp_path / "dd.out"
     writer = subprocess.Popen(["dd", "if=/dev/zero", f"of={out}", "bs=64k", "count=100000", "oflag=direct,dsync"],
                               stderr=subprocess.DEVNULL)
@@ -181,7 +233,7 @@ def test_io_heavy_writer_is_never_hung(tmp_path):
         deadline = time.monotonic() + 4.0
         while time.monotonic() < deadline and writer.poll() is None:
             update = source.check()
-            seen_in_d += any(pid == writer.pid for pid, _ in source.tracker.blocked)
+            seen_in_d += writer.pid in scan.blocked_pids
             assert not any(pid == writer.pid for pid, _ in update.hung)
             time.sleep(0.1)
         print(f"dd seen in D at {seen_in_d} checks")

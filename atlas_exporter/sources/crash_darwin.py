@@ -37,10 +37,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from atlas_exporter.apps.crashes import OTHER, CrashBook, CrashEvent, reason_of_name
+from atlas_exporter.apps.crashes import OTHER, CrashBook, CrashEvent, crash_metric_families, reason_of_name
 from atlas_exporter.config import Config
 from atlas_exporter.model import AppOfPid, ProcIdentity, Snapshot, Source, SourceStatus
 
@@ -334,15 +333,6 @@ def naming_with_bundles(name: Naming, bundle_of: Callable[[str | None], str | No
     return naming
 
 
-METRICS = (
-    ("atlas_app_crashes_total", "Crashes of the app's processes, from crash reports, by signal name."),
-    ("atlas_app_last_crash_timestamp_seconds", "Unix time of the app's latest crash."),
-    ("atlas_app_hangs_total", "Hang reports (spindump, hang .ips) written for the app's processes."),
-    ("atlas_crash_source_active", "Whether a crash source is in use (1) or unavailable at this privilege (0)."),
-    ("atlas_crash_reports_skipped_total", "Crash reports or events that could not be used, by reason."),
-)
-
-
 class DarwinCrashSource:
     """The `crash` sub-collector on macOS: polls the report folders in a background thread."""
 
@@ -498,24 +488,9 @@ class DarwinCrashSource:
         return [SourceStatus(SOURCE_NAME, active, privilege if active else "none", "; ".join(reasons))]
 
     def collect(self, snapshot: Snapshot) -> Iterable[Metric]:
-        crashes = CounterMetricFamily("atlas_app_crashes", METRICS[0][1], labels=["app", "reason"])
-        for (app, reason), count in sorted(self.book.crashes().items()):
-            crashes.add_metric([app, reason], count)
-        last = GaugeMetricFamily(METRICS[1][0], METRICS[1][1], labels=["app"])
-        for app, when in sorted(self.book.last_crash().items()):
-            last.add_metric([app], when)
-        hangs = CounterMetricFamily("atlas_app_hangs", METRICS[2][1], labels=["app"])
-        totals = self.book.hangs()
-        for app in sorted(set(snapshot.apps) | set(totals)):
-            hangs.add_metric([app], totals.get(app, 0))
-        active = GaugeMetricFamily(METRICS[3][0], METRICS[3][1], labels=["source"])
-        for status in self.statuses():
-            active.add_metric([status.name], 1.0 if status.active else 0.0)
-        skipped = CounterMetricFamily("atlas_crash_reports_skipped", METRICS[4][1], labels=["reason"])
         with self._lock:
-            for reason, count in sorted(self.skipped.items()):
-                skipped.add_metric([reason], count)
-        return [crashes, last, hangs, active, skipped]
+            skipped = dict(self.skipped)
+        return crash_metric_families(self.book, self.statuses(), skipped, hang_apps=snapshot.apps)
 
 
 def make_crash_source(config: Config, procfs: Path, app_of_pid: AppOfPid) -> Source | None:

@@ -36,30 +36,30 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from atlas_exporter.apps.crashes import (
     CrashBook,
     CrashEvent,
+    crash_metric_families,
     crash_reason,
     decode_wait_status,
     reason_of_signal,
 )
 from atlas_exporter.config import Config
 from atlas_exporter.model import AppOfPid, Snapshot, Source, SourceStatus
+from atlas_exporter.sources.process_linux import CAP_NET_ADMIN, parse_capabilities, privilege_of
 
 log = logging.getLogger(__name__)
 
 SOURCE_NAMES = ("proc_connector", "systemd_coredump", "apport", "kernel_log")
-SKIP_REASONS = ("malformed", "too_large", "unreadable", "lost_events")
+# No `too_large` here: an apport report is never skipped for its size, only its head is read.
+SKIP_REASONS = ("malformed", "unreadable", "lost_events")
 UNKNOWN_APP = "unknown"
 COREDUMP_DIR = Path("/var/lib/systemd/coredump")
 APPORT_DIR = Path("/var/crash")
 KMSG = Path("/dev/kmsg")
 MAX_REPORT_BYTES = 1024 * 1024  # apport headers are read up to here; a core dump is never read
-
-CAP_NET_ADMIN = 12
 BATCH_SECONDS = 0.02
 
 # --- netlink / proc connector constants (linux/netlink.h, linux/connector.h, linux/cn_proc.h)
@@ -309,21 +309,6 @@ def parse_kmsg_record(record: str) -> KernelCrash | None:
     return KernelCrash(comm=match["comm"], pid=int(match["pid"]), reason=reason, monotonic_seconds=usec / 1e6)
 
 
-def has_capability(procfs: Path, bit: int) -> bool:
-    """Whether this process has capability `bit` in its effective set (from /proc/self/status)."""
-    try:
-        text = (procfs / "self" / "status").read_text()
-    except OSError:
-        return False
-    for line in text.splitlines():
-        if line.startswith("CapEff:"):
-            try:
-                return bool(int(line.split()[1], 16) >> bit & 1)
-            except (IndexError, ValueError):
-                return False
-    return False
-
-
 # ----------------------------------------------------------------------------- readers
 
 
@@ -359,9 +344,6 @@ class PidApps:
     def tgid(self, tid: int) -> int:
         return self._threads.get(tid, tid)
 
-    def known(self, pid: int) -> bool:
-        return pid in self._apps and pid not in self._dead
-
     def pids(self) -> set[int]:
         """Processes believed alive."""
         return set(self._apps) - set(self._dead)
@@ -375,9 +357,6 @@ class PidApps:
             del self._dead[pid]
             self._apps.pop(pid, None)
             self._threads.pop(pid, None)
-
-    def __len__(self) -> int:
-        return len(self._apps)
 
 
 class ProcConnector:
@@ -466,17 +445,6 @@ def read_kmsg(fd: int) -> Iterator[str]:
 class _FileState:
     mtime_ns: int
     size: int
-
-
-METRICS = (
-    ("atlas_app_crashes_total", "counter",
-     "Crashes of the app's processes: deaths by a crash signal or with a core dump, by signal name."),
-    ("atlas_app_last_crash_timestamp_seconds", "gauge", "Unix time of the app's latest crash."),
-    ("atlas_crash_source_active", "gauge",
-     "Whether a crash source is in use (1) or unavailable at this privilege (0)."),
-    ("atlas_crash_reports_skipped_total", "counter",
-     "Crash reports or events that could not be used, by reason."),
-)
 
 
 class LinuxCrashSource:
@@ -570,13 +538,21 @@ class LinuxCrashSource:
             self.handler = parse_core_pattern((self.procfs / "sys/kernel/core_pattern").read_text())
         except OSError:
             self.handler = "unknown"
-        privilege = "root" if os.geteuid() == 0 else "user"
+        try:
+            self_status = (self.procfs / "self" / "status").read_text()
+        except OSError:
+            self_status = ""
+        try:
+            capabilities = parse_capabilities(self_status)
+        except (IndexError, ValueError):
+            self_status, capabilities = "", 0
+        privilege = privilege_of(self_status, os.geteuid())  # the words the process sources use
         status: dict[str, SourceStatus] = {}
 
         reason = ""
         if not self.use_connector:
             reason = "disabled"
-        elif not has_capability(self.procfs, CAP_NET_ADMIN):
+        elif not capabilities & (1 << CAP_NET_ADMIN):
             reason = "the proc connector needs root or CAP_NET_ADMIN"
         else:
             try:
@@ -701,7 +677,9 @@ class LinuxCrashSource:
             if event.pid != event.tgid:
                 self.pids.learn_thread(event.pid, event.tgid)
                 return
-            app = self.pids.app(event.parent_tgid) or self._resolve(event.pid)
+            app = self.pids.app(event.parent_tgid)
+            if app is None and self._take_name_budget():
+                app = self._resolve(event.pid)
             if app is not None:
                 self.pids.learn(event.pid, app)
         elif event.what == "exec":
@@ -784,12 +762,16 @@ class LinuxCrashSource:
                 self._on_apport(path, state)
 
     def _new_files(self, folders: Iterable[Path], suffix: str = "") -> list[tuple[Path, _FileState]]:
+        """New or rewritten files in `folders`; files gone from them are forgotten."""
         found = []
         for folder in folders:
             try:
                 entries = list(os.scandir(folder))
             except OSError:
-                continue
+                continue  # unlistable now: what was seen there is kept
+            present = {Path(entry.path) for entry in entries}
+            for path in [p for p in self._files if p.parent == folder and p not in present]:
+                del self._files[path]
             for entry in entries:
                 if suffix and not entry.name.endswith(suffix):
                     continue
@@ -858,20 +840,9 @@ class LinuxCrashSource:
         return [self._status[name] for name in SOURCE_NAMES]
 
     def collect(self, snapshot: Snapshot) -> Iterable[Metric]:
-        crashes = CounterMetricFamily("atlas_app_crashes", METRICS[0][2], labels=["app", "reason"])
-        for (app, reason), count in sorted(self.book.crashes().items()):
-            crashes.add_metric([app, reason], count)
-        last = GaugeMetricFamily(METRICS[1][0], METRICS[1][2], labels=["app"])
-        for app, when in sorted(self.book.last_crash().items()):
-            last.add_metric([app], when)
-        active = GaugeMetricFamily(METRICS[2][0], METRICS[2][2], labels=["source"])
-        for status in self.statuses():
-            active.add_metric([status.name], 1.0 if status.active else 0.0)
-        skipped = CounterMetricFamily("atlas_crash_reports_skipped", METRICS[3][2], labels=["reason"])
         with self._lock:
-            for reason, count in sorted(self.skipped.items()):
-                skipped.add_metric([reason], count)
-        return [crashes, last, active, skipped]
+            skipped = dict(self.skipped)
+        return crash_metric_families(self.book, self.statuses(), skipped)
 
 
 def make_crash_source(config: Config, procfs: Path, app_of_pid: AppOfPid) -> Source | None:

@@ -10,7 +10,9 @@ of every task and, for tasks in D, their context-switch counts from `.../status`
 is hung once it has stayed in D with an unchanged count for `hang.threshold_seconds`
 (the rule of the kernel's hung-task detector); a process is hung while any of its threads
 is. An I/O-heavy process passes through D but keeps switching, so it is never hung.
-Kernel threads (PF_KTHREAD, or children of kthreadd) are left out.
+Kernel threads (PF_KTHREAD) are left out, and only they: inside a pid namespace (a container)
+pid 2 and its children are ordinary processes and are watched like any other. Nothing is
+emitted while the task scan is inactive: a hang count nobody can measure is absent, not 0.
 
 `/proc/stat` `procs_blocked` is not used as a shortcut: it counts only tasks waiting in
 io_schedule (nr_iowait), and a vfork parent or a task blocked on a lock shows 0 there.
@@ -33,11 +35,9 @@ from prometheus_client.metrics_core import Metric
 from atlas_exporter.apps.crashes import CrashBook, HangTracker, HangUpdate, TaskObservation
 from atlas_exporter.config import Config
 from atlas_exporter.model import AppOfPid, Snapshot, Source, SourceStatus
-from atlas_exporter.sources.process_linux import PF_KTHREAD, read_proc_file, split_stat
+from atlas_exporter.sources.process_linux import PF_KTHREAD, current_privilege, read_proc_file, split_stat
 
 log = logging.getLogger(__name__)
-
-KTHREADD_PID = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,8 +73,9 @@ def parse_switches(text: bytes) -> int:
     return total
 
 
-def is_kernel_thread(pid: int, stat: TaskStat) -> bool:
-    return bool(stat.flags & PF_KTHREAD) or stat.ppid == KTHREADD_PID or pid == KTHREADD_PID
+def is_kernel_thread(stat: TaskStat) -> bool:
+    """PF_KTHREAD alone says so: pid and parent pid 2 are ordinary processes inside a pid namespace."""
+    return bool(stat.flags & PF_KTHREAD)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +107,7 @@ def scan_blocked_tasks(procfs: Path) -> BlockedScan:
             leader = parse_task_stat(read_proc_file(f"{root}/{name}/stat"))
         except (OSError, ValueError):
             continue  # vanished
-        if is_kernel_thread(pid, leader):
+        if is_kernel_thread(leader):
             continue
         stats: dict[int, TaskStat] = {}
         if leader.num_threads == 1:
@@ -177,7 +178,6 @@ class LinuxHangSource:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._status = SourceStatus("hang_task_scan", False, "none", "not started")
-        self.last_scan_seconds: float | None = None
 
     def start(self) -> None:
         if self._thread is not None:
@@ -185,8 +185,7 @@ class LinuxHangSource:
         if not (self.procfs / "self" / "task").is_dir():
             self._status = SourceStatus("hang_task_scan", False, "none", f"{self.procfs} has no task folders")
             return
-        privilege = "root" if os.geteuid() == 0 else "user"
-        self._status = SourceStatus("hang_task_scan", True, privilege, "")
+        self._status = SourceStatus("hang_task_scan", True, current_privilege(self.procfs), "")
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="atlas-hang-watcher", daemon=True)
         self._thread.start()
@@ -220,7 +219,6 @@ class LinuxHangSource:
 
     def check(self) -> HangUpdate:
         """One pass: scan, apply the threshold rule, count the episodes that started."""
-        started_at = time.perf_counter()
         result = self.scan(self.procfs)
         update = self.tracker.update(self.clock(), result.blocked)
         watched = {obs.process for obs in result.blocked}
@@ -239,13 +237,14 @@ class LinuxHangSource:
         self._apps = {p: a for p, a in self._apps.items() if p in watched}
         with self._lock:
             self._hung_by_app = hung_by_app
-        self.last_scan_seconds = time.perf_counter() - started_at
         return update
 
     def statuses(self) -> list[SourceStatus]:
         return [self._status]
 
     def collect(self, snapshot: Snapshot) -> Iterable[Metric]:
+        if not self._status.active:
+            return []
         with self._lock:
             hung = dict(self._hung_by_app)
         totals = self.book.hangs()
