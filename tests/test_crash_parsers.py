@@ -141,6 +141,8 @@ def test_parse_task_stat_and_switches():
     assert parse_switches(b"Name:\tx\nvoluntary_ctxt_switches:\t12\nnonvoluntary_ctxt_switches:\t3\n") == 15
     with pytest.raises(ValueError):
         parse_switches(b"Name:\tx\n")
+    with pytest.raises(ValueError):  # a count cut off after its key
+        parse_switches(b"voluntary_ctxt_switches:\t4\nnonvoluntary_ctxt_switches:")
     with pytest.raises(ValueError):
         parse_task_stat(b"garbage")
 

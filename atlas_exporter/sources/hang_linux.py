@@ -66,7 +66,10 @@ def parse_switches(text: bytes) -> int:
     seen = 0
     for line in text.splitlines():
         if line.startswith((b"voluntary_ctxt_switches:", b"nonvoluntary_ctxt_switches:")):
-            total += int(line.split()[1])
+            fields = line.split()
+            if len(fields) != 2:
+                raise ValueError(f"status: bad line {line[:40]!r}")
+            total += int(fields[1])
             seen += 1
     if seen != 2:
         raise ValueError("status: no context-switch counts")
