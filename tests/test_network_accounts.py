@@ -339,6 +339,44 @@ def test_cgroup_apps_only_when_one_app_owns_the_cgroup(tmp_path: Path) -> None:
     assert cgroups.app_of(new.stat().st_ino) == "redis"
 
 
+def test_cgroup_answers_of_removed_cgroups_are_dropped(tmp_path: Path) -> None:
+    """Transient cgroups (session scopes, pods) come and go: their cached answers do not pile up."""
+    root = tmp_path / "cg"
+    root.mkdir()
+    names: dict[int, str] = {}
+    clock = Clock()
+    cgroups = CgroupApps(root, names.get, clock)
+    for n in range(40):
+        scope = root / f"session-{n}.scope"
+        scope.mkdir()
+        (scope / "cgroup.procs").write_text(f"{1000 + n}\n")
+        names[1000 + n] = f"app{n}"
+    for n in range(40):
+        assert cgroups.app_of((root / f"session-{n}.scope").stat().st_ino) == f"app{n}"
+    assert cgroups.size() == 40
+    new = root / "session-99.scope"  # made before the others go, so it cannot take one of their inodes
+    new.mkdir()
+    (new / "cgroup.procs").write_text("300\n")
+    names[300] = "redis"
+    for n in range(40):
+        scope = root / f"session-{n}.scope"
+        (scope / "cgroup.procs").unlink()
+        scope.rmdir()
+    clock.now += 60
+    assert cgroups.app_of(new.stat().st_ino) == "redis"  # an unknown id: the tree is walked again
+    assert cgroups.size() == 1
+
+
+def test_retire_drops_totals_and_a_returning_app_starts_from_zero() -> None:
+    acc, _, _ = accounts()
+    acc.apply_dump(NS, [sock(1, 100, 10), sock(2, 0, 5)])
+    acc.retire(["web", "never-seen"])
+    assert acc.totals() == {"db": (5, 0)}
+    assert acc.unattributed == [0.0, 0.0]
+    acc.apply_dump(NS, [sock(1, 150, 10), sock(2, 0, 5), sock(3, 7, 1)])
+    assert acc.totals() == {"web": (1, 57), "db": (5, 0)}  # socket 1's growth and new socket 3
+
+
 events = st.lists(
     st.tuples(st.sampled_from(["dump", "destroy"]),
               st.lists(st.tuples(st.integers(1, 6), st.integers(0, 1000), st.integers(0, 1000)), max_size=6)),

@@ -1,8 +1,8 @@
 """macOS network source: the nettop parser on real output samples, deltas, and a fake nettop.
 
-Files `nettop_n1..n5_*.csv` are verbatim nettop outputs quoted in the macOS research notes (N1:
-macOS 12 `-L 1 -P -J bytes_in,bytes_out`; N2: default columns with a socket row; N3: `-P -n -x`;
-N4: two frames with a truncated helper name; N5: rows without their header).
+Files `tests/fixtures/network/nettop_n1..n5_*.csv` are verbatim nettop outputs as published for
+macOS 12 and later (N1: macOS 12 `-L 1 -P -J bytes_in,bytes_out`; N2: default columns with a socket
+row; N3: `-P -n -x`; N4: two frames with a truncated helper name; N5: rows without their header).
 `nettop_reconstructed_edge_cases.csv` is written by hand from the format rules (CRLF, commas in
 names, bad pids and counters) and is not real output.
 """
@@ -121,6 +121,16 @@ def test_pid_that_left_and_came_back_counts_again_and_unknown_pids_are_unattribu
     assert deltas.tracked() == 2
 
 
+def test_retire_drops_totals_and_a_returning_app_starts_from_zero() -> None:
+    deltas = NettopDeltas({1: "a", 2: "b"}.get)
+    deltas.apply(frame_of(("a", 1, 100, 10), ("b", 2, 5, 5)))
+    deltas.retire(["a", "never-seen"])
+    assert deltas.totals() == {"b": (5, 5)}
+    deltas.apply(frame_of(("a", 1, 130, 10), ("b", 2, 5, 5)))
+    assert deltas.totals() == {"a": (30, 0), "b": (5, 5)}
+    assert deltas.unattributed == [0.0, 0.0]
+
+
 def fake_source(*args: str, timeout: float = 10.0, apps: dict[int, str] | None = None) -> DarwinNetworkSource:
     names = apps if apps is not None else {533: "apsd", 503: "systemstats"}
     return DarwinNetworkSource(names.get, command=[sys.executable, str(FAKE), *args], timeout=timeout)
@@ -136,6 +146,15 @@ def test_source_runs_fake_nettop_and_exports() -> None:
     assert samples[("atlas_app_network_transmit_bytes_total", (("app", "apsd"),))] == 23504
     assert samples[("atlas_network_unattributed_receive_bytes_total", ())] == 0
     assert all(s.active for s in source.statuses())
+
+
+def test_source_retire_removes_the_apps_series() -> None:
+    source = fake_source(str(FIXTURES / "nettop_n1_macos12.csv"))
+    assert source.app_totals() == {"apsd": (11417.0, 23504.0)}
+    source.retire(["apsd"])
+    assert source.app_totals() == {}  # a new nettop run, if any, shows the same cumulative values: no delta
+    labels = {tuple(s.labels.items()) for m in source.collect(None) for s in m.samples}  # type: ignore[arg-type]
+    assert (("app", "apsd"),) not in labels
 
 
 def test_timeout_never_holds_the_scrape() -> None:

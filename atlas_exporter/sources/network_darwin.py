@@ -24,7 +24,7 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -173,6 +173,11 @@ class NettopDeltas:
     def totals(self) -> dict[str, tuple[float, float]]:
         return {app: (v[0], v[1]) for app, v in self.apps.items()}
 
+    def retire(self, apps: Iterable[str]) -> None:
+        """Drop the totals of apps that are no longer exported; later bytes of such an app start from 0."""
+        for app in apps:
+            self.apps.pop(app, None)
+
 
 class NettopRunner:
     """Runs nettop once and returns its stdout; None (and a reason) when it failed or timed out."""
@@ -261,6 +266,14 @@ class DarwinNetworkSource:
         self.refresh()
         with self._lock:
             return self.deltas.totals()
+
+    def retire(self, apps: Iterable[str]) -> None:
+        """Drop the totals of apps the tracker retired (no processes for `retention_seconds`).
+
+        An app that comes back later starts again from 0, which Prometheus treats as a counter reset.
+        """
+        with self._lock:
+            self.deltas.retire(apps)
 
     def collect(self, snapshot: Snapshot) -> Iterator[Metric]:
         self.refresh()

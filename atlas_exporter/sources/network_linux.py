@@ -270,6 +270,15 @@ class SocketAccounts:
     def totals(self) -> dict[str, tuple[float, float]]:
         return {app: (v[0], v[1]) for app, v in self.apps.items()}
 
+    def retire(self, apps: Iterable[str]) -> None:
+        """Drop the totals of apps that are no longer exported.
+
+        Sockets still bound to such an app keep their binding; bytes they move later start a new
+        total from 0 (a counter reset for Prometheus).
+        """
+        for app in apps:
+            self.apps.pop(app, None)
+
 
 class SocketInodeMap:
     """Socket inode -> pid, from the `socket:[inode]` links in `/proc/<pid>/fd`, cached.
@@ -399,7 +408,8 @@ class CgroupApps:
 
     The id a socket carries is the inode of its cgroup folder. Ids are resolved by walking the
     cgroup2 tree (at most once per `CGROUP_CACHE_SECONDS` for an unknown id); answers are cached as
-    long. The root cgroup never identifies an app.
+    long, and each walk drops the answers of cgroups that no longer exist or that expired, so
+    transient cgroups (session scopes, pods) do not pile up. The root cgroup never identifies an app.
     """
 
     def __init__(self, root: Path | None, app_of_pid: AppOfPid, clock: Callable[[], float] = time.monotonic) -> None:
@@ -425,14 +435,14 @@ class CgroupApps:
             return cached[0]
         path = self._paths.get(cgroup_id)
         if path is None and now - self._walked >= CGROUP_CACHE_SECONDS:
-            self._walk()
+            self._walk(now)
             self._walked = now
             path = self._paths.get(cgroup_id)
         app = self._single_app(path) if path is not None else None
         self._answers[cgroup_id] = (app, now)
         return app
 
-    def _walk(self) -> None:
+    def _walk(self, now: float) -> None:
         paths: dict[int, str] = {}
         for folder, _dirs, _files in os.walk(str(self._root)):
             try:
@@ -440,6 +450,12 @@ class CgroupApps:
             except OSError:
                 continue
         self._paths = paths
+        self._answers = {cgroup_id: answer for cgroup_id, answer in self._answers.items()
+                         if cgroup_id in paths and now - answer[1] < CGROUP_CACHE_SECONDS}
+
+    def size(self) -> int:
+        """How many answers are cached."""
+        return len(self._answers)
 
     def _single_app(self, path: str) -> str | None:
         try:
@@ -609,6 +625,7 @@ class LinuxNetworkSource:
         self._sample_lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._listener_thread: threading.Thread | None = None
         self._namespaces: dict[int, _Namespace] = {}
         self._home_ns = 0
         self._diag_error = ""
@@ -644,16 +661,19 @@ class LinuxNetworkSource:
             self._namespaces[self._home_ns] = home
             self._opened = True
         self.sample()
-        for target, name in ((self._sampler, "atlas-network-sampler"), (self._listener, "atlas-network-destroy")):
-            thread = threading.Thread(target=target, name=name, daemon=True)
+        sampler = threading.Thread(target=self._sampler, name="atlas-network-sampler", daemon=True)
+        listener = threading.Thread(target=self._listener, name="atlas-network-destroy", daemon=True)
+        for thread in (sampler, listener):
             thread.start()
             self._threads.append(thread)
+        self._listener_thread = listener  # only once started: a thread not yet started is not alive
 
     def stop(self) -> None:
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=5)
         self._threads = []
+        self._listener_thread = None
         with self._lock:
             for space in self._namespaces.values():
                 space.close()
@@ -748,29 +768,52 @@ class LinuxNetworkSource:
                 self._namespaces[ino] = space
         for ino in known - found.keys() - {self._home_ns}:
             with self._lock:
-                space = self._namespaces.pop(ino)
-                if space.destroy is not None:
-                    sockets, _ = space.destroy.read()
-                    self.accounts.apply_destroyed(ino, sockets)
-                space.close()
-                self.accounts.forget_namespace(ino)
+                space = self._namespaces.pop(ino, None)
+                if space is None:
+                    continue
+                try:
+                    if space.destroy is not None:  # the last destroy messages of the vanished namespace
+                        sockets, overflows = space.destroy.read()
+                        self.lost_events += overflows
+                        self.accounts.apply_destroyed(ino, sockets)
+                except OSError as err:
+                    self.errors += 1
+                    log.warning("network: reading the last destroy events of namespace %d failed: %s",
+                                ino, err.strerror or err)
+                finally:
+                    space.close()
+                    self.accounts.forget_namespace(ino)
 
     def _listener(self) -> None:
         while not self._stop.is_set():
-            with self._lock:
-                subs = {s.destroy.fileno(): s for s in self._namespaces.values() if s.destroy is not None}
-            if not subs:
-                self._stop.wait(0.5)
-                continue
-            poller = select.poll()
-            for fd in subs:
-                poller.register(fd, select.POLLIN)
             try:
-                ready = poller.poll(500)
-            except OSError:
-                continue
-            for fd, _event in ready:
-                self._drain(subs[fd])
+                self._listen_once()
+            except Exception:  # a thread boundary: log with context and keep listening
+                self.errors += 1
+                log.exception("network: handling destroy events failed")
+                self._stop.wait(0.1)  # a fault that repeats at once must not spin
+
+    def _listen_once(self) -> None:
+        """Wait up to 0.5 s for destroy messages in any namespace and apply those that came."""
+        with self._lock:
+            subs = {s.destroy.fileno(): s for s in self._namespaces.values() if s.destroy is not None}
+        if not subs:
+            self._stop.wait(0.5)
+            return
+        poller = select.poll()
+        for fd in subs:
+            poller.register(fd, select.POLLIN)
+        try:
+            ready = poller.poll(500)
+        except OSError:
+            return
+        for fd, _event in ready:
+            self._drain(subs[fd])
+
+    def _listener_stopped(self) -> bool:
+        """True when the destroy listener was started and has ended without being stopped."""
+        thread = self._listener_thread
+        return thread is not None and not thread.is_alive() and not self._stop.is_set()
 
     def _drain(self, space: _Namespace) -> None:
         if space.destroy is None:
@@ -800,6 +843,14 @@ class LinuxNetworkSource:
         with self._lock:
             return self.accounts.unattributed[0], self.accounts.unattributed[1]
 
+    def retire(self, apps: Iterable[str]) -> None:
+        """Drop the totals of apps the tracker retired (no processes for `retention_seconds`).
+
+        An app that comes back later starts again from 0, which Prometheus treats as a counter reset.
+        """
+        with self._lock:
+            self.accounts.retire(apps)
+
     def collect(self, snapshot: Snapshot) -> Iterator[Metric]:
         if not self._opened:  # sock_diag never worked: nothing was measured, so no series
             return
@@ -810,6 +861,9 @@ class LinuxNetworkSource:
             yield CounterMetricFamily(LOST_METRIC[0], LOST_METRIC[1], value=self.lost_events)
 
     def destroy_active(self) -> bool:
+        """True while some namespace has a destroy subscription and the listener thread reads it."""
+        if self._listener_stopped():
+            return False
         with self._lock:
             return any(s.destroy is not None for s in self._namespaces.values())
 
@@ -827,7 +881,11 @@ class LinuxNetworkSource:
         diag_reason = "; ".join(n for n in notes if n)
         out = [SourceStatus("network.sock_diag", opened and not self._diag_error, privilege, diag_reason)]
         destroy = self.destroy_active()
-        destroy_reason = self._destroy_error or ("" if destroy else "not started")
+        if self._listener_stopped():
+            destroy_reason = ("the destroy event listener thread ended; the last bytes of closing sockets "
+                              "are missed")
+        else:
+            destroy_reason = self._destroy_error or ("" if destroy else "not started")
         out.append(SourceStatus("network.destroy_events", destroy, privilege if destroy else "none", destroy_reason))
         if self._wanted_namespaces:
             if self._all_namespaces:
