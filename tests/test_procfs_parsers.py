@@ -84,3 +84,8 @@ def test_status_uid_and_capabilities() -> None:
     assert privilege_of(status, 1000) == "capabilities"
     assert privilege_of("CapEff:\t0000000000000000\n", 1000) == "user"
     assert privilege_of("", 0) == "root"
+
+
+def test_status_lines_without_values() -> None:
+    assert parse_capabilities("CapEff:\n") == 0 and parse_capabilities("CapEff:\tzz\n") == 0
+    assert parse_uid("Uid:\n") is None

@@ -163,7 +163,10 @@ def parse_uid(status_text: str) -> int | None:
     """The real uid from `/proc/<pid>/status`."""
     for line in status_text.splitlines():
         if line.startswith("Uid:"):
-            return int(line.split()[1])
+            try:
+                return int(line.split()[1])
+            except (IndexError, ValueError):
+                return None
     return None
 
 
@@ -171,7 +174,10 @@ def parse_capabilities(status_text: str) -> int:
     """The effective capability mask (`CapEff`) from `/proc/<pid>/status`."""
     for line in status_text.splitlines():
         if line.startswith("CapEff:"):
-            return int(line.split()[1], 16)
+            try:
+                return int(line.split()[1], 16)
+            except (IndexError, ValueError):
+                return 0
     return 0
 
 
