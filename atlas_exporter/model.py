@@ -8,17 +8,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from prometheus_client.metrics_core import Metric
 
 
-@dataclass(frozen=True, slots=True)
-class ProcessId:
+class ProcessId(NamedTuple):
     """A process identity that survives pid reuse: the pid plus an opaque start token.
 
     `started` is the platform's start time in its own units (clock ticks since boot on
-    Linux, microseconds since the epoch on macOS). Only equality matters.
+    Linux, microseconds since the epoch on macOS). Only equality matters. A NamedTuple, not
+    a dataclass: it is a dict key on the hot path, and tuples hash and compare in C.
     """
 
     pid: int

@@ -15,6 +15,7 @@ import pwd
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from atlas_exporter.model import ProcessId, ProcessScan, ProcIdentity, ProcSample, ReadErrors, SourceStatus
 
@@ -51,8 +52,7 @@ class ProcStat:
     rss_pages: int
 
 
-@dataclass(frozen=True, slots=True)
-class ProcIO:
+class ProcIO(NamedTuple):
     """`/proc/<pid>/io`: storage bytes and read/write system calls."""
 
     read_bytes: int
