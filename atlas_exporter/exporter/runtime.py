@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.process_collector import ProcessCollector
 
 from atlas_exporter import platform
@@ -20,6 +20,7 @@ from atlas_exporter.apps.resolver import AppResolver
 from atlas_exporter.apps.tracker import Tracker
 from atlas_exporter.config import Config
 from atlas_exporter.exporter.collector import AtlasCollector, ProcessMetrics
+from atlas_exporter.exporter.exposition import TextRenderer
 from atlas_exporter.exporter.snapshot import Snapshotter
 from atlas_exporter.exporter.status import StatusPage
 from atlas_exporter.model import ProcessSource, Source, SourceStatus
@@ -73,6 +74,7 @@ class Exporter:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self.collector)
         self.registry.register(ProcessCollector(namespace="", registry=None))
+        self.renderer = TextRenderer()
         self.status_page = StatusPage(self.snapshotter.get, self.statuses, telemetry_path=telemetry_path,
                                       platform_name=self.platform_name, notes=NOTES)
         self._started: list[Source] = []
@@ -101,7 +103,7 @@ class Exporter:
         self._started.clear()
 
     def render_metrics(self) -> tuple[bytes, str]:
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        return self.renderer.render(self.registry.collect()), CONTENT_TYPE_LATEST
 
     def render_status(self) -> str:
         return self.status_page.render()

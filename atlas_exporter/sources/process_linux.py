@@ -104,11 +104,11 @@ def sample_from_stat(pid: int, text: bytes, btime: float) -> ProcSample | None:
         if int(f[6]) & PF_KTHREAD:
             return None
         starttime = int(f[19])
+        # positional, in ProcSample's field order: keyword construction costs more per process
         return ProcSample(ProcessId(pid, starttime), int(f[1]), f[0].decode("ascii", "replace"),
                           int(f[11]) / CLK_TCK, int(f[12]) / CLK_TCK, int(f[17]), int(f[21]) * PAGE_SIZE,
-                          btime + starttime / CLK_TCK, comm=comm.decode("utf-8", "replace"),
-                          reaped_cpu_user_seconds=int(f[13]) / CLK_TCK,
-                          reaped_cpu_system_seconds=int(f[14]) / CLK_TCK)
+                          btime + starttime / CLK_TCK, None, None, None, None, None, None,
+                          comm.decode("utf-8", "replace"), int(f[13]) / CLK_TCK, int(f[14]) / CLK_TCK)
     except ValueError as err:
         raise ParseError(f"stat: {err}") from None
 
