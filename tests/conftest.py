@@ -37,6 +37,15 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         report.longrepr = f"skipped in CI, which counts as a failure: {reason}"
 
 
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    """The path of promtool (Debian package prometheus); a skip, which CI counts as a failure, without it."""
+    path = shutil.which("promtool")
+    if path is None:
+        pytest.skip("promtool is not installed (Debian package prometheus)")
+    return path
+
+
 @pytest.fixture
 def update_golden(request: pytest.FixtureRequest) -> bool:
     return bool(request.config.getoption("--update-golden")) or os.environ.get("ATLAS_UPDATE_GOLDEN") == "1"

@@ -58,14 +58,6 @@ def listen_port(args: list[str]) -> int | None:
     return None
 
 
-@pytest.fixture(scope="module")
-def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        pytest.skip("promtool is not installed (Debian package prometheus)")
-    return path
-
-
 # --- Prometheus ---------------------------------------------------------------------------------
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -260,14 +259,6 @@ def test_table_links_open_the_app_dashboard(dashboards: dict[str, dict[str, Any]
     assert links
     for url in links:
         assert url.startswith(f"/d/{target_uid}/") and "var-app=" in url
-
-
-@pytest.fixture(scope="module")
-def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        pytest.skip("promtool is not installed (Debian package prometheus)")
-    return path
 
 
 def _check_as_rules(promtool: str, exprs: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
