@@ -143,16 +143,15 @@ def test_missing_file_and_directory(tmp_path):
         load_web_config(tmp_path)
 
 
-def test_unreadable_file_as_nobody(tmp_path):
+def test_unreadable_file_as_nobody(tmp_path, nobody_python):
     path = _write(tmp_path, "{}\n")
     path.chmod(0o000)
-    if sys.platform != "linux":
-        pytest.skip("uses setpriv")
+    prefix, env = nobody_python
     result = subprocess.run(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
+        [*prefix, "-c",
          "from atlas_exporter.exporter.webconfig import load_web_config as l, WebConfigError as E\n"
          f"try: l({str(path)!r})\nexcept E as e: print(e)"],
-        capture_output=True, text=True, timeout=60, cwd=Path(__file__).parent.parent)
+        capture_output=True, text=True, timeout=60, cwd="/", env=env)
     assert result.stdout.strip() == f"{path}: cannot read: Permission denied"
 
 
