@@ -51,13 +51,25 @@ class ProcSample:
     start_time_seconds: float  # Unix time the process started
     open_fds: int | None = None
     read_bytes: int | None = None
-    written_bytes: int | None = None  # Linux: write_bytes - cancelled_write_bytes
+    written_bytes: int | None = None  # Linux: write_bytes (what reached the storage layer's page cache)
     read_ops: int | None = None
     write_ops: int | None = None
     footprint_bytes: int | None = None  # macOS physical footprint
     comm: str | None = None  # the current process name; a change means the process exec'd
     reaped_cpu_user_seconds: float | None = None  # Linux cutime: CPU of children this process reaped
     reaped_cpu_system_seconds: float | None = None  # Linux cstime
+    minor_faults: int | None = None
+    major_faults: int | None = None
+    reaped_minor_faults: int | None = None  # Linux cminflt: faults of children this process reaped
+    reaped_major_faults: int | None = None  # Linux cmajflt
+    virtual_bytes: int | None = None
+    cancelled_write_bytes: int | None = None  # Linux: dirty bytes truncated or deleted before writeback
+    voluntary_switches: int | None = None  # Linux: the main thread's, as /proc/<pid>/status gives them
+    involuntary_switches: int | None = None
+    context_switches: int | None = None  # macOS: every switch, with no voluntary/involuntary split
+    swap_bytes: int | None = None
+    fd_limit: int | None = None  # soft RLIMIT_NOFILE; None when unknown or unlimited
+    proportional_bytes: int | None = None  # PSS (smaps_rollup), only when asked for
 
 
 @dataclass(slots=True)
@@ -103,6 +115,18 @@ class AppView:
     write_ops_total: float | None = None
     network_receive_bytes_total: float | None = None
     network_transmit_bytes_total: float | None = None
+    cancelled_write_bytes_total: float | None = None
+    minor_faults_total: float | None = None
+    major_faults_total: float | None = None
+    voluntary_switches_total: float | None = None
+    involuntary_switches_total: float | None = None
+    switches_total: float | None = None  # macOS: no voluntary/involuntary split
+    virtual_bytes: int | None = None
+    swap_bytes: int | None = None
+    proportional_bytes: int | None = None
+    open_fds_limit_ratio: float | None = None
+    # processes by state name ("running", "sleeping", ...); None when no state could be read
+    states: dict[str, int] | None = None
 
     def cpu_seconds_total(self) -> float | None:
         """User plus system CPU seconds; None when neither could be read."""

@@ -13,7 +13,7 @@ from atlas_exporter.config import Config
 from atlas_exporter.model import AppOfPid, ProcessSource, Source
 
 # every --collector.<name> switch, with its default
-COLLECTORS: dict[str, bool] = {"process": True, "network": True, "crash": True, "hang": True}
+COLLECTORS: dict[str, bool] = {"process": True, "network": True, "crash": True, "hang": True, "smaps": False}
 IS_DARWIN = sys.platform == "darwin"
 PLATFORM_NAME = "darwin" if IS_DARWIN else "linux"
 

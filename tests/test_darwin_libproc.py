@@ -82,7 +82,8 @@ def test_darwin_parse_taskinfo() -> None:
     assert len(raw) == 96
     info = lp.parse_taskinfo(raw)
     assert info == lp.TaskInfo(resident_bytes=50 << 20, user_ticks=240_000_000, system_ticks=24_000_000,
-                               threads=9, running_threads=2)
+                               threads=9, running_threads=2, virtual_bytes=1 << 32, faults=10, pageins=0,
+                               context_switches=77)
     with pytest.raises(ValueError):
         lp.parse_taskinfo(raw[:95])
 
@@ -297,4 +298,6 @@ def test_darwin_parsers_agree_with_the_ctypes_structures() -> None:
     ti = lp.ProcTaskInfo.from_buffer_copy(raw)
     assert lp.parse_taskinfo(raw) == lp.TaskInfo(
         resident_bytes=ti.pti_resident_size, user_ticks=ti.pti_total_user, system_ticks=ti.pti_total_system,
-        threads=ti.pti_threadnum, running_threads=ti.pti_numrunning)
+        threads=ti.pti_threadnum, running_threads=ti.pti_numrunning, virtual_bytes=ti.pti_virtual_size,
+        faults=ti.pti_faults & 0xFFFFFFFF, pageins=ti.pti_pageins & 0xFFFFFFFF,
+        context_switches=ti.pti_csw & 0xFFFFFFFF)

@@ -60,6 +60,10 @@ class FakeProc:
     fds: int = 12
     reaped_user: float = 0.0
     reaped_system: float = 0.0
+    virtual: int = 400 << 30
+    faults: int = 9000
+    pageins: int = 40
+    switches: int = 5000
     thread_states: list[int] = field(default_factory=lambda: [TH_STATE_WAITING] * 4)
     denied: bool = False
     vanish_at: str | None = None
@@ -127,7 +131,8 @@ class FakeLibProc:
         if p.status == "zombie":
             raise ProcessGone(f"pid {pid} is a zombie")
         return TaskInfo(resident_bytes=p.resident, user_ticks=round(p.user_seconds * self.rate),
-                        system_ticks=round(p.system_seconds * self.rate), threads=p.threads, running_threads=p.running)
+                        system_ticks=round(p.system_seconds * self.rate), threads=p.threads, running_threads=p.running,
+                        virtual_bytes=p.virtual, faults=p.faults, pageins=p.pageins, context_switches=p.switches)
 
     def rusage(self, pid: int) -> Rusage:
         p = self._get(pid, "rusage")
@@ -184,6 +189,9 @@ def test_darwin_sample_of_own_process_converts_ticks_to_seconds() -> None:
     assert s.start_time_seconds == pytest.approx(1_760_000_000.0)
     assert (s.state, s.ppid, s.comm) == ("R", 1, "proc")
     assert (errors.access_denied, errors.vanished) == (0, 0)
+    # faults less page-ins are minor; page-ins are major; every thread's switches, no split
+    assert (s.minor_faults, s.major_faults, s.context_switches, s.virtual_bytes) == (8960, 40, 5000, 400 << 30)
+    assert s.voluntary_switches is None and s.swap_bytes is None and s.fd_limit is None  # not on macOS
 
 
 def test_darwin_reaped_children_cpu_comes_from_rusage_child_times() -> None:
@@ -201,7 +209,8 @@ def test_darwin_other_users_process_keeps_state_and_start_only() -> None:
     s = samples[88]
     assert s.state == "?" and s.start_time_seconds == pytest.approx(1_760_000_000.0)
     assert [s.cpu_user_seconds, s.cpu_system_seconds, s.threads, s.resident_bytes, s.open_fds, s.read_bytes,
-            s.written_bytes, s.footprint_bytes] == [None] * 8
+            s.written_bytes, s.footprint_bytes, s.minor_faults, s.major_faults, s.context_switches,
+            s.virtual_bytes] == [None] * 12
     assert (errors.access_denied, errors.vanished) == (1, 0)  # one process, counted once
     assert [c for c in libproc.calls if c[1] == 88] == [("task", 88)]  # no further calls once denied
     assert samples[500].cpu_user_seconds == pytest.approx(2.0)

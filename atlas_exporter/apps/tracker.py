@@ -6,11 +6,19 @@ since the previous pass. Totals stay when processes exit or pids are reused, and
 with no processes left stays exported for `retention_seconds`.
 
 When a parent reaps a child on Linux, the child's I/O is added to the parent's I/O
-counters (not on macOS: `reaped_io_in_parent`) and its CPU time to the parent's
-reaped-children CPU time (cutime, cstime). The tracker counts the parent's reaped-children
-CPU too, so a child that lived and died between two passes is not lost; and when a child it
-had seen vanishes, it gives the parent a credit of the child's last-seen values, so nothing
-is counted twice.
+counters (not on macOS: `reaped_io_in_parent`), its CPU time to the parent's
+reaped-children CPU time (cutime, cstime) and its page faults to the parent's
+reaped-children faults (cminflt, cmajflt). The tracker counts the parent's reaped-children
+CPU and faults too, so a child that lived and died between two passes is not lost. A
+child it had seen is not counted twice:
+- when a child it had seen vanishes, its last-seen values become a reap credit;
+- a credit is used only in a pass where some process's reaped-children counters grew by at
+  least the child's CPU and faults: that growth is the reap. A child that nobody waited for
+  (SIGCHLD ignored, auto-reaped) moves no counter, so its credit is never used and expires
+  without touching the parent's own I/O;
+- the credit goes to the child's parent at its last pass; when that parent is gone too (an
+  orphan reparented to a subreaper or init after its last pass), any process whose
+  reaped-children growth covers the credit uses it.
 """
 
 from __future__ import annotations
@@ -20,17 +28,37 @@ from dataclasses import dataclass, field
 
 from atlas_exporter.model import AppView, ProcessId, ProcSample
 
-# index of each counter in the per-process vector; the first six are also the per-app totals
-CPU_USER, CPU_SYSTEM, READ_BYTES, WRITTEN_BYTES, READ_OPS, WRITE_OPS, REAPED_USER, REAPED_SYSTEM = range(8)
-IO_FIELDS = (READ_BYTES, WRITTEN_BYTES, READ_OPS, WRITE_OPS)
-CREDITED = (*IO_FIELDS, REAPED_USER, REAPED_SYSTEM)  # fields a reaped child's values flow into
-CREDIT_PASSES = 3  # a reap credit not used up within this many passes is dropped
+# index of each counter in the per-process vector; the first TOTALS are also the per-app totals
+(CPU_USER, CPU_SYSTEM, READ_BYTES, WRITTEN_BYTES, CANCELLED_BYTES, READ_OPS, WRITE_OPS, MINOR_FAULTS,
+ MAJOR_FAULTS, VOLUNTARY, INVOLUNTARY, SWITCHES, REAPED_USER, REAPED_SYSTEM, REAPED_MINOR, REAPED_MAJOR) = range(16)
+TOTALS = 12
+IO_FIELDS = (READ_BYTES, WRITTEN_BYTES, CANCELLED_BYTES, READ_OPS, WRITE_OPS)
+REAPED = (REAPED_USER, REAPED_SYSTEM, REAPED_MINOR, REAPED_MAJOR)
+FOLDS_INTO = ((REAPED_USER, CPU_USER), (REAPED_SYSTEM, CPU_SYSTEM), (REAPED_MINOR, MINOR_FAULTS),
+              (REAPED_MAJOR, MAJOR_FAULTS))
+CREDIT_PASSES = 3  # a reap credit not used within this many passes is dropped
+EPSILON = 1e-6
+
+STATE_NAMES = {"R": "running", "S": "sleeping", "D": "disk_sleep", "T": "stopped", "t": "stopped",
+               "Z": "zombie", "I": "idle"}
+STATES = ("running", "sleeping", "disk_sleep", "stopped", "zombie", "idle")
 
 
 def counters_of(sample: ProcSample) -> tuple[float | None, ...]:
     """The cumulative counters of one sample, in the order of the index constants."""
     return (sample.cpu_user_seconds, sample.cpu_system_seconds, sample.read_bytes, sample.written_bytes,
-            sample.read_ops, sample.write_ops, sample.reaped_cpu_user_seconds, sample.reaped_cpu_system_seconds)
+            sample.cancelled_write_bytes, sample.read_ops, sample.write_ops, sample.minor_faults,
+            sample.major_faults, sample.voluntary_switches, sample.involuntary_switches, sample.context_switches,
+            sample.reaped_cpu_user_seconds, sample.reaped_cpu_system_seconds, sample.reaped_minor_faults,
+            sample.reaped_major_faults)
+
+
+@dataclass(slots=True)
+class _Credit:
+    """What a parent's counters grow by when it reaps one child the tracker had seen."""
+
+    values: list[float]  # indexed like the counter vector; only IO_FIELDS and REAPED are set
+    passes: int = 0
 
 
 @dataclass(slots=True)
@@ -38,13 +66,13 @@ class _Proc:
     app: str
     ppid: int
     last: tuple[float | None, ...]
-    credit: list[float] | None = None
-    credit_passes: int = 0
+    credits: list[_Credit] | None = None
+    io_pending: list[float] | None = None  # I/O credit of a matched reap still to come (read race)
 
 
 @dataclass(slots=True)
 class _App:
-    totals: list[float | None] = field(default_factory=lambda: [None] * 6)
+    totals: list[float | None] = field(default_factory=lambda: [None] * TOTALS)
     last_seen: float = 0.0
 
 
@@ -65,6 +93,7 @@ class Tracker:
         self.reaped_io_in_parent = reaped_io_in_parent
         self._procs: dict[ProcessId, _Proc] = {}
         self._apps: dict[str, _App] = {}
+        self._orphans: list[_Credit] = []  # credits of children whose parent was gone too
 
     def update(self, named: Iterable[tuple[ProcSample, str]], now: float,
                keep: frozenset[int] = frozenset()) -> TrackerUpdate:
@@ -81,14 +110,22 @@ class Tracker:
             live_by_pid = {pid.pid: pid for pid in current}
             for pid in gone:
                 child = procs.pop(pid)
+                credit = _credit_of(child.last, self.reaped_io_in_parent)
+                if credit is None:
+                    continue
                 parent_id = live_by_pid.get(child.ppid)
                 parent = procs.get(parent_id) if parent_id is not None else None
                 if parent is not None:
-                    _add_credit(parent, child.last, self.reaped_io_in_parent)
+                    if parent.credits is None:
+                        parent.credits = []
+                    parent.credits.append(credit)
+                else:
+                    self._orphans.append(credit)
 
         views: dict[str, AppView] = {}
         known_state: set[str] = set()
         apps = self._apps
+        orphans = self._orphans
         for sample, app in named:
             now_values = counters_of(sample)
             proc = procs.get(sample.id)
@@ -98,13 +135,17 @@ class Tracker:
             elif now_values == proc.last and proc.app == app:
                 delta = None  # an idle process: nothing to add
                 proc.ppid = sample.ppid
+                proc.io_pending = None  # the reaped I/O it waited for did not come: never take it from later I/O
             else:
                 delta = [
                     (now_v if prev_v is None else max(now_v - prev_v, 0.0)) if now_v is not None else 0.0
                     for now_v, prev_v in zip(now_values, proc.last, strict=True)
                 ]
-                if proc.credit is not None:
-                    _use_credit(proc, delta)
+                if proc.io_pending is not None:
+                    _use_io(proc.io_pending, delta)
+                    proc.io_pending = None
+                if proc.credits or orphans:
+                    _use_credits(proc, delta, orphans)
                 proc.last = tuple(now if now is not None else prev for now, prev in zip(now_values, proc.last,
                                                                                          strict=True))
                 proc.ppid = sample.ppid
@@ -114,15 +155,21 @@ class Tracker:
                 state = apps[app] = _App()
             state.last_seen = now
             if delta is not None:
-                delta[CPU_USER] += delta[REAPED_USER]
-                delta[CPU_SYSTEM] += delta[REAPED_SYSTEM]
+                for reaped, into in FOLDS_INTO:
+                    delta[into] += delta[reaped]
                 totals = state.totals
-                for i in range(6):
+                for i in range(TOTALS):
                     if now_values[i] is not None or totals[i] is not None:
                         totals[i] = (totals[i] or 0.0) + delta[i]
             view = views.get(app)
             if view is None:
                 view = views[app] = AppView(name=app)
+            state_name = STATE_NAMES.get(sample.state)
+            if state_name is not None:
+                states = view.states
+                if states is None:
+                    states = view.states = dict.fromkeys(STATES, 0)
+                states[state_name] += 1
             if sample.state == "Z":
                 continue
             view.processes += 1
@@ -134,6 +181,16 @@ class Tracker:
                 view.resident_bytes = (view.resident_bytes or 0) + sample.resident_bytes
             if sample.open_fds is not None:
                 view.open_fds = (view.open_fds or 0) + sample.open_fds
+                if sample.fd_limit:
+                    ratio = sample.open_fds / sample.fd_limit
+                    if view.open_fds_limit_ratio is None or ratio > view.open_fds_limit_ratio:
+                        view.open_fds_limit_ratio = ratio
+            if sample.virtual_bytes is not None:
+                view.virtual_bytes = (view.virtual_bytes or 0) + sample.virtual_bytes
+            if sample.swap_bytes is not None:
+                view.swap_bytes = (view.swap_bytes or 0) + sample.swap_bytes
+            if sample.proportional_bytes is not None:
+                view.proportional_bytes = (view.proportional_bytes or 0) + sample.proportional_bytes
             if sample.state == "D":
                 view.disk_wait_processes += 1
             if view.oldest_start_time_seconds is None or sample.start_time_seconds < view.oldest_start_time_seconds:
@@ -155,35 +212,82 @@ class Tracker:
                 view.disk_wait_processes = None
             view.read_bytes_total = t[READ_BYTES]
             view.written_bytes_total = t[WRITTEN_BYTES]
+            view.cancelled_write_bytes_total = t[CANCELLED_BYTES]
             view.read_ops_total = t[READ_OPS]
             view.write_ops_total = t[WRITE_OPS]
-        for proc in procs.values():
-            if proc.credit is not None:
-                proc.credit_passes += 1
-                if proc.credit_passes > CREDIT_PASSES:
-                    proc.credit = None
+            view.minor_faults_total = t[MINOR_FAULTS]
+            view.major_faults_total = t[MAJOR_FAULTS]
+            view.voluntary_switches_total = t[VOLUNTARY]
+            view.involuntary_switches_total = t[INVOLUNTARY]
+            view.switches_total = t[SWITCHES]
+        self._age_credits()
         return TrackerUpdate(apps=views, gone=gone, retired=retired)
 
+    def _age_credits(self) -> None:
+        for proc in self._procs.values():
+            if proc.credits:
+                for credit in proc.credits:
+                    credit.passes += 1
+                proc.credits = [c for c in proc.credits if c.passes <= CREDIT_PASSES] or None
+        if self._orphans:
+            for credit in self._orphans:
+                credit.passes += 1
+            self._orphans = [c for c in self._orphans if c.passes <= CREDIT_PASSES]
 
-def _add_credit(parent: _Proc, child: tuple[float | None, ...], with_io: bool) -> None:
-    """What the parent's counters will grow by when it reaps this child."""
-    if parent.credit is None:
-        parent.credit = [0.0] * 8
-    credit = parent.credit
+
+def _credit_of(child: tuple[float | None, ...], with_io: bool) -> _Credit | None:
+    """The credit a vanished child leaves; None when its platform has no reaped-children counters."""
+    if child[REAPED_USER] is None and child[REAPED_MINOR] is None:
+        return None  # no reaped-children counters (macOS): nothing of the child reappears in a parent
+    values = [0.0] * len(child)
     if with_io:
         for i in IO_FIELDS:
-            credit[i] += child[i] or 0.0
-    credit[REAPED_USER] += (child[CPU_USER] or 0.0) + (child[REAPED_USER] or 0.0)
-    credit[REAPED_SYSTEM] += (child[CPU_SYSTEM] or 0.0) + (child[REAPED_SYSTEM] or 0.0)
-    parent.credit_passes = 0
+            values[i] = child[i] or 0.0
+    for reaped, own in FOLDS_INTO:
+        if child[reaped] is not None:  # a counter the parent has no reaped-children twin of never reappears
+            values[reaped] = (child[own] or 0.0) + child[reaped]
+    return _Credit(values)
 
 
-def _use_credit(proc: _Proc, delta: list[float]) -> None:
-    credit = proc.credit
-    assert credit is not None
-    for i in CREDITED:
-        used = min(credit[i], delta[i])
-        delta[i] -= used
-        credit[i] -= used
-    if not any(credit[i] > 1e-9 for i in CREDITED):
-        proc.credit = None
+def _covers(growth_left: list[float], credit: _Credit) -> bool:
+    """Whether the reaped-children growth left in this pass includes this child's reap."""
+    values = credit.values
+    if not any(values[i] > EPSILON for i in REAPED):
+        return False  # a child with no CPU and no faults cannot be told apart from nothing
+    return all(growth_left[k] + EPSILON >= values[i] for k, i in enumerate(REAPED))
+
+
+def _use_credits(proc: _Proc, delta: list[float], orphans: list[_Credit]) -> None:
+    """Take the reaps seen in this pass's reaped-children growth out of `delta`."""
+    growth = [delta[i] for i in REAPED]
+    if not any(g > EPSILON for g in growth):
+        return  # nothing was reaped: the parent's own I/O is all its own
+    for pool in (proc.credits or [], orphans):
+        for credit in list(pool):
+            if not _covers(growth, credit):
+                continue
+            pool.remove(credit)
+            values = credit.values
+            for k, i in enumerate(REAPED):
+                used = min(values[i], delta[i])
+                delta[i] -= used
+                growth[k] -= used
+            pending = [0.0] * len(values)
+            for i in IO_FIELDS:
+                used = min(values[i], delta[i])
+                delta[i] -= used
+                pending[i] = values[i] - used
+            if any(pending[i] > EPSILON for i in IO_FIELDS):
+                # the reap fell between the stat and io reads: the I/O shows up next pass
+                if proc.io_pending is None:
+                    proc.io_pending = pending
+                else:
+                    for i in IO_FIELDS:
+                        proc.io_pending[i] += pending[i]
+    if proc.credits is not None and not proc.credits:
+        proc.credits = None
+
+
+def _use_io(pending: list[float], delta: list[float]) -> None:
+    for i in IO_FIELDS:
+        delta[i] -= min(pending[i], delta[i])

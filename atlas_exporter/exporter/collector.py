@@ -1,9 +1,13 @@
 """The prometheus_client collector: one snapshot per scrape, each sub-collector isolated.
 
-Emits the per-app process metrics (table `APP_METRICS`) and the exporter's own metrics:
+Emits the per-app process metrics (tables `LABELLED_METRICS` and `APP_METRICS`) and the
+exporter's own metrics:
 
     atlas_app_cpu_seconds_total{app="nginx",mode="user"} 12.5
+    atlas_app_context_switches_total{app="nginx",kind="voluntary"} 40312.0
+    atlas_app_process_states{app="nginx",state="sleeping"} 3.0
     atlas_app_resident_memory_bytes{app="nginx"} 5.24288e+07
+    atlas_app_open_fds_limit_ratio{app="nginx"} 0.029
     atlas_scrape_collector_success{collector="network"} 1.0
     atlas_process_read_errors_total{reason="access_denied"} 3.0
 
@@ -25,6 +29,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from atlas_exporter import __version__
+from atlas_exporter.apps.tracker import STATES
 from atlas_exporter.exporter.snapshot import Snapshotter
 from atlas_exporter.model import AppView, Snapshot, Source, SourceStatus
 
@@ -41,6 +46,35 @@ class AppMetric:
     value: Callable[[AppView], float | None]
 
 
+@dataclass(frozen=True, slots=True)
+class LabelledMetric:
+    """A per-app metric with one more label: one (label value, getter) per series."""
+
+    name: str
+    kind: str
+    help: str
+    label: str
+    series: tuple[tuple[str, Callable[[AppView], float | None]], ...]
+
+
+def _state_getter(state: str) -> Callable[[AppView], float | None]:
+    return lambda a: a.states.get(state) if a.states is not None else None
+
+
+LABELLED_METRICS: tuple[LabelledMetric, ...] = (
+    LabelledMetric("atlas_app_cpu_seconds_total", "counter", "CPU time the application's processes used, by mode.",
+                   "mode", (("user", lambda a: a.cpu_user_seconds_total),
+                            ("system", lambda a: a.cpu_system_seconds_total))),
+    LabelledMetric("atlas_app_context_switches_total", "counter",
+                   "Context switches of the application's processes (Linux: each process's main thread), by kind "
+                   "(macOS: all threads, kind \"all\").",
+                   "kind", (("voluntary", lambda a: a.voluntary_switches_total),
+                            ("involuntary", lambda a: a.involuntary_switches_total),
+                            ("all", lambda a: a.switches_total))),
+    LabelledMetric("atlas_app_process_states", "gauge", "Processes of the application by state now.", "state",
+                   tuple((state, _state_getter(state)) for state in STATES)),
+)
+
 APP_METRICS: tuple[AppMetric, ...] = (
     AppMetric("atlas_app_processes", "gauge", "Processes in the application now.", lambda a: a.processes),
     AppMetric("atlas_app_threads", "gauge", "Threads in the application's processes.",
@@ -52,8 +86,11 @@ APP_METRICS: tuple[AppMetric, ...] = (
     AppMetric("atlas_app_disk_read_bytes_total", "counter", "Bytes the application read from storage.",
               lambda a: a.read_bytes_total),
     AppMetric("atlas_app_disk_written_bytes_total", "counter",
-              "Bytes the application wrote to storage, less writes cancelled before they reached it.",
+              "Bytes the application wrote to storage (Linux: write_bytes, counted when pages are dirtied).",
               lambda a: a.written_bytes_total),
+    AppMetric("atlas_app_disk_cancelled_write_bytes_total", "counter",
+              "Written bytes the application truncated or deleted before writeback; net written is written minus "
+              "cancelled.", lambda a: a.cancelled_write_bytes_total),
     AppMetric("atlas_app_io_read_ops_total", "counter", "Read system calls the application made.",
               lambda a: a.read_ops_total),
     AppMetric("atlas_app_io_write_ops_total", "counter", "Write system calls the application made.",
@@ -63,7 +100,39 @@ APP_METRICS: tuple[AppMetric, ...] = (
               lambda a: a.disk_wait_processes if a.processes else None),  # None: states unreadable
     AppMetric("atlas_app_oldest_start_time_seconds", "gauge",
               "Unix time the application's oldest live process started.", lambda a: a.oldest_start_time_seconds),
+    AppMetric("atlas_app_minor_page_faults_total", "counter",
+              "Minor page faults of the application's processes, with those of children they reaped.",
+              lambda a: a.minor_faults_total),
+    AppMetric("atlas_app_major_page_faults_total", "counter",
+              "Major page faults (read from storage) of the application's processes, with those of children "
+              "they reaped.", lambda a: a.major_faults_total),
+    AppMetric("atlas_app_virtual_memory_bytes", "gauge", "Virtual memory size of the application's processes, summed.",
+              lambda a: a.virtual_bytes),
+    AppMetric("atlas_app_swap_bytes", "gauge", "Swapped-out memory of the application's processes, summed.",
+              lambda a: a.swap_bytes),
+    AppMetric("atlas_app_open_fds_limit_ratio", "gauge",
+              "The largest ratio of open file descriptors to the soft RLIMIT_NOFILE over the application's "
+              "processes.", lambda a: a.open_fds_limit_ratio),
 )
+
+# only with --collector.smaps (the `smaps` sub-collector)
+PSS_METRIC = AppMetric("atlas_app_proportional_memory_bytes", "gauge",
+                       "Proportional set size (PSS, shared pages divided among their users) of the application's "
+                       "processes, summed.", lambda a: a.proportional_bytes)
+
+
+def app_families(rows: Iterable[AppMetric], apps: list[AppView]) -> Iterable[Metric]:
+    """One family per row, one series per app whose value is known."""
+    for row in rows:
+        if row.kind == "counter":
+            family: Metric = CounterMetricFamily(row.name.removesuffix("_total"), row.help, labels=["app"])
+        else:
+            family = GaugeMetricFamily(row.name, row.help, labels=["app"])
+        for app in apps:
+            value = row.value(app)
+            if value is not None:
+                family.add_metric([app.name], value)
+        yield family
 
 
 class ProcessMetrics:
@@ -88,30 +157,54 @@ class ProcessMetrics:
         if self.snapshotter.scan_error is not None:
             raise RuntimeError(f"process table unreadable: {self.snapshotter.scan_error}")
         apps = sorted(snapshot.apps.values(), key=lambda a: a.name)
-        cpu = CounterMetricFamily("atlas_app_cpu_seconds", "CPU time the application's processes used, by mode.",
-                                  labels=["app", "mode"])
-        for app in apps:
-            if app.cpu_user_seconds_total is not None:
-                cpu.add_metric([app.name, "user"], app.cpu_user_seconds_total)
-            if app.cpu_system_seconds_total is not None:
-                cpu.add_metric([app.name, "system"], app.cpu_system_seconds_total)
-        yield cpu
-        for row in APP_METRICS:
-            if row.kind == "counter":
-                family: Metric = CounterMetricFamily(row.name.removesuffix("_total"), row.help, labels=["app"])
+        for labelled in LABELLED_METRICS:
+            if labelled.kind == "counter":
+                family: Metric = CounterMetricFamily(labelled.name.removesuffix("_total"), labelled.help,
+                                                     labels=["app", labelled.label])
             else:
-                family = GaugeMetricFamily(row.name, row.help, labels=["app"])
+                family = GaugeMetricFamily(labelled.name, labelled.help, labels=["app", labelled.label])
             for app in apps:
-                value = row.value(app)
-                if value is not None:
-                    family.add_metric([app.name], value)
+                for label_value, get in labelled.series:
+                    value = get(app)
+                    if value is not None:
+                        family.add_metric([app.name, label_value], value)
             yield family
+        yield from app_families(APP_METRICS, apps)
         errors = CounterMetricFamily("atlas_process_read_errors",
                                      "Process reads that failed, by reason (a process vanished mid-read, or "
                                      "access was denied).", labels=["reason"])
         for reason, count in sorted(snapshot.read_errors_total.items()):
             errors.add_metric([reason], count)
         yield errors
+
+
+class SmapsMetrics:
+    """The `smaps` sub-collector (`--collector.smaps`, off by default): per-app PSS.
+
+    The process source reads `smaps_rollup` only when this collector is on, and the kernel
+    walks every process's page tables to produce it; see docs/performance.md for the cost.
+
+        atlas_app_proportional_memory_bytes{app="postgres"} 2.01326592e+08
+    """
+
+    name = "smaps"
+
+    def __init__(self, snapshotter: Snapshotter) -> None:
+        self.snapshotter = snapshotter
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def statuses(self) -> list[SourceStatus]:
+        return []
+
+    def collect(self, snapshot: Snapshot) -> Iterable[Metric]:
+        if self.snapshotter.scan_error is not None:
+            raise RuntimeError(f"process table unreadable: {self.snapshotter.scan_error}")
+        yield from app_families((PSS_METRIC,), sorted(snapshot.apps.values(), key=lambda a: a.name))
 
 
 class AtlasCollector:

@@ -19,7 +19,7 @@ from atlas_exporter.apps.naming import Namer
 from atlas_exporter.apps.resolver import AppResolver
 from atlas_exporter.apps.tracker import Tracker
 from atlas_exporter.config import Config
-from atlas_exporter.exporter.collector import AtlasCollector, ProcessMetrics
+from atlas_exporter.exporter.collector import AtlasCollector, ProcessMetrics, SmapsMetrics
 from atlas_exporter.exporter.exposition import TextRenderer
 from atlas_exporter.exporter.snapshot import Snapshotter
 from atlas_exporter.exporter.status import StatusPage
@@ -47,6 +47,8 @@ class Exporter:
         self.procfs = Path(procfs)
         self.enabled = set(platform.COLLECTORS) if enabled is None else set(enabled)
         self.process_source = process_source or platform.build_process_source(self.procfs)
+        if hasattr(self.process_source, "read_pss"):  # smaps_rollup is read only for --collector.smaps
+            self.process_source.read_pss = "smaps" in self.enabled
         self.resolver = AppResolver(self.process_source, Namer(config.apps), config.max_apps)
         self.tracker = Tracker(config.retention_seconds,
                                reaped_io_in_parent=getattr(self.process_source, "reaped_io_in_parent", True))
@@ -61,6 +63,8 @@ class Exporter:
         all_sources: list[Source] = []
         if "process" in self.enabled:
             all_sources.append(ProcessMetrics(self.snapshotter, self.process_source.statuses))
+        if "smaps" in self.enabled and hasattr(self.process_source, "read_pss"):
+            all_sources.append(SmapsMetrics(self.snapshotter))
         all_sources.extend(self.extra_sources)
         if config.csv.enabled:
             from atlas_exporter.outputs.csv_mirror import make_csv_mirror

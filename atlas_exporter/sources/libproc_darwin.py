@@ -240,6 +240,10 @@ class TaskInfo:
     system_ticks: int
     threads: int
     running_threads: int
+    virtual_bytes: int | None = None
+    faults: int | None = None  # page faults of every kind (pti_faults)
+    pageins: int | None = None  # faults that read from storage (pti_pageins)
+    context_switches: int | None = None  # of every thread, live or gone (pti_csw)
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,7 +262,8 @@ class Rusage:
 
 # Both macOS architectures (arm64, x86_64) are little-endian. The formats pick the fields
 # the exporter uses at the offsets of the structures above (checked in the tests).
-_TASKINFO = struct.Struct("<8xQQQ52xii")  # resident, total_user, total_system, threadnum, numrunning
+# virtual size, resident, total_user, total_system, faults, pageins, csw, threadnum, numrunning
+_TASKINFO = struct.Struct("<QQQQ20xII20xIii")
 _RUSAGE = struct.Struct("<16xQQ32xQQ16xQQ32xQQ")  # user, system, resident, footprint, child user/system, disk
 
 
@@ -266,9 +271,10 @@ def parse_taskinfo(raw: bytes) -> TaskInfo:
     """Decode the bytes `proc_pidinfo(PROC_PIDTASKINFO)` filled in."""
     if len(raw) < ctypes.sizeof(ProcTaskInfo):
         raise ValueError(f"proc_taskinfo: {len(raw)} bytes, expected {ctypes.sizeof(ProcTaskInfo)}")
-    resident, user, system, threads, running = _TASKINFO.unpack_from(raw)
+    virtual, resident, user, system, faults, pageins, switches, threads, running = _TASKINFO.unpack_from(raw)
     return TaskInfo(resident_bytes=resident, user_ticks=user, system_ticks=system, threads=threads,
-                    running_threads=running)
+                    running_threads=running, virtual_bytes=virtual, faults=faults, pageins=pageins,
+                    context_switches=switches)
 
 
 def parse_rusage(raw: bytes) -> Rusage:

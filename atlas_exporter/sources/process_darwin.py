@@ -184,6 +184,13 @@ def raw_kinfo(proc: object, start_time: float) -> tuple[float, str | None]:
 UNKNOWN_STATE = "?"
 
 
+def _minor(task: TaskInfo | None) -> int | None:
+    """Faults served without reading storage: all faults less page-ins."""
+    if task is None or task.faults is None or task.pageins is None:
+        return None
+    return max(task.faults - task.pageins, 0)
+
+
 def state_letter(status: str, task: TaskInfo | None, thread_states: list[int] | None, *,
                  threads_unreadable: bool = False) -> str:
     """A Linux-like state letter from the BSD status and, when readable, the task and its threads.
@@ -424,6 +431,10 @@ class DarwinProcessSource:
             comm=kinfo.comm,
             reaped_cpu_user_seconds=reaped_user,
             reaped_cpu_system_seconds=reaped_system,
+            minor_faults=_minor(task),
+            major_faults=task.pageins if task is not None else None,
+            virtual_bytes=task.virtual_bytes if task is not None else None,
+            context_switches=task.context_switches if task is not None else None,
         )
 
     def statuses(self) -> list[SourceStatus]:

@@ -1,9 +1,19 @@
-"""Linux process table reader: `/proc/<pid>/stat`, `io` and the fd count, per pass.
+"""Linux process table reader: `/proc/<pid>/stat`, `status`, `io`, the fd count and `limits`, per pass.
 
 Returns `ProcessScan`s of `ProcSample`s and `ProcIdentity`s for naming. Reading is kept
-apart from parsing: `parse_stat(text)` and `parse_io(text)` are pure. A process that
-vanishes mid-read is skipped and counted; a field that is denied is None and counted.
-Kernel threads are not processes of any application and are left out.
+apart from parsing: `parse_stat`, `parse_io`, `parse_status_counters`, `parse_nofile_limit`
+and `parse_pss` are pure. A process that vanishes mid-read is skipped and counted; a field
+that is denied is None and counted. Kernel threads are not processes of any application
+and are left out.
+
+What each file costs, and how often it is read:
+- `stat` (CPU, faults, state, threads, rss, vsize), `io` and the fd count: every pass.
+- `status` (context switches, VmSwap): only when the process's `stat` text changed since the
+  previous pass (a process that did not run and whose memory did not move has the same
+  switches and swap as before), and always for a process seen for the first time.
+- `limits` (soft RLIMIT_NOFILE): once per process identity, then every `limits_ttl_seconds`.
+- `smaps_rollup` (PSS): only with `read_pss` (`--collector.smaps`); the kernel walks the
+  page tables to produce it, so it costs in proportion to the process's mapped memory.
 """
 
 from __future__ import annotations
@@ -13,6 +23,7 @@ import logging
 import os
 import pwd
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -50,6 +61,11 @@ class ProcStat:
     num_threads: int
     starttime: int
     rss_pages: int
+    minflt: int = 0
+    cminflt: int = 0
+    majflt: int = 0
+    cmajflt: int = 0
+    vsize: int = 0
 
 
 class ProcIO(NamedTuple):
@@ -92,6 +108,11 @@ def parse_stat(text: bytes | str) -> ProcStat:
             num_threads=int(fields[17]),
             starttime=int(fields[19]),
             rss_pages=int(fields[21]),
+            minflt=int(fields[7]),
+            cminflt=int(fields[8]),
+            majflt=int(fields[9]),
+            cmajflt=int(fields[10]),
+            vsize=int(fields[20]),
         )
     except ValueError as err:
         raise ParseError(f"stat: {err}") from None
@@ -108,7 +129,8 @@ def sample_from_stat(pid: int, text: bytes, btime: float) -> ProcSample | None:
         return ProcSample(ProcessId(pid, starttime), int(f[1]), f[0].decode("ascii", "replace"),
                           int(f[11]) / CLK_TCK, int(f[12]) / CLK_TCK, int(f[17]), int(f[21]) * PAGE_SIZE,
                           btime + starttime / CLK_TCK, None, None, None, None, None, None,
-                          comm.decode("utf-8", "replace"), int(f[13]) / CLK_TCK, int(f[14]) / CLK_TCK)
+                          comm.decode("utf-8", "replace"), int(f[13]) / CLK_TCK, int(f[14]) / CLK_TCK,
+                          int(f[7]), int(f[9]), int(f[8]), int(f[10]), int(f[20]))
     except ValueError as err:
         raise ParseError(f"stat: {err}") from None
 
@@ -138,6 +160,62 @@ def parse_io(text: bytes | str) -> ProcIO:
     if min(values) < 0:
         raise ParseError("io: missing fields")
     return ProcIO(*values)
+
+
+class StatusCounters(NamedTuple):
+    """What a pass needs from `/proc/<pid>/status`: the main thread's context switches and VmSwap."""
+
+    voluntary_switches: int | None
+    involuntary_switches: int | None
+    swap_bytes: int | None  # None for a zombie or a kernel without the line
+
+
+def _status_number(text: bytes, key: bytes) -> int | None:
+    at = text.find(key)
+    if at < 0:
+        return None
+    end = text.find(b"\n", at + len(key))
+    words = text[at + len(key):end if end >= 0 else len(text)].split()
+    try:
+        return int(words[0]) if words else None
+    except ValueError:
+        raise ParseError(f"status: bad value for {key.decode()}") from None
+
+
+def parse_status_counters(text: bytes | str) -> StatusCounters:
+    """Context switches and VmSwap from `/proc/<pid>/status` (a missing line is None)."""
+    if isinstance(text, str):
+        text = text.encode()
+    swap = _status_number(text, b"\nVmSwap:")
+    return StatusCounters(_status_number(text, b"\nvoluntary_ctxt_switches:"),
+                          _status_number(text, b"\nnonvoluntary_ctxt_switches:"),
+                          None if swap is None else swap * 1024)
+
+
+def parse_nofile_limit(text: bytes | str) -> int | None:
+    """The soft `Max open files` limit from `/proc/<pid>/limits`; None when unlimited or absent."""
+    if isinstance(text, str):
+        text = text.encode()
+    at = text.find(b"Max open files")
+    if at < 0:
+        return None
+    end = text.find(b"\n", at)
+    words = text[at + len(b"Max open files"):end if end >= 0 else len(text)].split()
+    if not words or words[0] == b"unlimited":
+        return None
+    try:
+        value = int(words[0])
+    except ValueError:
+        raise ParseError("limits: bad Max open files line") from None
+    return value if value > 0 else None
+
+
+def parse_pss(text: bytes | str) -> int | None:
+    """Proportional set size in bytes from `/proc/<pid>/smaps_rollup` (None without a Pss line)."""
+    if isinstance(text, str):
+        text = text.encode()
+    value = _status_number(b"\n" + text, b"\nPss:")
+    return None if value is None else value * 1024
 
 
 def parse_btime(text: str) -> float:
@@ -216,18 +294,27 @@ class LinuxProcessSource:
     """Reads the process table under `procfs` (default `/proc`).
 
     The fd count comes from `stat(/proc/<pid>/fd).st_size` where the kernel provides it
-    (Linux 6.2+), else from listing the folder.
+    (Linux 6.2+), else from listing the folder. `read_pss` adds `smaps_rollup` (PSS) reads.
     """
 
     reaped_io_in_parent = True
 
-    def __init__(self, procfs: Path | str = Path("/proc")) -> None:
+    def __init__(self, procfs: Path | str = Path("/proc"), *, read_pss: bool = False,
+                 limits_ttl_seconds: float = 600.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.procfs = str(procfs)
+        self.read_pss = read_pss
+        self.limits_ttl_seconds = limits_ttl_seconds
+        self.clock = clock
         self._btime = parse_btime(Path(self.procfs, "stat").read_text())
         self._self_pid = os.getpid()
         self._fd_size_is_count = self._probe_fd_size()
         self._users: dict[int, str] = {}
         self._io_available = self._probe_io()
+        # pid -> (stat text, status counters) of the previous pass: status is re-read only on change
+        self._status_cache: dict[int, tuple[bytes, StatusCounters]] = {}
+        # pid -> (start time, soft RLIMIT_NOFILE, when read)
+        self._limits_cache: dict[int, tuple[int, int | None, float]] = {}
+        self.status_reads = 0  # status files read so far (the rest came from the cache)
 
     def _probe_fd_size(self) -> bool:
         """True when st_size of a /proc/<pid>/fd folder is its entry count.
@@ -302,7 +389,7 @@ class LinuxProcessSource:
         return name
 
     def scan(self) -> ProcessScan:
-        """One pass over every process: stat, io and the fd count."""
+        """One pass over every process: stat, io, the fd count, status when stat changed, limits when due."""
         started = time.monotonic()
         errors = ReadErrors()
         samples: list[ProcSample] = []
@@ -310,25 +397,50 @@ class LinuxProcessSource:
         btime = self._btime
         fd_size = self._fd_size_is_count
         read_io = self._io_available
+        read_pss = self.read_pss
         append = samples.append
         skipped: set[int] = set()
         listed = 0
+        previous_status = self._status_cache
+        status_cache: dict[int, tuple[bytes, StatusCounters]] = {}
+        limits = self._limits_cache
+        limits_seen: set[int] = set()
+        now = self.clock()
+        ttl = self.limits_ttl_seconds
+        status_reads = 0
         for name in os.listdir(root):
             if not name.isdigit():
                 continue
             base = f"{root}/{name}"
             listed += 1
+            pid = int(name)
             try:
-                sample = sample_from_stat(int(name), read_proc_file(base + "/stat"), btime)
+                stat_text = read_proc_file(base + "/stat")
+                sample = sample_from_stat(pid, stat_text, btime)
             except _VANISHED:
                 errors.vanished += 1
                 continue
             except (OSError, ParseError) as err:  # still there, but unreadable this pass (EMFILE, ...)
                 log.debug("skipping pid %s this pass: %s", name, err)
-                skipped.add(int(name))
+                skipped.add(pid)
                 continue
             if sample is None:  # a kernel thread
                 continue
+            cached = previous_status.get(pid)
+            if cached is not None and cached[0] == stat_text:
+                counters = cached[1]
+            else:
+                try:
+                    counters = parse_status_counters(read_proc_file(base + "/status"))
+                    status_reads += 1
+                except _VANISHED:
+                    errors.vanished += 1
+                    continue
+                except (OSError, ParseError):
+                    counters = None
+            if counters is not None:
+                status_cache[pid] = (stat_text, counters)
+                sample.voluntary_switches, sample.involuntary_switches, sample.swap_bytes = counters
             if sample.state == "Z":  # exited, not yet reaped: no files, no fds
                 append(sample)
                 continue
@@ -360,12 +472,33 @@ class LinuxProcessSource:
                         continue
                 else:
                     sample.read_bytes = io.read_bytes
-                    sample.written_bytes = max(io.write_bytes - io.cancelled_write_bytes, 0)
+                    sample.written_bytes = io.write_bytes
+                    sample.cancelled_write_bytes = io.cancelled_write_bytes
                     sample.read_ops = io.syscr
                     sample.write_ops = io.syscw
+            limit = limits.get(pid)
+            if limit is None or limit[0] != sample.id.started or now - limit[2] > ttl:
+                try:
+                    limit = (sample.id.started, parse_nofile_limit(read_proc_file(base + "/limits")), now)
+                except (OSError, ParseError):
+                    limit = (sample.id.started, None, now)
+                limits[pid] = limit
+            limits_seen.add(pid)
+            sample.fd_limit = limit[1]
+            if read_pss:
+                try:
+                    sample.proportional_bytes = parse_pss(read_proc_file(base + "/smaps_rollup"))
+                except PermissionError:
+                    errors.access_denied += 1
+                except (OSError, ParseError):
+                    pass
             append(sample)
         if listed and len(skipped) * 2 > listed:
             raise OSError(f"{len(skipped)} of {listed} processes unreadable in {root}")
+        self._status_cache = status_cache
+        if len(limits) > len(limits_seen):
+            self._limits_cache = {pid: limits[pid] for pid in limits_seen}
+        self.status_reads += status_reads
         return ProcessScan(samples=samples, errors=errors, monotonic=started, skipped=frozenset(skipped))
 
     def statuses(self) -> list[SourceStatus]:
@@ -379,6 +512,6 @@ class LinuxProcessSource:
         return [SourceStatus(name="procfs", active=True, privilege=privilege, reason=reason)]
 
 
-def make_process_source(procfs: Path | str | None = None) -> LinuxProcessSource:
-    """The Linux process source over `procfs` (default `/proc`)."""
-    return LinuxProcessSource(procfs or Path("/proc"))
+def make_process_source(procfs: Path | str | None = None, *, read_pss: bool = False) -> LinuxProcessSource:
+    """The Linux process source over `procfs` (default `/proc`); `read_pss` for `--collector.smaps`."""
+    return LinuxProcessSource(procfs or Path("/proc"), read_pss=read_pss)
