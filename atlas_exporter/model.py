@@ -13,6 +13,24 @@ from typing import NamedTuple, Protocol
 from prometheus_client.metrics_core import Metric
 
 
+def clean_label(text: str) -> str:
+    """`text` as valid UTF-8: bytes that did not decode (surrogates) become U+FFFD.
+
+    Every label value that comes from the host (file names, kernel log lines, process
+    names, cgroup paths) passes through here where it enters, so the exposition can
+    never fail to encode. Valid text is returned as is (one encode, no copy kept).
+    """
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:  # os.fsdecode / surrogateescape: the original bytes come back, then decode with replacement
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a lone surrogate from elsewhere
+        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+
+
 class ProcessId(NamedTuple):
     """A process identity that survives pid reuse: the pid plus an opaque start token.
 

@@ -164,7 +164,8 @@ def test_parse_proc_events():
     exit_ = cl.parse_proc_events(_datagram(0x80000000, struct.pack("=iiIIii", 11, 11, 0x8B, 17, 10, 10)))
     assert exit_[0].what == "exit" and exit_[0].exit_code == 0x8B and exit_[0].parent_tgid == 10
     assert crash_reason(decode_wait_status(exit_[0].exit_code)) == "SIGSEGV"
-    assert cl.parse_proc_events(_datagram(0x200, b"\0" * 24)) == []  # comm events are not used
+    # comm events are not used, but their sequence number counts
+    assert [e.what for e in cl.parse_proc_events(_datagram(0x200, b"\0" * 24))] == ["other"]
     two = _datagram(0x2, struct.pack("=ii", 1, 1)) + _datagram(0x2, struct.pack("=ii", 2, 3))
     assert [(e.pid, e.tgid) for e in cl.parse_proc_events(two)] == [(1, 1), (2, 3)]
     with pytest.raises(ValueError):

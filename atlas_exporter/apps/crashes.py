@@ -8,8 +8,8 @@ The crash and hang sources feed this module and read back what they export:
     atlas_app_hangs_total{app="backup"} 1.0
 
 `CrashBook` dedups one crash seen by several sources (same pid within a time window, or
-the same app within the window when a source has no pid), counts crashes per app and
-reason, and counts hang episodes. `HangTracker` applies the kernel's hung-task rule to
+the same app within the window when a source has no pid) in constant time per event,
+counts crashes per app and reason, and counts hang episodes. `HangTracker` applies the kernel's hung-task rule to
 successive task observations: a task in D whose context-switch count has not changed
 for the threshold is hung; the episode counts once and ends when it makes progress.
 `CRASH_METRICS` and `crash_metric_families` are the `crash` sub-collector's one table and
@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections import deque
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from atlas_exporter.model import SourceStatus
+from atlas_exporter.model import SourceStatus, clean_label
 
 CRASH_SIGNALS: dict[int, str] = {
     int(signal.SIGSEGV): "SIGSEGV",
@@ -114,11 +113,27 @@ class _AppCounts:
     hangs: int = 0
 
 
+# Sources whose events are distinct by construction: the proc connector reports each process
+# lifetime's exit once, so the same pid twice within the window is a reused pid, not a repeat.
+DISTINCT_SOURCES = frozenset({"proc_connector"})
+
+# per time bucket: key -> source -> [earliest, latest] event time seen there
+_Index = dict[tuple[object, int], dict[str, list[float]]]
+
+
 class CrashBook:
     """Thread-safe per-app crash and hang-episode counts with cross-source dedup.
 
+    One crash seen by several sources counts once: an event with a pid is a duplicate when
+    another source (or the same one, unless it is in `DISTINCT_SOURCES`) reported that pid
+    within `window_seconds`, or reported the same app without a pid; an event without a pid
+    is a duplicate when another source reported the same app within the window. Events are
+    indexed by key and time bucket (one bucket per window), so recording costs the same
+    whatever the crash rate: three buckets are looked at, each holding at most one
+    [earliest, latest] pair per source.
+
     `max_apps` caps the number of distinct app labels (further apps count as "other",
-    sticky, like the exporter's own fold).
+    sticky, like the exporter's own fold). App names are made valid UTF-8 here.
     """
 
     def __init__(self, window_seconds: float = 30.0, max_apps: int = 500) -> None:
@@ -126,7 +141,11 @@ class CrashBook:
         self.max_apps = max_apps
         self._lock = threading.Lock()
         self._apps: dict[str, _AppCounts] = {}
-        self._recent: deque[CrashEvent] = deque()
+        self._by_pid: _Index = {}
+        self._by_app: _Index = {}  # every event
+        self._by_app_without_pid: _Index = {}
+        self._bucket_keys: dict[int, list[tuple[_Index, tuple[object, int]]]] = {}
+        self._newest_bucket: int | None = None
         self.duplicates = 0
 
     def _app(self, name: str) -> _AppCounts:
@@ -137,36 +156,89 @@ class CrashBook:
             counts = self._apps[name] = _AppCounts()
         return counts
 
-    def _is_duplicate(self, event: CrashEvent) -> bool:
-        for seen in self._recent:
-            if abs(seen.time - event.time) > self.window_seconds:
+    def _bucket(self, when: float) -> int:
+        return int(when // self.window_seconds) if self.window_seconds > 0 else 0
+
+    def _near(self, index: _Index, key: object, when: float, bucket: int, source: str, same_source: bool) -> bool:
+        """True when `index` has an event for `key` within the window of `when` from another source.
+
+        With `same_source`, an event of `source` itself counts too.
+        """
+        window = self.window_seconds
+        for offset in (-1, 0, 1):
+            entry = index.get((key, bucket + offset))
+            if not entry:
                 continue
-            if event.pid is not None and seen.pid is not None:
-                if seen.pid == event.pid:
+            for seen_source, (earliest, latest) in entry.items():
+                if seen_source == source and not same_source:
+                    continue
+                # every time in the same bucket is closer than a window; in the bucket before,
+                # the latest time is the closest one, in the bucket after the earliest
+                if (offset == 0 or (offset < 0 and when - latest <= window)
+                        or (offset > 0 and earliest - when <= window)):
                     return True
-            elif seen.app == event.app and seen.source != event.source:
-                return True
         return False
+
+    def _index(self, index: _Index, key: object, when: float, bucket: int, source: str) -> None:
+        slot = (key, bucket)
+        entry = index.get(slot)
+        if entry is None:
+            entry = index[slot] = {}
+            self._bucket_keys.setdefault(bucket, []).append((index, slot))
+        span = entry.get(source)
+        if span is None:
+            entry[source] = [when, when]
+        elif when < span[0]:
+            span[0] = when
+        elif when > span[1]:
+            span[1] = when
+
+    def _prune(self, bucket: int) -> None:
+        """Forget buckets more than four windows older than the newest event seen."""
+        if self._newest_bucket is not None and bucket <= self._newest_bucket:
+            return
+        self._newest_bucket = bucket
+        for old in [b for b in self._bucket_keys if b < bucket - 4]:
+            for index, slot in self._bucket_keys.pop(old):
+                index.pop(slot, None)
+
+    def _is_duplicate(self, event: CrashEvent, bucket: int) -> bool:
+        if event.pid is not None:
+            return (self._near(self._by_pid, event.pid, event.time, bucket, event.source,
+                               event.source not in DISTINCT_SOURCES)
+                    or self._near(self._by_app_without_pid, event.app, event.time, bucket, event.source, False))
+        return self._near(self._by_app, event.app, event.time, bucket, event.source, False)
 
     def record_crash(self, event: CrashEvent) -> bool:
         """Count `event` unless another source already reported it; True when counted."""
+        app = clean_label(event.app)
+        if app is not event.app:
+            event = replace(event, app=app)
+        bucket = self._bucket(event.time)
         with self._lock:
-            newest = max((e.time for e in self._recent), default=event.time)
-            horizon = max(newest, event.time) - 4 * self.window_seconds
-            while self._recent and self._recent[0].time < horizon:
-                self._recent.popleft()
-            if self._is_duplicate(event):
+            self._prune(bucket)
+            if self._is_duplicate(event, bucket):
                 self.duplicates += 1
                 return False
-            self._recent.append(event)
+            if event.pid is not None:
+                self._index(self._by_pid, event.pid, event.time, bucket, event.source)
+            else:
+                self._index(self._by_app_without_pid, event.app, event.time, bucket, event.source)
+            self._index(self._by_app, event.app, event.time, bucket, event.source)
             counts = self._app(event.app)
             counts.by_reason[event.reason] = counts.by_reason.get(event.reason, 0) + 1
             if counts.last_crash is None or event.time > counts.last_crash:
                 counts.last_crash = event.time
             return True
 
+    def tracked(self) -> int:
+        """How many (key, bucket) entries the dedup index holds (bounded by the crash rate x 5 windows)."""
+        with self._lock:
+            return len(self._by_pid) + len(self._by_app) + len(self._by_app_without_pid)
+
     def record_hang(self, app: str, count: int = 1) -> None:
         """Count `count` hang episodes that started for `app`."""
+        app = clean_label(app)
         with self._lock:
             self._app(app).hangs += count
 

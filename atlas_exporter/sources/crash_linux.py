@@ -28,6 +28,7 @@ import os
 import re
 import select
 import socket
+import stat
 import struct
 import threading
 import time
@@ -47,14 +48,18 @@ from atlas_exporter.apps.crashes import (
     reason_of_signal,
 )
 from atlas_exporter.config import Config
-from atlas_exporter.model import AppOfPid, Snapshot, Source, SourceStatus
+from atlas_exporter.model import AppOfPid, Snapshot, Source, SourceStatus, clean_label
 from atlas_exporter.sources.process_linux import CAP_NET_ADMIN, parse_capabilities, privilege_of
 
 log = logging.getLogger(__name__)
 
 SOURCE_NAMES = ("proc_connector", "systemd_coredump", "apport", "kernel_log")
 # No `too_large` here: an apport report is never skipped for its size, only its head is read.
-SKIP_REASONS = ("malformed", "unreadable", "lost_events")
+# `ambiguous`: a kernel crash line whose comm and pid can be read two ways; `comm_mismatch`: a
+# kernel crash line whose pid is alive under another comm; `untrusted_owner`: a report file
+# owned by neither root nor the user its process ran as; `lost_events`: proc connector events
+# the kernel dropped (counted from gaps in its per-CPU sequence numbers).
+SKIP_REASONS = ("malformed", "unreadable", "lost_events", "ambiguous", "comm_mismatch", "untrusted_owner")
 UNKNOWN_APP = "unknown"
 COREDUMP_DIR = Path("/var/lib/systemd/coredump")
 APPORT_DIR = Path("/var/crash")
@@ -86,7 +91,8 @@ class ProcEvent:
     """One proc connector event. For fork, `pid`/`tgid` are the child's, `parent_*` the parent's.
 
     For `none` (the subscription acknowledgement) `exit_code` carries the error number and
-    `ack` the acknowledgement number.
+    `ack` the acknowledgement number. `seq` is the sending CPU's (`cpu`) event counter: the
+    kernel numbers every event it sends per CPU, so a gap means events were lost.
     """
 
     what: str
@@ -97,10 +103,16 @@ class ProcEvent:
     parent_tgid: int = 0
     exit_code: int = 0
     ack: int = 0
+    seq: int = 0
+    cpu: int = 0
 
 
 def parse_proc_events(data: bytes) -> list[ProcEvent]:
-    """Decode one netlink datagram from the proc connector; unknown event types are dropped."""
+    """Decode one netlink datagram from the proc connector.
+
+    Event types other than fork, exec, exit and the acknowledgement come back as `other`,
+    with only their sequence number and CPU (see `SequenceGaps`).
+    """
     events: list[ProcEvent] = []
     offset = 0
     while offset + _NLMSG.size <= len(data):
@@ -109,18 +121,22 @@ def parse_proc_events(data: bytes) -> list[ProcEvent]:
             raise ValueError(f"netlink message length {length} out of range")
         body = offset + _NLMSG.size
         if length >= _NLMSG.size + _CNMSG.size + _EVHDR.size:
-            idx, val, _cseq, ack, _clen, _cflags = _CNMSG.unpack_from(data, body)
+            idx, val, cseq, ack, _clen, _cflags = _CNMSG.unpack_from(data, body)
             ev = body + _CNMSG.size
-            what, _cpu, ts = _EVHDR.unpack_from(data, ev)
+            what, cpu, ts = _EVHDR.unpack_from(data, ev)
             payload = ev + _EVHDR.size
             name = EVENT_NAMES.get(what)
-            if (idx, val) == (CN_IDX_PROC, CN_VAL_PROC) and name is not None:
-                events.append(_decode_event(name, ts, data, payload, offset + length, ack))
+            if (idx, val) == (CN_IDX_PROC, CN_VAL_PROC):
+                if name is not None:
+                    events.append(_decode_event(name, ts, data, payload, offset + length, ack, cseq, cpu))
+                else:  # uid, sid, comm, coredump, ... events: kept only for their sequence number
+                    events.append(ProcEvent(what="other", timestamp_ns=ts, seq=cseq, cpu=cpu))
         offset += (length + 3) & ~3
     return events
 
 
-def _decode_event(name: str, ts: int, data: bytes, payload: int, end: int, ack: int) -> ProcEvent:
+def _decode_event(name: str, ts: int, data: bytes, payload: int, end: int, ack: int, seq: int,
+                  cpu: int) -> ProcEvent:
     def need(size: int) -> None:
         if payload + size > end:
             raise ValueError(f"{name} event truncated")
@@ -132,18 +148,45 @@ def _decode_event(name: str, ts: int, data: bytes, payload: int, end: int, ack: 
     if name == "fork":
         need(_FOUR.size)
         ppid, ptgid, cpid, ctgid = _FOUR.unpack_from(data, payload)
-        return ProcEvent(what=name, timestamp_ns=ts, pid=cpid, tgid=ctgid, parent_pid=ppid, parent_tgid=ptgid)
+        return ProcEvent(what=name, timestamp_ns=ts, pid=cpid, tgid=ctgid, parent_pid=ppid, parent_tgid=ptgid,
+                         seq=seq, cpu=cpu)
     if name == "exec":
         need(8)
         pid, tgid = struct.unpack_from("=ii", data, payload)
-        return ProcEvent(what=name, timestamp_ns=ts, pid=pid, tgid=tgid)
+        return ProcEvent(what=name, timestamp_ns=ts, pid=pid, tgid=tgid, seq=seq, cpu=cpu)
     need(_EXIT.size)
     pid, tgid, code, _sig = _EXIT.unpack_from(data, payload)
     parent_pid = parent_tgid = 0
     if payload + _EXIT.size + 8 <= end:  # Linux 4.18+: the parent's pid and tgid follow
         parent_pid, parent_tgid = struct.unpack_from("=ii", data, payload + _EXIT.size)
     return ProcEvent(what=name, timestamp_ns=ts, pid=pid, tgid=tgid, exit_code=code,
-                     parent_pid=parent_pid, parent_tgid=parent_tgid)
+                     parent_pid=parent_pid, parent_tgid=parent_tgid, seq=seq, cpu=cpu)
+
+
+class SequenceGaps:
+    """Counts proc connector events lost, from gaps in each CPU's event sequence numbers.
+
+    The kernel numbers the events it sends on each CPU (`cn_msg.seq`, per-CPU, 32 bits); when
+    the socket's buffer overflows, recv fails once with ENOBUFS (one overrun, any number of
+    events) and the numbers skip. The first event seen on a CPU sets its baseline.
+    """
+
+    def __init__(self) -> None:
+        self._last: dict[int, int] = {}
+        self.lost = 0
+
+    def see(self, cpu: int, seq: int) -> int:
+        """Record one event; returns how many events of that CPU were lost just before it."""
+        last = self._last.get(cpu)
+        self._last[cpu] = seq
+        if last is None:
+            return 0
+        gap = (seq - last - 1) & 0xFFFFFFFF
+        if gap >= 1 << 31:  # older than the last one seen (or a repeat): nothing lost
+            self._last[cpu] = last
+            return 0
+        self.lost += gap
+        return gap
 
 
 def listen_message(op: int = PROC_CN_MCAST_LISTEN, ack: int = 0) -> bytes:
@@ -186,11 +229,16 @@ _XESCAPE = re.compile(r"\\x([0-9a-fA-F]{2})")
 
 
 def parse_coredump_name(name: str) -> CoredumpFile | None:
-    """Parse a systemd-coredump file name (fields escaped with \\xNN, read from the right)."""
+    """Parse a systemd-coredump file name (fields escaped with \\xNN, read from the right).
+
+    The comm is valid UTF-8: escaped or undecodable bytes that are not UTF-8 become U+FFFD.
+    """
     match = _COREDUMP_NAME.match(name)
     if match is None:
         return None
-    comm = _XESCAPE.sub(lambda m: chr(int(m.group(1), 16)), match["comm"])
+    raw = _XESCAPE.sub(lambda m: chr(0xDC00 + int(m.group(1), 16)) if int(m.group(1), 16) >= 0x80
+                       else chr(int(m.group(1), 16)), match["comm"])
+    comm = clean_label(raw)  # escaped bytes >= 0x80 are surrogate-escaped, then decoded as UTF-8
     return CoredumpFile(comm=comm, uid=int(match["uid"]), boot_id=match["boot"], pid=int(match["pid"]),
                         time=int(match["usec"]) / 1e6)
 
@@ -204,18 +252,28 @@ class ApportReport:
     signal: int | None
     pid: int | None
     time: float | None
+    uid: int | None = None  # the real uid of the crashed process (ProcStatus `Uid:`)
 
 
 _APPORT_NAME = re.compile(r"^(?P<subject>.+)\.(?P<uid>\d+)\.crash$")
 
 
 def apport_name_executable(name: str) -> str | None:
-    """Guess the executable basename from an apport file name (`_usr_bin_foo.1000.crash`)."""
+    """Guess the executable basename from an apport file name (`_usr_bin_foo.1000.crash`).
+
+    The name is valid UTF-8: undecodable bytes of the file name become U+FFFD.
+    """
     match = _APPORT_NAME.match(name)
     if match is None:
         return None
     subject = match["subject"]
-    return subject.rsplit("_", 1)[-1] or None
+    return clean_label(subject.rsplit("_", 1)[-1]) or None
+
+
+def apport_name_uid(name: str) -> int | None:
+    """The uid an apport file name claims (`_usr_bin_foo.1000.crash` -> 1000)."""
+    match = _APPORT_NAME.match(name)
+    return int(match["uid"]) if match is not None else None
 
 
 def parse_apport_headers(text: str) -> ApportReport:
@@ -238,10 +296,12 @@ def parse_apport_headers(text: str) -> ApportReport:
         current = key
         fields[key] = value
     signal_number = _int_or_none(fields.get("Signal"))
-    pid = None
+    pid = uid = None
     for status_line in fields.get("ProcStatus", "").splitlines():
         if status_line.startswith("Pid:"):
             pid = _int_or_none(status_line[4:])
+        elif status_line.startswith("Uid:"):
+            uid = _int_or_none((status_line[4:].split() or [""])[0])
     when = None
     if "Date" in fields:
         try:
@@ -249,7 +309,7 @@ def parse_apport_headers(text: str) -> ApportReport:
         except ValueError:
             when = None
     return ApportReport(problem_type=fields.get("ProblemType"), executable=fields.get("ExecutablePath"),
-                        signal=signal_number, pid=pid, time=when)
+                        signal=signal_number, pid=pid, time=when, uid=uid)
 
 
 def _int_or_none(text: str | None) -> int | None:
@@ -269,9 +329,40 @@ class KernelCrash:
     monotonic_seconds: float
 
 
-_SEGFAULT = re.compile(r"^(?P<comm>.+?)\[(?P<pid>\d+)\]: segfault at [0-9a-f]+ ip ")
-_TRAPS = re.compile(r"^traps: (?P<comm>.+?)\[(?P<pid>\d+)\] (?P<what>.+?) ip:[0-9a-f]+ sp:")
-_FATAL = re.compile(r"^(?P<comm>.+?)\[(?P<pid>\d+)\]: potentially unexpected fatal signal (?P<sig>\d+)\.")
+# Each pattern is anchored on the whole line and written twice: with the comm matched as
+# short as possible (from the left) and as long as possible (from the right). A comm (15
+# bytes, chosen by the program) or a mapping name (the file name after " in ") that holds
+# text shaped like the rest of the line makes the two readings differ: such a line is
+# ambiguous and never counted.
+_SEGFAULT_TAIL = r"\[(?P<pid>\d+)\]: segfault at [0-9a-f]+ ip [0-9a-f]+ sp [0-9a-f]+ error [0-9a-f]+(?: .*)?$"
+_TRAPS_TAIL = r"\[(?P<pid>\d+)\] (?P<what>[a-z][a-z0-9 ]*?) ip:[0-9a-f]+ sp:[0-9a-f]+ error:[0-9a-f]+(?: .*)?$"
+_FATAL_TAIL = r"\[(?P<pid>\d+)\]: potentially unexpected fatal signal (?P<sig>\d+)\.$"
+_KMSG_PATTERNS = tuple(
+    (kind, re.compile(prefix + "(?P<comm>.+?)" + tail), re.compile(prefix + "(?P<comm>.+)" + tail))
+    for kind, prefix, tail in (("segfault", "^", _SEGFAULT_TAIL), ("traps", "^traps: ", _TRAPS_TAIL),
+                               ("fatal", "^", _FATAL_TAIL)))
+MAX_KMSG_COMM = 16 * 4  # TASK_COMM_LEN bytes, each at most 4 characters once escaped (\xNN)
+_KMSG_ESCAPE = re.compile(r"\\x([0-9a-f]{2})")
+
+
+class AmbiguousLine(ValueError):
+    """A kernel crash line whose comm and pid can be read in more than one way."""
+
+
+def kmsg_escape(comm: bytes) -> str:
+    """A comm as /dev/kmsg prints it: control bytes, bytes >= 0x7f and backslash as \\xNN."""
+    return "".join(chr(b) if 0x20 <= b < 0x7F and b != 0x5C else f"\\x{b:02x}" for b in comm)
+
+
+def kmsg_unescape(text: str) -> str:
+    """The comm a /dev/kmsg record names, as valid UTF-8 (its \\xNN escapes decoded as bytes)."""
+    if "\\x" not in text:
+        return text
+    raw = _KMSG_ESCAPE.sub(lambda m: chr(0xDC00 + int(m.group(1), 16)) if int(m.group(1), 16) >= 0x80
+                           else chr(int(m.group(1), 16)), text)
+    return clean_label(raw)
+
+
 _TRAP_REASONS = (
     ("invalid opcode", "SIGILL"),
     ("int3", "SIGTRAP"),
@@ -285,7 +376,11 @@ _TRAP_REASONS = (
 
 
 def parse_kmsg_record(record: str) -> KernelCrash | None:
-    """Parse one /dev/kmsg record (`PRI,SEQ,USEC,FLAGS;message`); None when it is no crash line."""
+    """Parse one /dev/kmsg record (`PRI,SEQ,USEC,FLAGS;message`); None when it is no crash line.
+
+    `comm` is returned as the kernel log prints it (escaped); raises `AmbiguousLine` when the
+    comm and pid of a crash line can be read in more than one way (see `_KMSG_PATTERNS`).
+    """
     head, sep, rest = record.partition(";")
     if not sep:
         return None
@@ -297,16 +392,23 @@ def parse_kmsg_record(record: str) -> KernelCrash | None:
     except ValueError:
         return None
     message = rest.split("\n", 1)[0]
-    if match := _SEGFAULT.match(message):
-        reason = "SIGSEGV"
-    elif match := _TRAPS.match(message):
-        what = match["what"]
-        reason = next((r for key, r in _TRAP_REASONS if key in what), "other")
-    elif match := _FATAL.match(message):
-        reason = reason_of_signal(int(match["sig"]))
-    else:
-        return None
-    return KernelCrash(comm=match["comm"], pid=int(match["pid"]), reason=reason, monotonic_seconds=usec / 1e6)
+    for kind, shortest, longest in _KMSG_PATTERNS:
+        match = shortest.match(message)
+        if match is None:
+            continue
+        other = longest.match(message)
+        if other is None or other.span("comm") != match.span("comm") or len(match["comm"]) > MAX_KMSG_COMM:
+            raise AmbiguousLine(f"ambiguous kernel crash line: {message[:200]!r}")
+        if kind == "segfault":
+            reason = "SIGSEGV"
+        elif kind == "traps":
+            what = match["what"]
+            reason = next((r for key, r in _TRAP_REASONS if key in what), "other")
+        else:
+            reason = reason_of_signal(int(match["sig"]))
+        return KernelCrash(comm=match["comm"], pid=int(match["pid"]), reason=reason,
+                           monotonic_seconds=usec / 1e6)
+    return None
 
 
 # ----------------------------------------------------------------------------- readers
@@ -413,6 +515,37 @@ class ProcConnector:
         self.sock.close()
 
 
+@dataclass(frozen=True, slots=True)
+class _FileState:
+    mtime_ns: int
+    size: int
+    uid: int = 0
+
+
+def read_report_head(path: Path, limit: int) -> tuple[_FileState, str] | None:
+    """The first `limit` bytes of a regular report file (decoded with replacement) and its state.
+
+    Opened without following a symlink and without blocking (a FIFO put in the folder cannot
+    stall the watcher); anything but a regular file is an OSError.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        chunks: list[bytes] = []
+        left = limit
+        while left > 0:
+            chunk = os.read(fd, min(left, 65536))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+    finally:
+        os.close(fd)
+    return _FileState(st.st_mtime_ns, st.st_size, st.st_uid), b"".join(chunks).decode("utf-8", "replace")
+
+
 def open_kmsg(path: Path) -> int:
     """Open the kernel log for new records only (non-blocking, positioned at the end)."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -439,12 +572,6 @@ def read_kmsg(fd: int) -> Iterator[str]:
 
 
 # ----------------------------------------------------------------------------- the source
-
-
-@dataclass(frozen=True, slots=True)
-class _FileState:
-    mtime_ns: int
-    size: int
 
 
 class LinuxCrashSource:
@@ -482,6 +609,8 @@ class LinuxCrashSource:
         self.book = CrashBook(window_seconds=dedup_window_seconds, max_apps=max_apps)
         self.pids = PidApps()
         self.skipped = dict.fromkeys(SKIP_REASONS, 0)
+        self.overruns = 0  # ENOBUFS from the proc connector socket (each one loses one or more events)
+        self._gaps = SequenceGaps()
         self.handler = "unknown"
         self._status: dict[str, SourceStatus] = {}
         self._connector: ProcConnector | None = None
@@ -608,7 +737,7 @@ class LinuxCrashSource:
             st = entry.stat(follow_symlinks=False)
         except OSError:
             return None
-        return _FileState(st.st_mtime_ns, st.st_size)
+        return _FileState(st.st_mtime_ns, st.st_size, st.st_uid)
 
     # -- watcher thread
 
@@ -654,15 +783,19 @@ class LinuxCrashSource:
             except BlockingIOError:
                 return
             except OSError as err:
-                if err.errno == errno.ENOBUFS:
-                    self._skip("lost_events")
-                    log.warning("proc connector overrun: some process events were lost")
+                if err.errno == errno.ENOBUFS:  # an overrun; the sequence gaps say how many events
+                    self.overruns += 1
+                    log.warning("proc connector overrun: the kernel dropped process events (read too slowly)")
                     continue
                 raise
             except ValueError:
                 self._skip("malformed")
                 continue
             for event in events:
+                if event.what != "none":
+                    lost = self._gaps.see(event.cpu, event.seq)
+                    if lost:
+                        self._skip("lost_events", lost)
                 self._on_proc_event(event)
 
     def _resolve(self, pid: int) -> str | None:
@@ -713,21 +846,45 @@ class LinuxCrashSource:
         self._name_budget -= 1.0
         return True
 
-    def _comm(self, pid: int) -> str:
+    def _comm_bytes(self, pid: int) -> bytes | None:
+        """The raw comm of a task (a thread id works too), None when it is gone or unreadable."""
         try:
-            return (self.procfs / str(pid) / "comm").read_text().strip() or UNKNOWN_APP
+            fd = os.open(self.procfs / str(pid) / "comm", os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         except OSError:
-            return UNKNOWN_APP
+            return None
+        try:
+            return os.read(fd, 64).rstrip(b"\n")
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+
+    def _comm(self, pid: int) -> str:
+        raw = self._comm_bytes(pid)
+        return raw.decode("utf-8", "replace") if raw else UNKNOWN_APP
 
     def _on_kmsg(self, record: str) -> None:
-        crash = parse_kmsg_record(record)
+        try:
+            crash = parse_kmsg_record(record)
+        except AmbiguousLine as err:
+            self._skip("ambiguous")
+            log.info("kernel log crash line not counted: %s", err)
+            return
         if crash is None:
             return
+        # the kernel names the faulting thread: while it still exists, its comm must be the one
+        # the line shows, or the line is not about the process that now has this pid
+        live_comm = self._comm_bytes(crash.pid)
+        if live_comm is not None and kmsg_escape(live_comm) != crash.comm:
+            self._skip("comm_mismatch")
+            log.info("kernel log crash line not counted: pid %d is %r now, the line says %r",
+                     crash.pid, live_comm, crash.comm)
+            return
         pid = self.pids.tgid(crash.pid)
-        app = self.pids.app(pid) or crash.comm
+        app = self.pids.app(pid) or kmsg_unescape(crash.comm)
         when = self.clock() - max(0.0, self.monotonic() - crash.monotonic_seconds)
         self._record(CrashEvent(source="kernel_log", time=when, reason=crash.reason, app=app, pid=pid,
-                                comm=crash.comm))
+                                comm=kmsg_unescape(crash.comm)))
 
     def _rescan(self) -> None:
         """Learn the app of every live pid (at start, and periodically without the connector).
@@ -755,8 +912,8 @@ class LinuxCrashSource:
 
     def _poll_folders(self) -> None:
         if self._status.get("systemd_coredump", SourceStatus("", False)).active:
-            for path, _state in self._new_files([self.coredump_dir]):
-                self._on_coredump(path)
+            for path, state in self._new_files([self.coredump_dir]):
+                self._on_coredump(path, state)
         if self._status.get("apport", SourceStatus("", False)).active:
             for path, state in self._new_files(self.report_dirs, suffix=".crash"):
                 self._on_apport(path, state)
@@ -787,11 +944,26 @@ class LinuxCrashSource:
                     found.append((path, state))
         return found
 
-    def _on_coredump(self, path: Path) -> None:
+    def _trusted_owner(self, path: Path, owner: int, process_uid: int | None) -> bool:
+        """A report counts only when root or the user its process ran as owns the file.
+
+        Report folders such as /var/crash are world-writable: anyone can drop a file there
+        whose name or content claims a crash of another user's program.
+        """
+        if owner == 0 or (process_uid is not None and owner == process_uid):
+            return True
+        self._skip("untrusted_owner")
+        log.info("crash report %r not counted: owned by uid %d, its process ran as uid %s",
+                 str(path), owner, process_uid)
+        return False
+
+    def _on_coredump(self, path: Path, state: _FileState) -> None:
         parsed = parse_coredump_name(path.name)
         if parsed is None:
             if not path.name.startswith(".#"):  # systemd writes a hidden temporary file first
                 self._skip("malformed")
+            return
+        if not self._trusted_owner(path, state.uid, parsed.uid):
             return
         app = self.pids.app(parsed.pid) or parsed.comm
         self._record(CrashEvent(source="systemd_coredump", time=parsed.time, reason="other", app=app,
@@ -802,16 +974,25 @@ class LinuxCrashSource:
         if guess is None:
             self._skip("malformed")
             return
+        name_uid = apport_name_uid(path.name)
+        if not self._trusted_owner(path, state.uid, name_uid):
+            return
         report: ApportReport | None = None
         try:
-            with open(path, "rb") as handle:
-                head = handle.read(MAX_REPORT_BYTES).decode("utf-8", "replace")
-            report = parse_apport_headers(head)
+            head = read_report_head(path, MAX_REPORT_BYTES)
         except PermissionError:
-            report = None  # names are world-visible, contents are not
+            head = None  # names are world-visible, contents are not
         except OSError:
             self._skip("unreadable")
             return
+        if head is not None:
+            opened, text = head
+            report = parse_apport_headers(text)
+            # the file may have been replaced since it was listed, and a user's own file must
+            # not claim, in its content, a process of another user
+            claimed = name_uid if report.uid is None or report.uid == name_uid else None
+            if not self._trusted_owner(path, opened.uid, claimed):
+                return
         if report is not None and report.problem_type not in (None, "Crash"):
             return
         executable = report.executable if report and report.executable else None
@@ -828,9 +1009,9 @@ class LinuxCrashSource:
         log.log(logging.INFO if counted else logging.DEBUG, "crash %s: app=%s pid=%s reason=%s (%s)",
                 "counted" if counted else "duplicate", event.app, event.pid, event.reason, event.source)
 
-    def _skip(self, reason: str) -> None:
+    def _skip(self, reason: str, count: int = 1) -> None:
         with self._lock:
-            self.skipped[reason] = self.skipped.get(reason, 0) + 1
+            self.skipped[reason] = self.skipped.get(reason, 0) + count
 
     # -- reporting
 
