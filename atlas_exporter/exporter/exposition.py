@@ -66,4 +66,6 @@ class TextRenderer:
             if late:
                 append(f"# HELP {created} {doc}\n# TYPE {created} gauge\n")
                 out.extend(late)
-        return "".join(out).encode("utf-8")
+        # label values are made valid UTF-8 where they enter; should one slip through, it costs a
+        # replacement character, not the whole scrape
+        return "".join(out).encode("utf-8", "replace")

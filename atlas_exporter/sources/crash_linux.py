@@ -388,8 +388,11 @@ def parse_kmsg_record(record: str) -> KernelCrash | None:
     if len(parts) < 3:
         return None
     try:
+        priority = int(parts[0])
         usec = int(parts[2])
     except ValueError:
+        return None
+    if priority >> 3 != 0:  # not the kernel's facility: written by a process into /dev/kmsg
         return None
     message = rest.split("\n", 1)[0]
     for kind, shortest, longest in _KMSG_PATTERNS:

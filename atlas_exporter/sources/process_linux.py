@@ -28,7 +28,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from atlas_exporter.model import ProcessId, ProcessScan, ProcIdentity, ProcSample, ReadErrors, SourceStatus
+from atlas_exporter.model import (
+    ProcessId,
+    ProcessScan,
+    ProcIdentity,
+    ProcSample,
+    ReadErrors,
+    SourceStatus,
+    clean_label,
+)
 
 log = logging.getLogger(__name__)
 
@@ -356,9 +364,10 @@ class LinuxProcessSource:
             return None
         ident = ProcIdentity(comm=st.comm)
         try:
-            ident.exe = os.readlink(f"{base}/exe")
-            if ident.exe.endswith(" (deleted)"):
-                ident.exe = ident.exe[: -len(" (deleted)")]
+            exe = os.readlink(f"{base}/exe")
+            if exe.endswith(" (deleted)"):
+                exe = exe[: -len(" (deleted)")]
+            ident.exe = clean_label(exe)  # a path of any bytes: undecodable ones become U+FFFD
         except OSError:
             pass
         try:
@@ -382,7 +391,7 @@ class LinuxProcessSource:
         name = self._users.get(uid)
         if name is None:
             try:
-                name = pwd.getpwuid(uid).pw_name
+                name = clean_label(pwd.getpwuid(uid).pw_name)
             except KeyError:
                 name = str(uid)
             self._users[uid] = name
