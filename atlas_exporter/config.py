@@ -1,15 +1,20 @@
 """The YAML configuration: typed options with strict validation.
 
 Every key is optional. A problem is reported as `ConfigError("FILE: key.path: reason")`;
-every problem in the file is listed, one per line.
+every problem in the file is listed, one per line. Every number must be finite and within
+a sane range (intervals from 0.1 s to a day); files must be regular files under a size cap
+(`read_regular_file`), and YAML nesting is limited to `MAX_YAML_DEPTH` levels.
 """
 
 from __future__ import annotations
 
+import errno
+import functools
+import math
 import os
 import re
+import stat
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 
@@ -17,6 +22,10 @@ class ConfigError(Exception):
     """A configuration file that cannot be used; the message names file, key and reason."""
 
 
+MAX_CONFIG_BYTES = 1024 * 1024  # a configuration or web configuration file
+MAX_YAML_DEPTH = 64  # nested mappings and lists
+MIN_INTERVAL_SECONDS = 0.1  # anything shorter would spin a watcher thread
+MAX_SECONDS = 86400.0 * 366  # intervals, thresholds, timeouts and retention: at most about a year
 DEFAULT_CSV_PATH = "~/.atlas_agent/data/app_resources.csv"
 DEFAULT_CSV_MAX_BYTES = 10 * 1024 * 1024
 MATCH_FIELDS = ("comm", "exe", "cmdline", "user", "cgroup")
@@ -111,7 +120,8 @@ class _Checker:
         return out
 
     def number(self, raw: dict[str, Any], key: str, path: str, default: float, *,
-               minimum: float = 0.0, integer: bool = False, exclusive: bool = True) -> Any:
+               minimum: float = 0.0, integer: bool = False, exclusive: bool = True,
+               maximum: float = MAX_SECONDS) -> Any:
         if key not in raw:
             return default
         value = raw[key]
@@ -119,10 +129,20 @@ class _Checker:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
             self.fail(where, f"must be {'an integer' if integer else 'a number'}, got {_kind(value)}")
             return default
+        if not math.isfinite(value):
+            self.fail(where, f"must be a finite number, got {value}")
+            return default
         if value < minimum or (exclusive and value == minimum):
-            self.fail(where, f"must be {'greater than' if exclusive else 'at least'} {minimum:g}, got {value}")
+            self.fail(where, f"must be {'greater than' if exclusive else 'at least'} {minimum:g}, got {value:g}")
+            return default
+        if value > maximum:
+            self.fail(where, f"must be at most {maximum:g}, got {value:g}")
             return default
         return value
+
+    def interval(self, raw: dict[str, Any], key: str, path: str, default: float) -> Any:
+        """A period a thread waits between passes, or a timeout: from 0.1 s to about a year."""
+        return self.number(raw, key, path, default, minimum=MIN_INTERVAL_SECONDS, exclusive=False)
 
     def boolean(self, raw: dict[str, Any], key: str, path: str, default: bool) -> bool:
         if key not in raw:
@@ -231,8 +251,8 @@ def parse_config(raw: Any, source: str = "<config>") -> Config:
                     rules.append(rule)
     hang_raw = check.mapping(top.get("hang"), "hang", {"threshold_seconds", "check_interval_seconds"})
     hang = HangOptions(
-        threshold_seconds=check.number(hang_raw, "threshold_seconds", "hang", 30.0),
-        check_interval_seconds=check.number(hang_raw, "check_interval_seconds", "hang", 5.0),
+        threshold_seconds=check.interval(hang_raw, "threshold_seconds", "hang", 30.0),
+        check_interval_seconds=check.interval(hang_raw, "check_interval_seconds", "hang", 5.0),
     )
     crash_raw = check.mapping(top.get("crash"), "crash", {"report_dirs", "state_file"})
     crash = CrashOptions(
@@ -242,24 +262,26 @@ def parse_config(raw: Any, source: str = "<config>") -> Config:
     net_raw = check.mapping(top.get("network"), "network",
                             {"sample_interval_seconds", "all_namespaces", "nettop_timeout_seconds"})
     network = NetworkOptions(
-        sample_interval_seconds=check.number(net_raw, "sample_interval_seconds", "network", 1.0),
+        sample_interval_seconds=check.interval(net_raw, "sample_interval_seconds", "network", 1.0),
         all_namespaces=check.boolean(net_raw, "all_namespaces", "network", False),
-        nettop_timeout_seconds=check.number(net_raw, "nettop_timeout_seconds", "network", 5.0),
+        nettop_timeout_seconds=check.interval(net_raw, "nettop_timeout_seconds", "network", 5.0),
     )
     csv_raw = check.mapping(top.get("csv"), "csv",
                             {"enabled", "path", "interval_seconds", "top", "max_bytes", "backup_count"})
     csv = CsvOptions(
         enabled=check.boolean(csv_raw, "enabled", "csv", False),
         path=check.string(csv_raw, "path", "csv", DEFAULT_CSV_PATH),
-        interval_seconds=check.number(csv_raw, "interval_seconds", "csv", 60.0),
-        top=check.number(csv_raw, "top", "csv", 20, minimum=1, integer=True, exclusive=False),
+        interval_seconds=check.interval(csv_raw, "interval_seconds", "csv", 60.0),
+        top=check.number(csv_raw, "top", "csv", 20, minimum=1, integer=True, exclusive=False, maximum=100_000),
         max_bytes=check.number(csv_raw, "max_bytes", "csv", DEFAULT_CSV_MAX_BYTES, minimum=1024,
-                               integer=True, exclusive=False),
-        backup_count=check.number(csv_raw, "backup_count", "csv", 5, integer=True, exclusive=False),
+                               integer=True, exclusive=False, maximum=1 << 40),
+        backup_count=check.number(csv_raw, "backup_count", "csv", 5, integer=True, exclusive=False,
+                                  maximum=1000),
     )
     config = Config(
         apps=tuple(rules),
-        max_apps=check.number(top, "max_apps", "", 500, minimum=1, integer=True, exclusive=False),
+        max_apps=check.number(top, "max_apps", "", 500, minimum=1, integer=True, exclusive=False,
+                              maximum=1_000_000),
         retention_seconds=check.number(top, "retention_seconds", "", 3600.0, exclusive=False),
         snapshot_max_age_seconds=check.number(top, "snapshot_max_age_seconds", "", 1.0, exclusive=False),
         hang=hang,
@@ -273,26 +295,86 @@ def parse_config(raw: Any, source: str = "<config>") -> Config:
     return config
 
 
+def read_regular_file(path: str | os.PathLike[str], limit: int) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes.
+
+    Opened without blocking, so a FIFO or a device (`/dev/zero`) is refused at once instead
+    of hanging or filling memory; raises OSError with a reason that fits on one line.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, "is a directory, not a file")
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a device" if (
+                stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)) else "a socket" if stat.S_ISSOCK(
+                st.st_mode) else "not a regular file"
+            raise OSError(errno.EINVAL, f"is {kind}, not a regular file" if kind.startswith("a ") else kind)
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            chunk = os.read(fd, min(65536, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                raise OSError(errno.EFBIG, f"larger than {limit} bytes")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+@functools.cache
+def _depth_limited_loader() -> type:
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        """The safe loader, with a bound on how deep mappings and lists may nest."""
+
+        _depth = 0
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            self._depth += 1
+            try:
+                if self._depth > MAX_YAML_DEPTH:
+                    raise yaml.composer.ComposerError(
+                        None, None, f"nested deeper than {MAX_YAML_DEPTH} levels", self.peek_event().start_mark)
+                return super().compose_node(parent, index)
+            finally:
+                self._depth -= 1
+
+    # YAML 1.2 (and Prometheus's own config files) read 1e-9 as a number; YAML 1.1 as a string
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"),
+                                 list("-+0123456789"))
+    return Loader
+
+
 def read_yaml_file(path: str | os.PathLike[str], error: type[Exception]) -> Any:
     """Parse a YAML file; every failure is an `error` whose one-line message names the file."""
     name = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = read_regular_file(path, MAX_CONFIG_BYTES).decode("utf-8")
     except FileNotFoundError:
         raise error(f"{name}: file not found") from None
     except IsADirectoryError:
         raise error(f"{name}: is a directory, not a file") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise error(f"{name}: cannot read: {getattr(err, 'strerror', None) or err}") from None
+    except UnicodeDecodeError as err:
+        raise error(f"{name}: cannot read: not UTF-8 text (byte {err.start})") from None
+    except OSError as err:
+        raise error(f"{name}: cannot read: {err.strerror or err}") from None
     import yaml  # only when a file is given: the exporter with defaults never pays for it
 
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_depth_limited_loader())  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "YAML"
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise error(f"{name}: {where}: YAML syntax error: {problem}") from None
+    except RecursionError:
+        raise error(f"{name}: YAML syntax error: nested too deeply") from None
 
 
 def load_config(path: str | os.PathLike[str] | None) -> Config:

@@ -27,7 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from atlas_exporter.config import read_yaml_file
+from atlas_exporter.config import read_regular_file, read_yaml_file
+
+MAX_TLS_FILE_BYTES = 4 * 1024 * 1024  # certificate chains and CA bundles
 
 
 class WebConfigError(Exception):
@@ -314,9 +316,9 @@ def build_ssl_context(tls: TlsConfig, source: str = "<web config>") -> ssl.SSLCo
 
 
 def _readable(name: str, source: str, key: str) -> None:
+    """A certificate, key or CA file must be a readable regular file of at most `MAX_TLS_FILE_BYTES`."""
     try:
-        with open(name, "rb"):
-            pass
+        read_regular_file(name, MAX_TLS_FILE_BYTES)  # a FIFO or a device is refused, never waited on
     except OSError as err:
         raise WebConfigError(f"{source}: {key}: cannot read {name}: {err.strerror or err}") from None
 

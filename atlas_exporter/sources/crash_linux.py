@@ -1024,6 +1024,9 @@ class LinuxCrashSource:
         return [self._status[name] for name in SOURCE_NAMES]
 
     def collect(self, snapshot: Snapshot) -> Iterable[Metric]:
+        thread = self._thread
+        if thread is not None and not thread.is_alive() and not self._stop.is_set():
+            raise RuntimeError("the crash watcher thread has ended: crashes are no longer counted")
         with self._lock:
             skipped = dict(self.skipped)
         return crash_metric_families(self.book, self.statuses(), skipped)

@@ -248,6 +248,9 @@ class LinuxHangSource:
     def collect(self, snapshot: Snapshot) -> Iterable[Metric]:
         if not self._status.active:
             return []
+        thread = self._thread
+        if thread is not None and not thread.is_alive() and not self._stop.is_set():
+            raise RuntimeError("the hang watcher thread has ended: hangs are no longer detected")
         with self._lock:
             hung = dict(self._hung_by_app)
         totals = self.book.hangs()

@@ -854,6 +854,9 @@ class LinuxNetworkSource:
     def collect(self, snapshot: Snapshot) -> Iterator[Metric]:
         if not self._opened:  # sock_diag never worked: nothing was measured, so no series
             return
+        sampler = self._threads[0] if self._threads else None
+        if sampler is not None and not sampler.is_alive() and not self._stop.is_set():
+            raise RuntimeError("the network sampler thread has ended: byte totals are no longer updated")
         totals = self.app_totals()
         unattributed = self.unattributed()
         yield from byte_families(APP_METRICS, UNATTRIBUTED_METRICS, totals, unattributed)
