@@ -157,25 +157,69 @@ def run(args: argparse.Namespace) -> int:
         exporter.stop()
 
 
+def _file_digest(path: str | None) -> bytes | None:
+    if path is None:
+        return None
+    import hashlib
+
+    try:
+        with open(path, "rb") as handle:
+            return hashlib.sha256(handle.read(16 << 20)).digest()
+    except OSError:
+        return None
+
+
+def reload_on_hangup(args: argparse.Namespace, server: object, config_digest: bytes | None) -> None:
+    """SIGHUP: reread --web.config.file (certificates, users, headers) and use it for new requests;
+    report whether --config.file changed, since that one is applied at a restart. Never fatal."""
+    from atlas_exporter.exporter.server import RunningServer
+    from atlas_exporter.exporter.webconfig import WebConfigError, load_web_config
+
+    assert isinstance(server, RunningServer)
+    if args.web_config:
+        try:
+            server.reload(load_web_config(args.web_config))
+        except WebConfigError as err:
+            log.error("SIGHUP: keeping the previous web config: %s", err)
+        else:
+            log.info("SIGHUP: reloaded the web config file %s", args.web_config)
+    else:
+        log.info("SIGHUP: no --web.config.file to reload")
+    if args.config_file and _file_digest(args.config_file) != config_digest:
+        try:
+            load_config(args.config_file)
+        except ConfigError as err:
+            log.warning("SIGHUP: %s changed and is not valid: %s", args.config_file, err)
+        else:
+            log.warning("SIGHUP: %s changed; restart the exporter to apply it (only the web config is "
+                        "reloaded)", args.config_file)
+
+
 def serve(args: argparse.Namespace, exporter: object, web_config: object) -> int:
     from atlas_exporter.exporter.runtime import Exporter
-    from atlas_exporter.exporter.server import ServerError, start_server
+    from atlas_exporter.exporter.server import ServerError, raise_open_files_limit, start_server
     from atlas_exporter.exporter.webconfig import WebConfigError
 
     assert isinstance(exporter, Exporter)
+    config_digest = _file_digest(args.config_file)
+    before, after = raise_open_files_limit()
+    if after != before:
+        log.debug("raised the open files limit (RLIMIT_NOFILE) from %d to %d", before, after)
     try:
         server = start_server(args.listen_address, args.telemetry_path, exporter.render_metrics,
                               exporter.render_status, web_config)  # type: ignore[arg-type]
     except (ServerError, WebConfigError) as err:
         return _fail(str(err))
-    stop = threading.Event()
+    wake = threading.Event()
+    pending: list[int] = []
 
     def on_signal(signum: int, _frame: object) -> None:
-        log.info("received %s, shutting down", signal.Signals(signum).name)
-        stop.set()
+        pending.append(signum)
+        wake.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
     host, port = server.address[:2]
     scheme = "https" if web_config is not None and getattr(web_config, "tls", None) else "http"
     log.info("atlas-exporter %s listening on %s://%s:%s%s (collectors: %s)", __version__, scheme,
@@ -183,8 +227,19 @@ def serve(args: argparse.Namespace, exporter: object, web_config: object) -> int
              ", ".join(s.name for s in exporter.sources) or "none")
     thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
     thread.start()
-    while not stop.wait(1.0):
+    while True:
+        wake.wait(1.0)
+        wake.clear()
+        while pending:
+            signum = pending.pop(0)
+            if signum == signal.SIGHUP:
+                try:
+                    reload_on_hangup(args, server, config_digest)
+                except Exception as err:  # a reload never takes the exporter down
+                    log.error("SIGHUP: reload failed: %s", err)
+                continue
+            log.info("received %s, shutting down", signal.Signals(signum).name)
+            server.shutdown()
+            return 0
         if not thread.is_alive():
             return _fail("HTTP server stopped unexpectedly")
-    server.shutdown()
-    return 0

@@ -94,6 +94,10 @@ BAD_INPUT = {
     "misspelled web config key": ({"web": "tls_server_config:\n  certfile: a.crt\n"},
                                   ["--web.config.file", "{web}"],
                                   "tls_server_config.certfile: unknown key (did you mean 'cert_file'?)"),
+    "web config header outside Latin-1": ({"web": "http_server_config:\n  headers:\n"
+                                                  "    Content-Security-Policy: default-src \u2018self\u2019\n"},
+                                          ["--check-config", "--web.config.file", "{web}"],
+                                          "http_server_config.headers.Content-Security-Policy: character"),
     "unknown flag": ({}, ["--web.listen-adress", "127.0.0.1:0"], "unrecognized arguments: --web.listen-adress"),
     "bad flag value": ({}, ["--log.level", "loud"], "--log.level"),
     "listen address without port": ({}, ["--web.listen-address", "localhost"], "missing port in address"),

@@ -216,21 +216,39 @@ def test_slow_client_is_cut_off_and_does_not_block_others(monkeypatch):
             assert time.monotonic() - started < 15
 
 
-def test_connections_beyond_the_cap_are_closed(monkeypatch):
-    monkeypatch.setattr(server_module, "MAX_CONNECTIONS", 2)
+def _closed_by_server(sock: socket.socket, wait: float) -> bool:
+    sock.settimeout(wait)
+    try:
+        return sock.recv(1024) == b""
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def test_at_the_cap_the_oldest_idle_connection_makes_room():
     with serving() as srv:
+        srv.cap = 3
         port = srv.address[1]
-        idle = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(2)]
+        idle = []
         try:
-            assert _poll(lambda: srv._httpd.slots._value == 0)
-            with socket.create_connection(("127.0.0.1", port), timeout=30) as third:
-                assert third.recv(1024) == b""
-            assert srv.rejected_connections == 1
+            for count in (1, 2, 3):
+                idle.append(socket.create_connection(("127.0.0.1", port), timeout=30))
+                assert _poll(lambda count=count: srv.open_connections == count)
+            newest = socket.create_connection(("127.0.0.1", port), timeout=30)
+            idle.append(newest)
+            assert _closed_by_server(idle[0], 10)  # the oldest idle one was closed, not the new one
+            assert not _closed_by_server(idle[1], 0.3)
+            assert request(port)[0] == 200  # and a scrape at the cap closes the next oldest
+            assert _closed_by_server(idle[1], 10)
+            assert srv.evicted_connections == 2 and srv.rejected_connections == 0
+            newest.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            newest.settimeout(10)
+            assert newest.recv(65536).startswith(b"HTTP/1.1 200 ")
         finally:
             for sock in idle:
                 sock.close()
-        assert _poll(lambda: srv._httpd.slots._value == 2)
-        assert request(port)[0] == 200
+        assert _poll(lambda: srv.open_connections == 0)
 
 
 def test_requests_are_logged_at_debug_level_not_on_stderr(caplog, capfd):

@@ -7,26 +7,42 @@ returns a `RunningServer`; nothing is served until `serve_forever()`. Answers:
     GET /          200, the HTML page from render_status()
     GET /other     404            POST /metrics   405 (Allow: GET, HEAD)
     no or wrong basic auth credentials   401 (WWW-Authenticate: Basic realm="atlas-exporter")
+    too many password checks waiting     429 (Retry-After: 1)
     render_metrics() raises              500, one-line body, one log line; the server keeps serving
 
 Bind problems raise `ServerError("listen tcp 127.0.0.1:9858: address already in use")`.
-Each connection gets its own daemon thread (at most `MAX_CONNECTIONS` at once), a deadline for
-its TLS handshake and request head, and limits on request line and header sizes. Requests are
-logged through `logging` at debug level.
+
+One asyncio event loop (in the thread that calls `serve_forever()`) holds every connection, so
+thousands of idle, slow or half-open connections cost memory, not threads. TLS handshakes and reads
+are driven on non-blocking sockets by the loop. Deadlines cover a whole phase, never a single read: the
+TLS handshake, the first request on a new connection, each request head once its first byte arrived,
+the idle wait of a kept-alive connection, and sending each response. At most `connection_cap()`
+connections are held; at the cap the connection idle for longest is closed to make room. When accept
+fails for lack of file descriptors, the oldest idle connection is closed or accepting pauses (backing
+off to 1 s), and the failure is counted and logged. Rendering, gzip and bcrypt run in worker threads,
+never on the loop. A request body is read and discarded (or the connection is closed after the answer),
+so every request gets exactly one answer. Requests are logged through `logging` at debug level.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import errno
 import gzip
+import ipaddress
 import logging
+import os
+import queue
+import re
+import resource
 import socket
-import socketserver
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from email.utils import formatdate
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -37,11 +53,26 @@ log = logging.getLogger(__name__)
 REALM = "atlas-exporter"
 MAX_REQUEST_LINE = 8192  # bytes, as in most HTTP servers
 MAX_HEADER_BYTES = 16384  # all header lines of one request together
-MAX_CONNECTIONS = 256  # connections served at once; more are closed at accept
-HEAD_TIMEOUT = 10.0  # seconds for a TLS handshake, or for a request head once its first byte arrived
+MAX_DISCARDED_BODY = 65536  # a request body up to this size is read and dropped; a larger one closes
+MAX_CONNECTIONS = 8192  # connections held at once (fewer when RLIMIT_NOFILE is low); see connection_cap()
+FD_RESERVE = 64  # descriptors left below RLIMIT_NOFILE for the collectors
+HEAD_TIMEOUT = 10.0  # seconds for a TLS handshake, for the first request, and for a request head
 IDLE_TIMEOUT = 60.0  # seconds a kept-alive connection may wait for its next request
 WRITE_TIMEOUT = 30.0  # seconds to send one response
+LINGER_SECONDS = 1.0  # after a final answer, unread input is drained this long before closing
+BACKLOG = 1024
+RENDER_THREADS = 4
+ACCEPT_BACKOFF = (0.05, 1.0)  # seconds: first and longest pause of accept() after EMFILE/ENFILE
 GZIP_LEVEL = 6
+_ACCEPT_BATCH = 64
+_OUT_OF_FDS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
+_TOKEN = re.compile(rb"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_VERSION = re.compile(rb"^HTTP/(\d)\.(\d)$")
+_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
+            413: "Content Too Large", 414: "URI Too Long", 429: "Too Many Requests", 431:
+            "Request Header Fields Too Large", 500: "Internal Server Error", 501: "Not Implemented",
+            505: "HTTP Version Not Supported"}
 
 RenderMetrics = Callable[[], tuple[bytes, str]]
 RenderStatus = Callable[[], str]
@@ -112,237 +143,245 @@ def _bind_reason(err: OSError) -> str:
     return reasons.get(err.errno or 0, (err.strerror or str(err)).lower())
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    request_queue_size = 128
-    allow_reuse_address = True
-
-    def __init__(self, family: socket.AddressFamily, sockaddr: tuple[Any, ...], dual_stack: bool,
-                 handler: type[BaseHTTPRequestHandler]) -> None:
-        self.address_family = family
-        self.dual_stack = dual_stack
-        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
-        self.rejected_connections = 0
-        self.ssl_context: ssl.SSLContext | None = None
-        self.allowed_sans: tuple[str, ...] = ()
-        super().__init__(sockaddr, handler, bind_and_activate=False)
-
-    def server_bind(self) -> None:
-        if self.address_family == socket.AF_INET6:
-            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if self.dual_stack else 1)
-        # HTTPServer.server_bind also looks up the host's FQDN, which can block on DNS; skip it.
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[0], self.server_address[1]
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self.slots.acquire(blocking=False):
-            self.rejected_connections += 1
-            log.debug("closing connection from %s: %d connections already open", client_address, MAX_CONNECTIONS)
-            self.shutdown_request(request)
-            return
+def raise_open_files_limit() -> tuple[int, int]:
+    """Raise the soft RLIMIT_NOFILE to the hard limit, as Go programs do at start; (old, new) soft limits."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard
+    if sys.platform == "darwin" and (hard == resource.RLIM_INFINITY or hard > 10240):
+        target = 10240  # OPEN_MAX: macOS refuses more for setrlimit
+    elif hard == resource.RLIM_INFINITY:
+        target = 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < target:
         try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self.slots.release()
-            self.shutdown_request(request)
-            raise
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self.slots.release()
-
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        if self.ssl_context is None:
-            request.settimeout(HEAD_TIMEOUT)
-            super().finish_request(request, client_address)
-            return
-        request.settimeout(HEAD_TIMEOUT)
-        try:
-            tls = self.ssl_context.wrap_socket(request, server_side=True)
-        except (ssl.SSLError, OSError) as err:
-            log.debug("TLS handshake with %s failed: %s", client_address, err)
-            return
-        try:
-            if self.allowed_sans and not peer_san_allowed(tls.getpeercert(), self.allowed_sans):
-                log.debug("closing TLS connection from %s: no client certificate SAN in client_allowed_sans",
-                          client_address)
-                return
-            super().finish_request(tls, client_address)
-        finally:
-            try:
-                tls.close()
-            except OSError:
-                pass
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        log.debug("error while serving %s", client_address, exc_info=True)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as err:
+            log.debug("could not raise the open files limit from %d to %d: %s", soft, target, err)
+            return soft, soft
+        return soft, target
+    return soft, soft
 
 
-class _HeadReader:
-    """Wraps a buffered `rfile`: `readline` stops at a byte budget and at a deadline."""
+def connection_cap() -> int:
+    """How many connections the server holds at once: MAX_CONNECTIONS, fewer under a low RLIMIT_NOFILE."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS
+    return max(4, min(MAX_CONNECTIONS, soft - min(FD_RESERVE, soft // 2)))
 
-    def __init__(self, rfile: Any, sock: socket.socket, budget: int, deadline: float) -> None:
-        self._rfile = rfile
-        self._sock = sock
-        self._budget = budget
-        self._deadline = deadline
-        self.exceeded = False
 
-    def readline(self, size: int = -1) -> bytes:
-        line = bytearray()
+def client_key(peer: Any) -> str:
+    """Who a connection comes from, for fair queueing: the IPv4 address, or the /64 of an IPv6 one."""
+    host = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
+class WorkerPool(concurrent.futures.Executor):
+    """A fixed set of daemon threads: unlike ThreadPoolExecutor, a stuck job never holds up exit."""
+
+    def __init__(self, workers: int, name: str) -> None:
+        self._jobs: queue.SimpleQueue[tuple[concurrent.futures.Future[Any], Callable[..., Any], tuple[Any, ...]]] = \
+            queue.SimpleQueue()
+        self._workers = workers
+        self._name = name
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        call = (lambda: fn(*args, **kwargs)) if kwargs else fn
+        self._jobs.put((future, call, () if kwargs else args))
+        if len(self._threads) < self._workers:
+            with self._lock:
+                if len(self._threads) < self._workers:
+                    thread = threading.Thread(target=self._run, name=f"{self._name}-{len(self._threads)}",
+                                              daemon=True)
+                    self._threads.append(thread)
+                    thread.start()
+        return future
+
+    def _run(self) -> None:
         while True:
-            if self._budget <= 0:
-                self.exceeded = True
-                return b""
-            remaining = self._deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError("request head not received in time")
-            self._sock.settimeout(remaining)
-            chunk = self._rfile.peek(1)
-            if not chunk:
-                return bytes(line)
-            limit = min(len(chunk), self._budget)
-            if size >= 0:
-                limit = min(limit, size - len(line))
-            end = chunk.find(b"\n", 0, limit)
-            take = end + 1 if end >= 0 else limit
-            data = self._rfile.read(take)
-            self._budget -= len(data)
-            line += data
-            if end >= 0 or (size >= 0 and len(line) >= size):
-                return bytes(line)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    wbufsize = 65536  # the head and a small body leave in one write
-    disable_nagle_algorithm = True
-    server_version = "atlas-exporter"
-    sys_version = ""
-    # Set per server by start_server.
-    telemetry_path = "/metrics"
-    render_metrics: RenderMetrics
-    render_status: RenderStatus
-    extra_headers: tuple[tuple[str, str], ...] = ()
-    auth: BasicAuth | None = None
-
-    def setup(self) -> None:
-        super().setup()
-        self._first = True
-
-    def handle_one_request(self) -> None:
-        sock = self.connection
-        try:
-            # Wait for the first byte of the next request (longer on a kept-alive connection).
-            sock.settimeout(HEAD_TIMEOUT if self._first else IDLE_TIMEOUT)
-            if not self.rfile.peek(1):
-                self.close_connection = True
-                return
-            self._first = False
-            deadline = time.monotonic() + HEAD_TIMEOUT
-            line_reader = _HeadReader(self.rfile, sock, MAX_REQUEST_LINE + 1, deadline)
-            self.raw_requestline = line_reader.readline(MAX_REQUEST_LINE + 1)
-            if len(self.raw_requestline) > MAX_REQUEST_LINE or line_reader.exceeded:
-                self.requestline, self.request_version, self.command = "", "", ""
-                self.close_connection = True
-                self._send_text(414, "Request line too long.\n")
-                return
-            real = self.rfile
-            head = _HeadReader(real, sock, MAX_HEADER_BYTES, deadline)
-            self.rfile = head
+            future, call, args = self._jobs.get()
+            if not future.set_running_or_notify_cancel():
+                continue
             try:
-                parsed = self.parse_request()
-            finally:
-                self.rfile = real
-            if not parsed:
-                return
-            if self.request_version == "HTTP/0.9":
-                self.send_error(400, "HTTP/0.9 requests are not served")
-                return
-            if head.exceeded:
-                self.close_connection = True
-                self._send_text(431, "Request header fields too large.\n")
-                return
-            sock.settimeout(WRITE_TIMEOUT)
-            self._dispatch()
-            self.wfile.flush()
-        except (TimeoutError, ConnectionError, ssl.SSLError, OSError) as err:
-            log.debug("connection from %s closed: %s", self.client_address, err)
-            self.close_connection = True
+                result = call(*args)
+            except BaseException as err:  # handed to the waiter, never lost in the thread
+                future.set_exception(err)
+            else:
+                future.set_result(result)
 
-    def _dispatch(self) -> None:
-        if self.command not in ("GET", "HEAD"):
-            self.close_connection = True  # a request body, if any, is never read
-        if self.auth is not None and not self.auth.check(self.headers.get("Authorization")):
-            self._send_text(401, "Unauthorized.\n",
-                            [("WWW-Authenticate", f'Basic realm="{REALM}", charset="UTF-8"')])
-            return
-        path = urlsplit(self.path).path
-        if path not in (self.telemetry_path, "/"):
-            self._send_text(404, "Not found.\n")
-            return
-        if self.command not in ("GET", "HEAD"):
-            self._send_text(405, "Method not allowed.\n", [("Allow", "GET, HEAD")])
-            return
-        if path == self.telemetry_path:
-            try:
-                body, content_type = self.render_metrics()
-            except Exception as err:  # noqa: BLE001 - any failure becomes a 500, never a dead server
-                reason = " ".join(f"{type(err).__name__}: {err}".split())
-                log.error("collecting metrics failed: %s", reason)
-                log.debug("collecting metrics failed", exc_info=True)
-                self._send_text(500, f"An error has occurred while collecting metrics: {reason}\n")
-                return
+    def shutdown(self, wait: bool = False, *, cancel_futures: bool = False) -> None:
+        """Workers are daemon threads: nothing to join."""
+
+
+class _Closed(Exception):
+    """The connection was closed (by the peer, a deadline, or eviction)."""
+
+
+class _Connection:
+    """One accepted socket: non-blocking reads and writes, plain or TLS, driven by the event loop."""
+
+    __slots__ = ("sock", "fd", "peer", "client", "loop", "task", "closed", "buffer", "waiting")
+
+    def __init__(self, sock: socket.socket, peer: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self.sock: socket.socket = sock
+        self.fd = sock.fileno()
+        self.peer = peer
+        self.client = client_key(peer)
+        self.loop = loop
+        self.task: asyncio.Task[None] | None = None
+        self.closed = False
+        self.buffer = bytearray()
+        self.waiting: str | None = None  # "r" or "w" while registered with the loop
+
+    def address(self) -> str:
+        peer = self.peer
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            return f"[{peer[0]}]:{peer[1]}" if ":" in str(peer[0]) else f"{peer[0]}:{peer[1]}"
+        return str(peer)
+
+    async def _wait(self, mode: str) -> None:
+        if self.closed:
+            raise _Closed("closed")
+        future = self.loop.create_future()
+
+        def ready() -> None:
+            if not future.done():
+                future.set_result(None)
+
+        if mode == "r":
+            self.loop.add_reader(self.fd, ready)
         else:
+            self.loop.add_writer(self.fd, ready)
+        self.waiting = mode
+        try:
+            await future
+        finally:
+            self._unregister()
+        if self.closed:
+            raise _Closed("closed")
+
+    def _unregister(self) -> None:
+        if self.waiting is not None and not self.closed:
+            if self.waiting == "r":
+                self.loop.remove_reader(self.fd)
+            else:
+                self.loop.remove_writer(self.fd)
+        self.waiting = None
+
+    async def handshake(self, context: ssl.SSLContext) -> None:
+        tls = context.wrap_socket(self.sock, server_side=True, do_handshake_on_connect=False)
+        self.sock = tls  # wrap_socket detached the plain socket; the descriptor is the same
+        while True:
             try:
-                body, content_type = self.render_status().encode("utf-8"), "text/html; charset=utf-8"
-            except Exception as err:  # noqa: BLE001
-                reason = " ".join(f"{type(err).__name__}: {err}".split())
-                log.error("rendering the status page failed: %s", reason)
-                log.debug("rendering the status page failed", exc_info=True)
-                self._send_text(500, f"An error has occurred while rendering the status page: {reason}\n")
+                tls.do_handshake()
                 return
-        self._send(200, body, content_type, compress=True)
+            except ssl.SSLWantReadError:
+                await self._wait("r")
+            except ssl.SSLWantWriteError:
+                await self._wait("w")
 
-    def _send_text(self, code: int, text: str, headers: list[tuple[str, str]] | None = None) -> None:
-        self._send(code, text.encode("utf-8"), "text/plain; charset=utf-8", headers=headers)
+    async def recv(self, size: int = 65536) -> bytes:
+        while True:
+            if self.closed:
+                raise _Closed("closed")
+            try:
+                return self.sock.recv(size)
+            except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
+                await self._wait("r")
+            except ssl.SSLWantWriteError:
+                await self._wait("w")
 
-    def _send(self, code: int, body: bytes, content_type: str, *, compress: bool = False,
-              headers: list[tuple[str, str]] | None = None) -> None:
-        if compress and accepts_gzip(self.headers.get("Accept-Encoding") if self.headers else None):
-            body = gzip.compress(body, compresslevel=GZIP_LEVEL, mtime=0)
-            headers = [*(headers or []), ("Content-Encoding", "gzip")]
-        self.send_response(code)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        if compress:
-            self.send_header("Vary", "Accept-Encoding")
-        for name, value in (*self.extra_headers, *(headers or [])):
-            self.send_header(name, value)
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
+    async def sendall(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            if self.closed:
+                raise _Closed("closed")
+            try:
+                sent = self.sock.send(view)
+            except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError):
+                await self._wait("w")
+                continue
+            except ssl.SSLWantReadError:
+                await self._wait("r")
+                continue
+            view = view[sent:]
 
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        # parse_request reports malformed requests through here; answer in plain text and close.
-        self.close_connection = True
-        if getattr(self, "request_version", "") in ("", "HTTP/0.9"):
-            self.request_version = "HTTP/1.0"  # so that the status line and headers are sent
-        self._send_text(code, f"{message or self.responses.get(code, ('Error',))[0]}.\n")
+    def close(self) -> None:
+        """Close now; a task waiting on this connection raises `_Closed`. Idempotent."""
+        if self.closed:
+            return
+        self._unregister()
+        self.closed = True
+        try:
+            self.sock.close()
+        except OSError:
+            pass
 
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        log.debug('%s "%s" %s', self.address_string(), self.requestline, code)
 
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s %s", self.address_string(), format % args)
+class _Request:
+    __slots__ = ("method", "target", "version", "line", "headers", "keep_alive")
 
-    def version_string(self) -> str:
-        return self.server_version
+    def __init__(self, method: str, target: str, version: tuple[int, int], line: str,
+                 headers: dict[str, str], keep_alive: bool) -> None:
+        self.method = method
+        self.target = target
+        self.version = version
+        self.line = line
+        self.headers = headers
+        self.keep_alive = keep_alive
+
+
+class _BadRequest(Exception):
+    def __init__(self, code: int, text: str, line: str = "") -> None:
+        super().__init__(text)
+        self.code = code
+        self.text = text
+        self.line = line
+
+
+def _parse_head(head: bytes) -> _Request:
+    """A request head (without the blank line) -> _Request; raises _BadRequest."""
+    lines = re.split(rb"\r?\n", head)
+    raw_line = lines[0]
+    line = raw_line.decode("latin-1")
+    parts = raw_line.split(b" ")
+    if len(parts) != 3 or not all(parts):
+        raise _BadRequest(400, "Bad request syntax.", line)
+    method_b, target_b, version_b = parts
+    version = _VERSION.match(version_b)
+    if not _TOKEN.match(method_b) or version is None:
+        raise _BadRequest(400, "Bad request syntax.", line)
+    if version.group(1) != b"1":
+        raise _BadRequest(505, "HTTP version not supported.", line)
+    headers: dict[str, str] = {}
+    lengths: set[str] = set()
+    for raw in lines[1:]:
+        if raw[:1] in (b" ", b"\t"):
+            raise _BadRequest(400, "Folded header lines are not accepted.", line)
+        name_b, sep, value_b = raw.partition(b":")
+        if not sep or not _TOKEN.match(name_b):
+            raise _BadRequest(400, "Bad header line.", line)
+        name = name_b.decode("ascii").lower()
+        value = value_b.strip(b" \t").decode("latin-1")
+        if name == "content-length":
+            lengths.add(value)
+        headers[name] = f"{headers[name]}, {value}" if name in headers and name != "content-length" else value
+    if len(lengths) > 1:
+        raise _BadRequest(400, "Conflicting Content-Length headers.", line)
+    tokens = {t.strip().lower() for t in headers.get("connection", "").split(",")}
+    minor = int(version.group(2))
+    keep_alive = "close" not in tokens if minor >= 1 else "keep-alive" in tokens
+    return _Request(method_b.decode("ascii"), target_b.decode("latin-1"), (1, minor), line, headers, keep_alive)
 
 
 def accepts_gzip(accept_encoding: str | None) -> bool:
@@ -366,52 +405,423 @@ def accepts_gzip(accept_encoding: str | None) -> bool:
     return False
 
 
+def _one_line(err: BaseException) -> str:
+    return " ".join(f"{type(err).__name__}: {err}".split())
+
+
+class _Settings:
+    """What a reload can change: TLS context, SAN allow-list, basic auth, extra headers."""
+
+    __slots__ = ("context", "allowed_sans", "auth", "headers")
+
+    def __init__(self, context: ssl.SSLContext | None, allowed_sans: tuple[str, ...], auth: BasicAuth | None,
+                 headers: tuple[tuple[str, str], ...]) -> None:
+        self.context = context
+        self.allowed_sans = allowed_sans
+        self.auth = auth
+        self.headers = b"".join(f"{name}: {value}\r\n".encode("latin-1") for name, value in headers)
+
+
+def _settings(web_config: WebConfig | None) -> _Settings:
+    if web_config is None:
+        return _Settings(None, (), None, ())
+    context = build_ssl_context(web_config.tls, web_config.source) if web_config.tls is not None else None
+    auth = BasicAuth(web_config.basic_auth_users) if web_config.basic_auth_users else None
+    sans = web_config.tls.client_allowed_sans if web_config.tls is not None else ()
+    return _Settings(context, sans, auth, web_config.headers)
+
+
 class RunningServer:
     """A bound server. `address` is the (host, port) actually bound; port 0 picks a free one."""
 
-    def __init__(self, httpd: _Server, scheme: str, basic_auth: BasicAuth | None = None) -> None:
-        self._httpd = httpd
-        self.scheme = scheme  # "http" or "https"
-        self.basic_auth = basic_auth  # the credential checker when basic_auth_users is set
+    def __init__(self, sock: socket.socket, telemetry_path: str, render_metrics: RenderMetrics,
+                 render_status: RenderStatus, settings: _Settings) -> None:
+        self._sock = sock
+        self._address = sock.getsockname()
+        self.telemetry_path = telemetry_path
+        self.render_metrics = render_metrics
+        self.render_status = render_status
+        self._settings = settings
+        self.scheme = "https" if settings.context is not None else "http"
         self._lock = threading.Lock()
         self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
         self._serving_ident: int | None = None
+        self._done = threading.Event()
+        self._connections: dict[_Connection, None] = {}
+        self._idle: dict[_Connection, None] = {}  # waiting for a request, oldest first
+        self._pool = WorkerPool(RENDER_THREADS, "atlas-render")
+        self._accept = sock.accept
+        self._accepting = False
+        self._backoff = ACCEPT_BACKOFF[0]
+        self._last_fd_warning = -1e9
+        self.cap = connection_cap()
+        # Counters, for tests and logs.
+        self.rejected_connections = 0  # closed at accept: at the cap with no idle connection to close
+        self.evicted_connections = 0  # idle connections closed to make room for a new one
+        self.accept_errors = 0  # accept() failures for lack of file descriptors or memory
+        self.timeouts = 0  # connections closed by a deadline
 
     @property
     def address(self) -> tuple[str, int]:
-        host, port = self._httpd.server_address[:2]
+        host, port = self._address[:2]
         return str(host), int(port)
 
     @property
-    def rejected_connections(self) -> int:
-        """Connections closed at accept because `MAX_CONNECTIONS` were already open."""
-        return self._httpd.rejected_connections
+    def basic_auth(self) -> BasicAuth | None:
+        """The credential checker when basic_auth_users is set."""
+        return self._settings.auth
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._connections)
+
+    def reload(self, web_config: WebConfig | None) -> None:
+        """Use a new web config for new connections and requests; raises `WebConfigError`.
+
+        TLS cannot be turned on or off by a reload (the scheme Prometheus scrapes would change).
+        """
+        settings = _settings(web_config)
+        if (settings.context is None) != (self._settings.context is None):
+            from atlas_exporter.exporter.webconfig import WebConfigError
+
+            source = web_config.source if web_config is not None else "web config"
+            raise WebConfigError(f"{source}: tls_server_config: TLS cannot be turned on or off without a restart")
+        self._settings = settings
+
+    # -- lifecycle -------------------------------------------------------------------------------
 
     def serve_forever(self) -> None:
-        """Serve until `shutdown()`; then close the listening socket."""
+        """Serve until `shutdown()`; then close the listening socket and every connection."""
         with self._lock:
             if self._closed:
                 return
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            self._stop = asyncio.Event()
             self._serving_ident = threading.get_ident()
         try:
-            self._httpd.serve_forever(poll_interval=0.1)
+            loop.run_until_complete(self._main())
         finally:
-            self._httpd.server_close()
+            try:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            finally:
+                loop.close()
+                self._sock.close()
+                self._done.set()
 
     def shutdown(self) -> None:
         """Stop serving and close the listening socket. Idempotent; safe from a signal handler."""
         with self._lock:
-            if self._closed:
-                return
+            first = not self._closed
             self._closed = True
-            serving = self._serving_ident
-        if serving is None:
-            self._httpd.server_close()
-        elif serving == threading.get_ident():
-            # Called from inside serve_forever (a signal handler): waiting here would deadlock.
-            threading.Thread(target=self._httpd.shutdown, name="atlas-server-shutdown", daemon=True).start()
-        else:
-            self._httpd.shutdown()
+            loop, stop, serving = self._loop, self._stop, self._serving_ident
+        if loop is None:
+            if first:
+                self._sock.close()
+            return
+        if first and stop is not None:
+            try:
+                loop.call_soon_threadsafe(stop.set)
+            except RuntimeError:  # the loop is already closed
+                pass
+        if serving != threading.get_ident():
+            self._done.wait(10)
+
+    async def _main(self) -> None:
+        assert self._stop is not None
+        self._sock.setblocking(False)
+        self._start_accepting()
+        try:
+            await self._stop.wait()
+        finally:
+            self._stop_accepting()
+            for conn in list(self._connections):
+                conn.close()
+                if conn.task is not None:
+                    conn.task.cancel()
+            tasks = [c.task for c in self._connections if c.task is not None]
+            if tasks:
+                await asyncio.wait(tasks, timeout=2)
+
+    # -- accepting -------------------------------------------------------------------------------
+
+    def _start_accepting(self) -> None:
+        if not self._accepting and self._sock.fileno() >= 0:
+            assert self._loop is not None
+            self._loop.add_reader(self._sock.fileno(), self._on_acceptable)
+            self._accepting = True
+
+    def _stop_accepting(self) -> None:
+        if self._accepting:
+            assert self._loop is not None
+            self._loop.remove_reader(self._sock.fileno())
+            self._accepting = False
+
+    def _on_acceptable(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        for _ in range(_ACCEPT_BATCH):
+            try:
+                sock, peer = self._accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as err:
+                if err.errno not in _OUT_OF_FDS:
+                    log.debug("accept failed: %s", err)
+                    return
+                self.accept_errors += 1
+                if self._evict_oldest_idle():
+                    self._warn_fds(err, "closed the oldest idle connection")
+                    continue
+                self._warn_fds(err, f"pausing accept for {self._backoff:g} s")
+                self._stop_accepting()
+                loop.call_later(self._backoff, self._start_accepting)
+                self._backoff = min(self._backoff * 2, ACCEPT_BACKOFF[1])
+                return
+            self._backoff = ACCEPT_BACKOFF[0]
+            if len(self._connections) >= self.cap and not self._evict_oldest_idle():
+                self.rejected_connections += 1
+                log.debug("closing connection from %s: %d connections busy", peer, len(self._connections))
+                sock.close()
+                continue
+            try:
+                sock.setblocking(False)
+                if sock.family in (socket.AF_INET, socket.AF_INET6):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                sock.close()
+                continue
+            conn = _Connection(sock, peer, loop)
+            self._connections[conn] = None
+            self._idle[conn] = None
+            conn.task = loop.create_task(self._serve_connection(conn))
+
+    def _warn_fds(self, err: OSError, action: str) -> None:
+        now = time.monotonic()
+        if now - self._last_fd_warning >= 60:
+            self._last_fd_warning = now
+            log.warning("accept failed: %s (%s; %d accept failures so far, %d connections open; raise "
+                        "LimitNOFILE / ulimit -n)", os.strerror(err.errno or 0).lower(), action,
+                        self.accept_errors, len(self._connections))
+
+    def _evict_oldest_idle(self) -> bool:
+        for conn in self._idle:
+            self.evicted_connections += 1
+            log.debug("closing idle connection from %s to make room", conn.address())
+            self._drop(conn)
+            return True
+        return False
+
+    def _drop(self, conn: _Connection) -> None:
+        conn.close()
+        self._idle.pop(conn, None)
+        self._connections.pop(conn, None)
+        if conn.task is not None and asyncio.current_task() is not conn.task:
+            conn.task.cancel()
+
+    def _set_idle(self, conn: _Connection, idle: bool) -> None:
+        self._idle.pop(conn, None)
+        if idle and not conn.closed:
+            self._idle[conn] = None
+
+    # -- one connection ---------------------------------------------------------------------------
+
+    async def _serve_connection(self, conn: _Connection) -> None:
+        settings = self._settings
+        try:
+            if settings.context is not None:
+                try:
+                    async with asyncio.timeout(HEAD_TIMEOUT):
+                        await conn.handshake(settings.context)
+                except TimeoutError:
+                    raise
+                except (ssl.SSLError, OSError) as err:
+                    log.debug("TLS handshake with %s failed: %s", conn.address(), err)
+                    return
+                if settings.allowed_sans and not peer_san_allowed(conn.sock.getpeercert(),  # type: ignore[attr-defined]
+                                                                  settings.allowed_sans):
+                    log.debug("closing TLS connection from %s: no client certificate SAN in client_allowed_sans",
+                              conn.address())
+                    return
+            first = True
+            while not conn.closed:
+                self._set_idle(conn, True)
+                keep = await self._one_request(conn, first)
+                first = False
+                if not keep:
+                    break
+        except TimeoutError:
+            self.timeouts += 1
+            log.debug("connection from %s closed: deadline passed", conn.address())
+        except (_Closed, asyncio.CancelledError):
+            pass
+        except (ConnectionError, ssl.SSLError, OSError) as err:
+            log.debug("connection from %s closed: %s", conn.address(), err)
+        except Exception:  # never lose the loop to one connection
+            log.debug("error while serving %s", conn.address(), exc_info=True)
+        finally:
+            self._drop(conn)
+
+    async def _read_head(self, conn: _Connection, first: bool) -> bytes | None:
+        """The next request head, without its blank line; None at a clean end of the connection."""
+        buf = conn.buffer
+        if not buf.strip(b"\r\n"):
+            async with asyncio.timeout(HEAD_TIMEOUT if first else IDLE_TIMEOUT):
+                while not buf.strip(b"\r\n"):
+                    data = await conn.recv()
+                    if not data:
+                        return None
+                    buf += data
+        limit = MAX_REQUEST_LINE + MAX_HEADER_BYTES
+        async with asyncio.timeout(HEAD_TIMEOUT):
+            while True:
+                while buf[:1] in (b"\r", b"\n"):  # empty lines before a request are ignored
+                    del buf[:1]
+                end = _HEAD_END.search(buf, 0, limit + 4)
+                newline = buf.find(b"\n", 0, MAX_REQUEST_LINE + 2)
+                if (newline < 0 and len(buf) > MAX_REQUEST_LINE + 1) or newline > MAX_REQUEST_LINE + 1:
+                    raise _BadRequest(414, "Request line too long.")
+                if end is not None:
+                    head = bytes(buf[:end.start()])
+                    del buf[:end.end()]
+                    if len(head) - newline > MAX_HEADER_BYTES:
+                        raise _BadRequest(431, "Request header fields too large.")
+                    return head
+                if len(buf) > limit:
+                    raise _BadRequest(431, "Request header fields too large.")
+                data = await conn.recv()
+                if not data:
+                    return None
+                buf += data
+
+    async def _discard(self, conn: _Connection, length: int) -> None:
+        buf = conn.buffer
+        async with asyncio.timeout(HEAD_TIMEOUT):
+            while len(buf) < length:
+                length -= len(buf)
+                buf.clear()
+                data = await conn.recv(min(65536, length))
+                if not data:
+                    raise _Closed("end of input inside a request body")
+                buf += data
+            del buf[:length]
+
+    async def _one_request(self, conn: _Connection, first: bool) -> bool:
+        """Read, answer and log one request; whether the connection stays open for another."""
+        try:
+            head = await self._read_head(conn, first)
+            if head is None:
+                return False
+            request = _parse_head(head)
+        except _BadRequest as err:
+            self._set_idle(conn, False)
+            await self._answer(conn, None, err.code, err.text + "\n", close=True, line=err.line)
+            await self._linger(conn)
+            return False
+        self._set_idle(conn, False)
+        headers = request.headers
+        close = not request.keep_alive
+        body_unread = False
+        if "transfer-encoding" in headers:
+            if "content-length" in headers:
+                await self._answer(conn, request, 400, "Content-Length and Transfer-Encoding together.\n",
+                                   close=True)
+                await self._linger(conn)
+                return False
+            close = body_unread = True  # a chunked body is never read: answer, then close
+        elif "content-length" in headers:
+            text = headers["content-length"]
+            if not text.isdigit():
+                await self._answer(conn, request, 400, "Bad Content-Length.\n", close=True)
+                await self._linger(conn)
+                return False
+            length = int(text)
+            if length > MAX_DISCARDED_BODY or "expect" in headers:
+                close = body_unread = True
+            elif length:
+                await self._discard(conn, length)
+        await self._dispatch(conn, request, close)
+        if body_unread or close:
+            await self._linger(conn)
+            return False
+        return True
+
+    async def _linger(self, conn: _Connection) -> None:
+        """Half-close, then drop unread input for a moment, so that the answer is not lost to a reset."""
+        try:
+            if not isinstance(conn.sock, ssl.SSLSocket):
+                conn.sock.shutdown(socket.SHUT_WR)
+            async with asyncio.timeout(LINGER_SECONDS):
+                while await conn.recv():
+                    pass
+        except (TimeoutError, OSError, ssl.SSLError, _Closed):
+            pass
+
+    async def _dispatch(self, conn: _Connection, request: _Request, close: bool) -> None:
+        settings = self._settings
+        loop = asyncio.get_running_loop()
+        if settings.auth is not None:
+            verdict = settings.auth.begin(request.headers.get("authorization"), conn.client)
+            if isinstance(verdict, concurrent.futures.Future):
+                verdict = await asyncio.wrap_future(verdict)
+            if verdict is None:
+                await self._answer(conn, request, 429, "Too many password checks waiting; try again.\n",
+                                   close=close, extra=[("Retry-After", "1")])
+                return
+            if not verdict:
+                await self._answer(conn, request, 401, "Unauthorized.\n", close=close,
+                                   extra=[("WWW-Authenticate", f'Basic realm="{REALM}", charset="UTF-8"')])
+                return
+        path = urlsplit(request.target).path
+        if path not in (self.telemetry_path, "/"):
+            await self._answer(conn, request, 404, "Not found.\n", close=close)
+            return
+        if request.method not in ("GET", "HEAD"):
+            await self._answer(conn, request, 405, "Method not allowed.\n", close=close,
+                               extra=[("Allow", "GET, HEAD")])
+            return
+        gzip_ok = accepts_gzip(request.headers.get("accept-encoding"))
+        what = "collecting metrics" if path == self.telemetry_path else "rendering the status page"
+        job = self._render_metrics if path == self.telemetry_path else self._render_status
+        try:
+            body, content_type = await loop.run_in_executor(self._pool, job, gzip_ok)
+        except Exception as err:  # noqa: BLE001 - any failure becomes a 500, never a dead server
+            reason = _one_line(err)
+            log.error("%s failed: %s", what, reason)
+            log.debug("%s failed", what, exc_info=err)
+            await self._answer(conn, request, 500, f"An error has occurred while {what}: {reason}\n", close=close)
+            return
+        extra = [("Vary", "Accept-Encoding")]
+        if gzip_ok:
+            extra.append(("Content-Encoding", "gzip"))
+        await self._answer(conn, request, 200, body, close=close, content_type=content_type, extra=extra)
+
+    def _render_metrics(self, compress: bool) -> tuple[bytes, str]:
+        body, content_type = self.render_metrics()
+        return (gzip.compress(body, GZIP_LEVEL, mtime=0) if compress else body), content_type
+
+    def _render_status(self, compress: bool) -> tuple[bytes, str]:
+        body = self.render_status().encode("utf-8")
+        return (gzip.compress(body, GZIP_LEVEL, mtime=0) if compress else body), "text/html; charset=utf-8"
+
+    async def _answer(self, conn: _Connection, request: _Request | None, code: int, body: bytes | str, *,
+                      close: bool, content_type: str = "text/plain; charset=utf-8",
+                      extra: list[tuple[str, str]] | None = None, line: str = "") -> None:
+        data = body.encode("utf-8") if isinstance(body, str) else body
+        head = [f"HTTP/1.1 {code} {_REASONS.get(code, 'Error')}\r\n"
+                f"Server: atlas-exporter\r\nDate: {formatdate(usegmt=True)}\r\n"
+                f"Content-Type: {content_type}\r\nContent-Length: {len(data)}\r\n"]
+        head.extend(f"{name}: {value}\r\n" for name, value in extra or ())
+        if close:
+            head.append("Connection: close\r\n")
+        out = "".join(head).encode("latin-1") + self._settings.headers + b"\r\n"
+        if request is None or request.method != "HEAD":
+            out += data
+        log.debug('%s "%s" %s', conn.address(), request.line if request else line, code)
+        async with asyncio.timeout(WRITE_TIMEOUT):
+            await conn.sendall(out)
 
 
 def start_server(listen_address: str, telemetry_path: str, render_metrics: RenderMetrics,
@@ -420,36 +830,22 @@ def start_server(listen_address: str, telemetry_path: str, render_metrics: Rende
     if not telemetry_path.startswith("/"):
         raise ServerError(f"--web.telemetry-path must start with '/', got {telemetry_path!r}")
     family, sockaddr, dual_stack = _resolve(listen_address)
-    context = None
-    auth = None
-    headers: tuple[tuple[str, str], ...] = ()
-    if web_config is not None:
-        if web_config.tls is not None:
-            context = build_ssl_context(web_config.tls, web_config.source)
-        if web_config.basic_auth_users:
-            auth = BasicAuth(web_config.basic_auth_users)
-        headers = web_config.headers
-    handler = type("AtlasHandler", (_Handler,), {
-        "telemetry_path": telemetry_path,
-        "render_metrics": staticmethod(render_metrics),
-        "render_status": staticmethod(render_status),
-        "extra_headers": headers,
-        "auth": auth,
-    })
+    settings = _settings(web_config)
     try:
-        httpd = _Server(family, sockaddr, dual_stack, handler)
+        sock = socket.socket(family, socket.SOCK_STREAM)
     except OSError as err:
         raise ServerError(f"listen tcp {listen_address}: {_bind_reason(err)}") from None
-    httpd.ssl_context = context
-    httpd.allowed_sans = web_config.tls.client_allowed_sans if web_config and web_config.tls else ()
     try:
-        httpd.server_bind()
-        httpd.server_activate()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if dual_stack else 1)
+        sock.bind(sockaddr)
+        sock.listen(BACKLOG)
     except OSError as err:
-        httpd.server_close()
+        sock.close()
         raise ServerError(f"listen tcp {listen_address}: {_bind_reason(err)}") from None
-    scheme = "https" if context is not None else "http"
-    host, port = httpd.server_address[:2]
-    log.debug("listening on %s (%s://%s:%s%s)", listen_address, scheme,
-             f"[{host}]" if ":" in str(host) else host, port, telemetry_path)
-    return RunningServer(httpd, scheme, auth)
+    server = RunningServer(sock, telemetry_path, render_metrics, render_status, settings)
+    host, port = server.address
+    log.debug("listening on %s (%s://%s:%s%s), at most %d connections", listen_address, server.scheme,
+              f"[{host}]" if ":" in host else host, port, telemetry_path, server.cap)
+    return server

@@ -8,7 +8,8 @@ that names the file, the key and the problem, for example:
 
 `build_ssl_context(tls)` turns the TLS part into a server `ssl.SSLContext`; `BasicAuth` checks an
 `Authorization` header against the bcrypt hashes, caching successful checks so that many concurrent
-scrapes cost one bcrypt computation. `bcrypt` is imported only when `basic_auth_users` is set.
+scrapes cost one bcrypt computation, and running the others in a small pool that serves clients
+without recent failures first. `bcrypt` is imported only when `basic_auth_users` is set.
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ import re
 import secrets
 import ssl
 import threading
+import time
+from collections import deque
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,8 +72,12 @@ _UNSUPPORTED = {
     "rate_limit": "not supported by atlas-exporter",
 }
 _BCRYPT_HASH = re.compile(r"^\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}$")
-# A valid hash of a random password: unknown users are checked against it so that a wrong
-# user name costs as much time as a wrong password.
+BCRYPT_WORKERS = 2  # threads that run bcrypt: a flood of wrong passwords uses at most this many cores
+BCRYPT_PER_CLIENT = 4  # checks one client address may have waiting; more are answered 429
+BCRYPT_QUEUE = 256  # checks waiting in all
+BCRYPT_MAX_PASSWORD = 72  # bytes of a password that bcrypt uses; the rest is ignored, as in Go's bcrypt
+# Only used when there are no users at all (BasicAuth({})): unknown users are checked against the
+# costliest of the users' own hashes.
 _DUMMY_HASH = "$2b$10$JhzeX2OpGCRXu2TLALvDqe9PVcr1sTw/yTrXMCYvR/qsS2URmex9e"
 
 
@@ -215,6 +223,12 @@ def _headers(check: _Check, value: Any) -> tuple[tuple[str, str], ...]:
             continue  # blank means unset, as in the exporter-toolkit
         if not isinstance(text, str) or any(c in text for c in "\r\n\0"):
             raise check.fail(f"{path}.{name}", f"must be a single-line string, got {_kind(text)}")
+        bad = next((c for c in text if ord(c) > 255 or (ord(c) < 32 and c != "\t") or ord(c) == 127), None)
+        if bad is not None:
+            where = text.index(bad)
+            raise check.fail(f"{path}.{name}", f"character {bad!r} (U+{ord(bad):04X}) at position {where + 1} "
+                             "cannot be sent in an HTTP header (only Latin-1 text, no control characters; "
+                             "straight quotes instead of curly ones)")
         allowed = ALLOWED_HEADERS[name]
         if allowed is not None and text.lower() not in allowed:
             raise check.fail(f"{path}.{name}", f"must be one of {', '.join(allowed)}; got {text!r}")
@@ -338,32 +352,128 @@ def peer_san_allowed(peer_cert: Mapping[str, Any] | None, allowed: tuple[str, ..
     return any(value in wanted for _kind_, value in peer_cert.get("subjectAltName", ()))
 
 
+class _FairQueue:
+    """bcrypt checks run by a few daemon threads, clients with the fewest recent failures first.
+
+    A client is an IPv4 address or an IPv6 /64. Each failed check adds one to its client's failure
+    score, which halves every `FAILURE_HALF_LIFE` seconds. The next check to run is the oldest one
+    of the waiting client with the lowest score, so a real login (no failures) runs as soon as a
+    worker is free, however many wrong passwords are waiting; equal scores take turns. Identical
+    credentials already waiting share one check. A client with `per_client` checks waiting, or
+    `limit` checks waiting in all, is turned away (None).
+    """
+
+    FAILURE_HALF_LIFE = 60.0
+    MAX_CLIENTS = 4096  # failure scores remembered; the oldest are forgotten beyond
+
+    def __init__(self, workers: int, per_client: int, limit: int,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.workers = workers
+        self.per_client = per_client
+        self.limit = limit
+        self._clock = clock
+        self._cond = threading.Condition()
+        self._queues: dict[str, deque[tuple[bytes, Callable[[], bool], Future[bool]]]] = {}
+        self._inflight: dict[bytes, Future[bool]] = {}
+        self._failures: dict[str, tuple[float, float]] = {}  # client -> (score, when)
+        self._waiting = 0
+        self._threads: list[threading.Thread] = []
+        self.turned_away = 0
+
+    def submit(self, key: bytes, client: str, job: Callable[[], bool]) -> Future[bool] | None:
+        with self._cond:
+            running = self._inflight.get(key)
+            if running is not None:
+                return running
+            waiting = self._queues.get(client)
+            if self._waiting >= self.limit or (waiting is not None and len(waiting) >= self.per_client):
+                self.turned_away += 1
+                return None
+            future: Future[bool] = Future()
+            self._inflight[key] = future
+            if waiting is None:
+                waiting = self._queues[client] = deque()
+            waiting.append((key, job, future))
+            self._waiting += 1
+            if len(self._threads) < self.workers:
+                thread = threading.Thread(target=self._run, name=f"atlas-bcrypt-{len(self._threads)}", daemon=True)
+                self._threads.append(thread)
+                thread.start()
+            self._cond.notify()
+            return future
+
+    def _score(self, client: str, now: float) -> float:
+        score, when = self._failures.get(client, (0.0, now))
+        return score * 0.5 ** ((now - when) / self.FAILURE_HALF_LIFE)
+
+    def _failed(self, client: str) -> None:
+        now = self._clock()
+        score = self._score(client, now) + 1.0
+        self._failures.pop(client, None)
+        self._failures[client] = (score, now)
+        while len(self._failures) > self.MAX_CLIENTS:
+            del self._failures[next(iter(self._failures))]
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queues:
+                    self._cond.wait()
+                now = self._clock()
+                client = min(self._queues, key=lambda c: self._score(c, now))  # ties: the longest waiting
+                waiting = self._queues.pop(client)
+                key, job, future = waiting.popleft()
+                if waiting:
+                    self._queues[client] = waiting  # to the back: equal scores take turns
+                self._waiting -= 1
+            try:
+                result = job()
+            except Exception:  # a broken check is a failed login, never a dead worker
+                result = False
+            with self._cond:
+                self._inflight.pop(key, None)
+                if not result:
+                    self._failed(client)
+            future.set_result(result)
+
+
 class BasicAuth:
     """Checks `Authorization: Basic ...` headers against bcrypt hashes; thread-safe.
 
     A successful check is remembered as an HMAC (under a random per-process key) of the user and
     password, compared with `hmac.compare_digest`, so a repeated scrape costs microseconds instead
-    of a bcrypt computation. bcrypt runs under one lock per user (and one for unknown users), so a
-    burst of concurrent first scrapes computes it once, and a flood of wrong passwords keeps at most
-    one core busy per user name.
+    of a bcrypt computation. Other checks run in `BCRYPT_WORKERS` threads, clients with the fewest
+    recent failures first (`_FairQueue`), so a flood of wrong passwords uses at most that many cores
+    and cannot keep a real login waiting behind it. An unknown user is checked against the most expensive of the
+    users' own hashes, so it costs exactly what a wrong password costs. As in bcrypt (and Go's
+    x/crypto/bcrypt, which the exporter-toolkit uses), only the first 72 bytes of a password count.
     """
 
-    def __init__(self, users: Mapping[str, str], checkpw: Callable[[bytes, bytes], bool] | None = None) -> None:
-        self._users = dict(users)
+    def __init__(self, users: Mapping[str, str], checkpw: Callable[[bytes, bytes], bool] | None = None,
+                 workers: int = BCRYPT_WORKERS) -> None:
+        self._users = {user: hashed.encode() for user, hashed in users.items()}
         if checkpw is None:
             checkpw = _import_bcrypt("<web config>").checkpw
         self._checkpw = checkpw
         self._key = secrets.token_bytes(32)
         self._good: dict[str, bytes] = {}
-        self._locks = {user: threading.Lock() for user in self._users}
-        self._unknown_lock = threading.Lock()
+        # Any valid hash of the highest cost: its check costs what a real user's costs.
+        self._dummy = max(self._users.values(), key=lambda h: h[4:6], default=_DUMMY_HASH.encode())
+        self._queue = _FairQueue(workers, BCRYPT_PER_CLIENT, BCRYPT_QUEUE)
+        self._count_lock = threading.Lock()
         self.bcrypt_checks = 0  # how many bcrypt computations ran (for tests and the status page)
+
+    @property
+    def turned_away(self) -> int:
+        """Checks refused because too many were waiting."""
+        return self._queue.turned_away
 
     def _mac(self, user: str, password: bytes) -> bytes:
         return hmac.new(self._key, user.encode() + b"\0" + password, "sha256").digest()
 
-    def check(self, header: str | None) -> bool:
-        """True when `header` (the Authorization value, or None) names a user with the right password."""
+    def begin(self, header: str | None, client: str = "") -> bool | Future[bool] | None:
+        """True or False when known at once (cached, malformed), a Future while bcrypt runs, or None
+        when too many checks are waiting (answer 429)."""
         credentials = parse_basic_authorization(header)
         if credentials is None:
             return False
@@ -373,19 +483,28 @@ class BasicAuth:
         if good is not None and hmac.compare_digest(good, mac):
             return True
         hashed = self._users.get(user)
-        lock = self._locks.get(user, self._unknown_lock)
-        with lock:
-            good = self._good.get(user)
-            if good is not None and hmac.compare_digest(good, mac):
-                return True
+        return self._queue.submit(mac, client, lambda: self._verify(user, password, hashed, mac))
+
+    def check(self, header: str | None, client: str = "") -> bool:
+        """True when `header` (the Authorization value, or None) names a user with the right password."""
+        verdict = self.begin(header, client)
+        if isinstance(verdict, Future):
+            return verdict.result()
+        return bool(verdict)
+
+    def _verify(self, user: str, password: bytes, hashed: bytes | None, mac: bytes) -> bool:
+        good = self._good.get(user)
+        if good is not None and hmac.compare_digest(good, mac):
+            return True
+        with self._count_lock:
             self.bcrypt_checks += 1
-            try:
-                ok = self._checkpw(password, (hashed or _DUMMY_HASH).encode())
-            except ValueError:
-                ok = False
-            if ok and hashed is not None:
-                self._good[user] = mac
-                return True
+        try:
+            ok = self._checkpw(password[:BCRYPT_MAX_PASSWORD], hashed or self._dummy)
+        except ValueError:
+            ok = False
+        if ok and hashed is not None:
+            self._good[user] = mac
+            return True
         return False
 
 
