@@ -9,8 +9,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from atlas_exporter.apps.resolver import AppResolver
 from atlas_exporter.config import Config
-from atlas_exporter.model import AppOfPid, ProcessSource, Source
+from atlas_exporter.model import ProcessSource, Source
 
 # every --collector.<name> switch, with its default
 COLLECTORS: dict[str, bool] = {"process": True, "network": True, "crash": True, "hang": True, "smaps": False}
@@ -29,32 +30,33 @@ def build_process_source(procfs: Path | None) -> ProcessSource:
     return make_linux(procfs)
 
 
-def build_sources(config: Config, procfs: Path, app_of_pid: AppOfPid, enabled: set[str]) -> list[Source]:
+def build_sources(config: Config, procfs: Path, resolver: AppResolver, enabled: set[str]) -> list[Source]:
     """The enabled sub-collectors other than `process`, in a stable order.
 
-    A factory returns None when its source cannot work on this machine at all.
+    Every source names apps through `resolver`, the one identity service. A factory returns
+    None when its source cannot work on this machine at all.
     """
     sources: list[Source | None] = []
     if "network" in enabled:
         if IS_DARWIN:
             from atlas_exporter.sources.network_darwin import make_network_source as make_net_darwin
 
-            sources.append(make_net_darwin(config, procfs, app_of_pid))
+            sources.append(make_net_darwin(config, procfs, resolver.exported_app_of_pid))
         else:
             from atlas_exporter.sources.network_linux import make_network_source as make_net_linux
 
-            sources.append(make_net_linux(config, procfs, app_of_pid))
+            sources.append(make_net_linux(config, procfs, resolver))
     if "crash" in enabled:
         if IS_DARWIN:
             from atlas_exporter.sources.crash_darwin import make_crash_source as make_crash_darwin
 
-            sources.append(make_crash_darwin(config, procfs, app_of_pid))
+            sources.append(make_crash_darwin(config, procfs, resolver))
         else:
             from atlas_exporter.sources.crash_linux import make_crash_source as make_crash_linux
 
-            sources.append(make_crash_linux(config, procfs, app_of_pid))
+            sources.append(make_crash_linux(config, procfs, resolver))
     if "hang" in enabled and not IS_DARWIN:  # macOS hangs come from the crash report watcher
         from atlas_exporter.sources.hang_linux import make_hang_source
 
-        sources.append(make_hang_source(config, procfs, app_of_pid))
+        sources.append(make_hang_source(config, procfs, resolver))
     return [s for s in sources if s is not None]

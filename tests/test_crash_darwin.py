@@ -203,7 +203,11 @@ def test_report_folders_and_factory(tmp_path):
     from atlas_exporter.config import parse_config
 
     config = parse_config({"crash": {"report_dirs": [str(tmp_path / "r")], "state_file": str(tmp_path / "s.json")}})
-    source = cd.make_crash_source(config, Path("/proc"), lambda pid: None)
+    from atlas_exporter.apps.naming import Namer
+    from atlas_exporter.apps.resolver import AppResolver
+
+    resolver = AppResolver(object(), Namer(config.apps), max_apps=10)  # type: ignore[arg-type]
+    source = cd.make_crash_source(config, Path("/proc"), resolver)
     assert source is not None and source.name == "crash"
     assert tmp_path / "r" in source.folders and source.seen.path == tmp_path / "s.json"
 

@@ -115,7 +115,7 @@ def test_macos_exporter_matches_golden(tmp_path: Path, update_golden: bool) -> N
 def test_macos_exporter_values(tmp_path: Path) -> None:
     first, second, exporter = two_scrapes(tmp_path)
     v1, v2 = parse_exposition(first), parse_exposition(second)
-    chrome = 'app="Google Chrome"'
+    chrome = 'app="Google_Chrome"'  # names have no spaces
     assert v1[f"atlas_app_processes{{{chrome}}}"] == 3  # main + helpers roll into the app
     assert v2[f"atlas_app_processes{{{chrome}}}"] == 2
     assert v1[f'atlas_app_cpu_seconds_total{{{chrome},mode="user"}}'] == pytest.approx(210.5)
@@ -162,7 +162,7 @@ def test_macos_naming_rule_beats_the_bundle(tmp_path: Path) -> None:
                                                "exe": r"\(GPU\)"}]})
     v = parse_exposition(normalised_exposition(exporter.render_metrics()[0]))
     assert v['atlas_app_processes{app="chrome-gpu"}'] == 1
-    assert v['atlas_app_processes{app="Google Chrome"}'] == 2
+    assert v['atlas_app_processes{app="Google_Chrome"}'] == 2
 
 
 def test_macos_other_users_processes_are_counted_with_absent_values(tmp_path: Path) -> None:
@@ -242,6 +242,6 @@ def test_macos_csv_mirror_leaves_ops_cells_empty(tmp_path: Path) -> None:
     second_pass(table)
     assert mirror.write_interval() > 0
     rows = {row["app_name"]: row for row in csv.DictReader(path.read_text().splitlines())}
-    chrome = rows["Google Chrome"]
+    chrome = rows["Google_Chrome"]
     assert chrome["disk_read_ops"] == "" and chrome["disk_write_ops"] == ""  # not measurable on macOS
     assert float(chrome["cpu_percent"]) > 0 and chrome["threads"] == "50" and chrome["open_files"] == "125"

@@ -10,6 +10,7 @@ exporter's own metrics:
     atlas_app_open_fds_limit_ratio{app="nginx"} 0.029
     atlas_scrape_collector_success{collector="network"} 1.0
     atlas_process_read_errors_total{reason="access_denied"} 3.0
+    atlas_app_names_folded_total 0.0
 
 A sub-collector that raises gets `atlas_scrape_collector_success{collector}` 0 and a log
 line; the scrape still succeeds with everything else.
@@ -211,8 +212,10 @@ class AtlasCollector:
     """A custom prometheus_client collector over a snapshotter and a list of sub-collectors."""
 
     def __init__(self, snapshotter: Snapshotter, sources: Sequence[Source], *, platform_name: str | None = None,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+                 clock: Callable[[], float] = time.perf_counter,
+                 folded: Callable[[], tuple[int, int]] | None = None) -> None:
         self.snapshotter = snapshotter
+        self.folded = folded  # (names folded into "other", max_apps), from the resolver
         self.sources = list(sources)
         self.platform_name = platform_name or sys.platform
         self.clock = clock
@@ -262,6 +265,10 @@ class AtlasCollector:
                                  labels=["version", "python", "platform"])
         info.add_metric([__version__, platform.python_version(), self.platform_name], 1)
         yield info
+        if self.folded is not None:
+            yield CounterMetricFamily("atlas_app_names_folded",
+                                      "App names counted as app=\"other\" because max_apps apps were already "
+                                      "exported.", value=self.folded()[0])
         active = GaugeMetricFamily("atlas_source_active",
                                    "Whether a data source is active (1) or off (0), with the privilege it runs at.",
                                    labels=["source", "privilege"])

@@ -53,7 +53,7 @@ class Exporter:
         self.tracker = Tracker(config.retention_seconds,
                                reaped_io_in_parent=getattr(self.process_source, "reaped_io_in_parent", True))
         if sources is None:
-            sources = platform.build_sources(config, self.procfs, self.resolver.app_of_pid, self.enabled)
+            sources = platform.build_sources(config, self.procfs, self.resolver, self.enabled)
         self.extra_sources = list(sources)
         network = next((s for s in self.extra_sources if s.name == "network"), None)
         self.snapshotter = Snapshotter(self.process_source, self.resolver, self.tracker,
@@ -74,13 +74,14 @@ class Exporter:
                 all_sources.append(mirror)
         self.sources = all_sources
         self.platform_name = platform_name or platform.PLATFORM_NAME
-        self.collector = AtlasCollector(self.snapshotter, all_sources, platform_name=self.platform_name)
+        self.collector = AtlasCollector(self.snapshotter, all_sources, platform_name=self.platform_name,
+                                       folded=self.resolver.folded)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self.collector)
         self.registry.register(ProcessCollector(namespace="", registry=None))
         self.renderer = TextRenderer()
         self.status_page = StatusPage(self.snapshotter.get, self.statuses, telemetry_path=telemetry_path,
-                                      platform_name=self.platform_name, notes=NOTES)
+                                      platform_name=self.platform_name, notes=NOTES, folded=self.resolver.folded)
         self._started: list[Source] = []
 
     def statuses(self) -> list[SourceStatus]:

@@ -26,8 +26,10 @@ class StatusPage:
     """
 
     def __init__(self, snapshot: Callable[[], Snapshot], statuses: Callable[[], list[SourceStatus]], *,
-                 telemetry_path: str = "/metrics", platform_name: str = "", notes: tuple[str, ...] = ()) -> None:
+                 telemetry_path: str = "/metrics", platform_name: str = "", notes: tuple[str, ...] = (),
+                 folded: Callable[[], tuple[int, int]] | None = None) -> None:
         self.snapshot = snapshot
+        self.folded = folded
         self.statuses = statuses
         self.telemetry_path = telemetry_path
         self.platform_name = platform_name
@@ -75,6 +77,11 @@ class StatusPage:
             for a in top
         )
         notes = "".join(f"<li>{esc(n)}</li>" for n in self.notes)
+        fold = ""
+        if self.folded is not None:
+            count, cap = self.folded()
+            fold = (f'\n<p id="fold">max_apps {cap}: {count} app names folded into "other"'
+                    f'{" (raise max_apps or group processes with naming rules)" if count else ""}.</p>')
         path = esc(self.telemetry_path)
         return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>atlas-exporter</title>
@@ -86,7 +93,7 @@ td,th{{border:1px solid #ccc;padding:.3em .7em;text-align:left}} th{{background:
 <body>
 <h1>atlas-exporter</h1>
 <p>Version {esc(__version__)} on {esc(self.platform_name)}. Metrics: <a href="{path}">{path}</a>.
-{len(live)} apps with live processes.</p>
+{len(live)} apps with live processes.</p>{fold}
 <h2>Data sources</h2>
 <table id="sources"><tr><th>source</th><th>state</th><th>privilege</th><th>why</th></tr>
 {rows_sources}

@@ -35,13 +35,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client.metrics_core import Metric
 
 from atlas_exporter.apps.crashes import OTHER, CrashBook, CrashEvent, crash_metric_families, reason_of_name
 from atlas_exporter.config import Config
-from atlas_exporter.model import AppOfPid, ProcIdentity, Snapshot, Source, SourceStatus
+from atlas_exporter.model import ProcIdentity, Snapshot, Source, SourceStatus
+
+if TYPE_CHECKING:
+    from atlas_exporter.apps.resolver import AppResolver
 
 log = logging.getLogger(__name__)
 
@@ -493,12 +496,15 @@ class DarwinCrashSource:
         return crash_metric_families(self.book, self.statuses(), skipped, hang_apps=snapshot.apps)
 
 
-def make_crash_source(config: Config, procfs: Path, app_of_pid: AppOfPid) -> Source | None:
-    """The macOS `crash` sub-collector over the DiagnosticReports folders and `crash.report_dirs`."""
-    from atlas_exporter.apps.naming import Namer
+def make_crash_source(config: Config, procfs: Path, resolver: AppResolver) -> Source | None:
+    """The macOS `crash` sub-collector over the DiagnosticReports folders and `crash.report_dirs`.
+
+    Reports are named by the resolver (`app_for_identity`: the naming rules, cleaning and the
+    `max_apps` fold), as every app label is.
+    """
     from atlas_exporter.sources.bundles_darwin import BundleNamer
 
-    naming = naming_with_bundles(Namer(config.apps).name, BundleNamer().name_for_exe)
+    naming = naming_with_bundles(resolver.app_for_identity, BundleNamer().name_for_exe)
     state = Path(os.path.expanduser(config.crash.state_file or DEFAULT_STATE_FILE))
     return DarwinCrashSource(naming, folders=report_folders(config.crash.report_dirs), state_file=state,
                              max_apps=config.max_apps)

@@ -18,10 +18,19 @@ several of them counts once (same pid within a time window):
   kernel.dmesg_restrict=1).
 Parsers (`parse_proc_events`, `parse_core_pattern`, `parse_coredump_name`,
 `parse_apport_headers`, `parse_kmsg_record`) are pure.
+
+Every app name comes from the resolver (`apps/resolver.py`): an exec event is named at once
+from the new program (whatever was cached for the pid before), a forked child keeps its
+parent's name only until it execs, a process already reaped at exit time is named from what
+was read at its exec, a zombie from its comm and cgroup, never from its parent. A kernel-log
+line's thread id is mapped to its process (`Tgid` of `/proc/<tid>/status`, or the fork event),
+so a crashing thread is one crash of its process. Report file names and log comms are named
+through `app_for_name`, and a crash is folded into `other` (`max_apps`) only when counted.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import os
@@ -47,6 +56,7 @@ from atlas_exporter.apps.crashes import (
     decode_wait_status,
     reason_of_signal,
 )
+from atlas_exporter.apps.resolver import AppNaming, as_naming
 from atlas_exporter.config import Config
 from atlas_exporter.model import AppOfPid, Snapshot, Source, SourceStatus, clean_label
 from atlas_exporter.sources.process_linux import CAP_NET_ADMIN, parse_capabilities, privilege_of
@@ -65,7 +75,6 @@ COREDUMP_DIR = Path("/var/lib/systemd/coredump")
 APPORT_DIR = Path("/var/crash")
 KMSG = Path("/dev/kmsg")
 MAX_REPORT_BYTES = 1024 * 1024  # apport headers are read up to here; a core dump is never read
-BATCH_SECONDS = 0.02
 
 # --- netlink / proc connector constants (linux/netlink.h, linux/connector.h, linux/cn_proc.h)
 NETLINK_CONNECTOR = 11
@@ -434,6 +443,9 @@ class PidApps:
         self._apps[pid] = app
         self._dead.pop(pid, None)
 
+    def tgid_known(self, tid: int) -> int | None:
+        return self._threads.get(tid)
+
     def forget(self, pid: int) -> None:
         """The process changed (exec) and could not be named again: drop its old name."""
         self._apps.pop(pid, None)
@@ -560,6 +572,27 @@ def open_kmsg(path: Path) -> int:
     return fd
 
 
+def read_tgid(procfs: Path, tid: int) -> int | None:
+    """The thread group (process) id of thread `tid`, from the `Tgid:` line of its status; None when gone."""
+    try:
+        with open(f"{procfs}/{tid}/status", "rb") as handle:
+            text = handle.read(4096)
+    except OSError:
+        return None
+    return parse_tgid(text)
+
+
+def parse_tgid(status: bytes) -> int | None:
+    """The `Tgid:` value of a `/proc/<tid>/status` text."""
+    for line in status.splitlines():
+        if line.startswith(b"Tgid:"):
+            try:
+                return int(line[5:])
+            except ValueError:
+                return None
+    return None
+
+
 def read_kmsg(fd: int) -> Iterator[str]:
     """Every record available now; a record overwritten before it was read is skipped."""
     while True:
@@ -584,7 +617,7 @@ class LinuxCrashSource:
 
     def __init__(
         self,
-        app_of_pid: AppOfPid,
+        naming: AppNaming | AppOfPid,
         *,
         procfs: Path = Path("/proc"),
         coredump_dir: Path = COREDUMP_DIR,
@@ -599,7 +632,7 @@ class LinuxCrashSource:
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.app_of_pid = app_of_pid
+        self.naming = as_naming(naming)
         self.procfs = procfs
         self.coredump_dir = coredump_dir
         self.report_dirs = tuple(report_dirs)
@@ -763,9 +796,7 @@ class LinuxCrashSource:
         if self._stop.is_set():
             return
         if self._connector is not None and self._connector.fileno() in ready:
-            self._drain_connector()
-            # let events gather: one wake-up per batch instead of per event (fork storms)
-            self._stop.wait(BATCH_SECONDS)
+            # no batching delay: an exec must be named before a short-lived program is gone
             self._drain_connector()
         if self._kmsg_fd is not None and self._kmsg_fd in ready:
             for record in read_kmsg(self._kmsg_fd):
@@ -801,11 +832,11 @@ class LinuxCrashSource:
                         self._skip("lost_events", lost)
                 self._on_proc_event(event)
 
-    def _resolve(self, pid: int) -> str | None:
+    def _resolve(self, pid: int, *, exec_: bool = False) -> str | None:
         try:
-            return self.app_of_pid(pid)
+            return self.naming.app_after_exec(pid) if exec_ else self.naming.app_of_pid(pid)
         except Exception:  # a naming failure must not stop the watcher
-            log.debug("app_of_pid(%d) failed", pid, exc_info=True)
+            log.debug("naming pid %d failed", pid, exc_info=True)
             return None
 
     def _on_proc_event(self, event: ProcEvent) -> None:
@@ -813,6 +844,7 @@ class LinuxCrashSource:
             if event.pid != event.tgid:
                 self.pids.learn_thread(event.pid, event.tgid)
                 return
+            # the same program as its parent until it execs
             app = self.pids.app(event.parent_tgid)
             if app is None and self._take_name_budget():
                 app = self._resolve(event.pid)
@@ -821,10 +853,11 @@ class LinuxCrashSource:
         elif event.what == "exec":
             if event.pid != event.tgid:
                 return
+            # the parent's name no longer applies, whether or not the new program can be named now
+            self.pids.forget(event.pid)
             if not self._take_name_budget():
-                self.pids.forget(event.pid)
                 return
-            app = self._resolve(event.pid)
+            app = self._resolve(event.pid, exec_=True)
             if app is not None:
                 self.pids.learn(event.pid, app)
         elif event.what == "exit":
@@ -834,6 +867,7 @@ class LinuxCrashSource:
                 return
             reason = crash_reason(decode_wait_status(event.exit_code))
             if reason is not None:
+                # named at its exec (or its parent's if it never exec'd), else what the zombie shows
                 app = self.pids.app(event.pid) or self._resolve(event.pid) or self._comm(event.pid)
                 when = self.clock() - max(0.0, now - event.timestamp_ns / 1e9)
                 self._record(CrashEvent(source="proc_connector", time=when, reason=reason, app=app, pid=event.pid))
@@ -863,8 +897,18 @@ class LinuxCrashSource:
             os.close(fd)
 
     def _comm(self, pid: int) -> str:
-        raw = self._comm_bytes(pid)
-        return raw.decode("utf-8", "replace") if raw else UNKNOWN_APP
+        """The app of a process known only by its comm now, else `unknown` (through the resolver)."""
+        return self.naming.app_for_name(self._comm_bytes(pid) or UNKNOWN_APP)
+
+    def _tgid(self, tid: int) -> int:
+        """The process of a thread id: the fork event's answer, else `/proc/<tid>/status`, else tid."""
+        known = self.pids.tgid_known(tid)
+        if known is not None:
+            return known
+        tgid = read_tgid(self.procfs, tid)
+        if tgid is not None and tgid != tid:
+            self.pids.learn_thread(tid, tgid)
+        return tgid or tid
 
     def _on_kmsg(self, record: str) -> None:
         try:
@@ -883,8 +927,8 @@ class LinuxCrashSource:
             log.info("kernel log crash line not counted: pid %d is %r now, the line says %r",
                      crash.pid, live_comm, crash.comm)
             return
-        pid = self.pids.tgid(crash.pid)
-        app = self.pids.app(pid) or kmsg_unescape(crash.comm)
+        pid = self._tgid(crash.pid)  # a thread's line counts for its process
+        app = self.pids.app(pid) or self._resolve(pid) or self.naming.app_for_name(kmsg_unescape(crash.comm))
         when = self.clock() - max(0.0, self.monotonic() - crash.monotonic_seconds)
         self._record(CrashEvent(source="kernel_log", time=when, reason=crash.reason, app=app, pid=pid,
                                 comm=kmsg_unescape(crash.comm)))
@@ -968,7 +1012,7 @@ class LinuxCrashSource:
             return
         if not self._trusted_owner(path, state.uid, parsed.uid):
             return
-        app = self.pids.app(parsed.pid) or parsed.comm
+        app = self.pids.app(parsed.pid) or self.naming.app_for_name(parsed.comm)
         self._record(CrashEvent(source="systemd_coredump", time=parsed.time, reason="other", app=app,
                                 pid=parsed.pid, comm=parsed.comm))
 
@@ -999,15 +1043,19 @@ class LinuxCrashSource:
         if report is not None and report.problem_type not in (None, "Crash"):
             return
         executable = report.executable if report and report.executable else None
-        app = os.path.basename(executable) if executable else guess
         pid = report.pid if report else None
-        if pid is not None:
-            app = self.pids.app(pid) or app
+        app = self.pids.app(pid) if pid is not None else None
+        if app is None:
+            # comm is the first 15 bytes of the executable's name
+            comm = os.path.basename(executable)[:15] if executable else guess
+            app = self.naming.app_for_name(comm, exe=executable)
         when = report.time if report and report.time else state.mtime_ns / 1e9
         reason = reason_of_signal(report.signal) if report and report.signal is not None else "other"
         self._record(CrashEvent(source="apport", time=when, reason=reason, app=app, pid=pid))
 
     def _record(self, event: CrashEvent) -> None:
+        # the crash gets a series now: only now does its app take a `max_apps` slot
+        event = dataclasses.replace(event, app=self.naming.export(event.app))
         counted = self.book.record_crash(event)
         log.log(logging.INFO if counted else logging.DEBUG, "crash %s: app=%s pid=%s reason=%s (%s)",
                 "counted" if counted else "duplicate", event.app, event.pid, event.reason, event.source)
@@ -1032,7 +1080,7 @@ class LinuxCrashSource:
         return crash_metric_families(self.book, self.statuses(), skipped)
 
 
-def make_crash_source(config: Config, procfs: Path, app_of_pid: AppOfPid) -> Source | None:
+def make_crash_source(config: Config, procfs: Path, naming: AppNaming) -> Source | None:
     """The Linux `crash` sub-collector; extra `crash.report_dirs` are watched like /var/crash."""
     dirs = [APPORT_DIR, *(Path(os.path.expanduser(d)) for d in config.crash.report_dirs)]
-    return LinuxCrashSource(app_of_pid, procfs=procfs, report_dirs=dirs, max_apps=config.max_apps)
+    return LinuxCrashSource(naming, procfs=procfs, report_dirs=dirs, max_apps=config.max_apps)

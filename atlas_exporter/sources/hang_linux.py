@@ -16,7 +16,8 @@ emitted while the task scan is inactive: a hang count nobody can measure is abse
 
 `/proc/stat` `procs_blocked` is not used as a shortcut: it counts only tasks waiting in
 io_schedule (nr_iowait), and a vfork parent or a task blocked on a lock shows 0 there.
-`parse_task_stat` and `parse_switches` are pure.
+`parse_task_stat` and `parse_switches` are pure. App names come from the resolver; a hung
+process takes a `max_apps` slot only once its hang is counted.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from atlas_exporter.apps.crashes import CrashBook, HangTracker, HangUpdate, TaskObservation
+from atlas_exporter.apps.resolver import AppNaming, as_naming
 from atlas_exporter.config import Config
 from atlas_exporter.model import AppOfPid, Snapshot, Source, SourceStatus
 from atlas_exporter.sources.process_linux import PF_KTHREAD, current_privilege, read_proc_file, split_stat
@@ -158,7 +160,7 @@ class LinuxHangSource:
 
     def __init__(
         self,
-        app_of_pid: AppOfPid,
+        naming: AppNaming | AppOfPid,
         *,
         procfs: Path = Path("/proc"),
         threshold_seconds: float = 30.0,
@@ -167,7 +169,7 @@ class LinuxHangSource:
         clock: Callable[[], float] = time.monotonic,
         scan: Callable[[Path], BlockedScan] = scan_blocked_tasks,
     ) -> None:
-        self.app_of_pid = app_of_pid
+        self.naming = as_naming(naming)
         self.procfs = procfs
         self.threshold_seconds = threshold_seconds
         self.check_interval_seconds = check_interval_seconds
@@ -212,11 +214,12 @@ class LinuxHangSource:
         app = self._apps.get(process)
         if app is None:
             try:
-                app = self.app_of_pid(process[0])
+                app = self.naming.app_of_pid(process[0])
+                if app is None:  # gone since the scan: the comm it had then
+                    app = self.naming.app_for_name(comms.get(process) or "unknown")
             except Exception:  # a naming failure must not stop the watcher
-                log.debug("app_of_pid(%d) failed", process[0], exc_info=True)
-                app = None
-            app = app or comms.get(process) or "unknown"
+                log.debug("naming pid %d failed", process[0], exc_info=True)
+                app = "unknown"
             self._apps[process] = app
         return app
 
@@ -227,6 +230,8 @@ class LinuxHangSource:
         watched = {obs.process for obs in result.blocked}
         for process in watched:
             self._app(process, result.comms)
+        for process in update.hung:  # a hung process has series from now on: it takes a slot
+            self._apps[process] = self.naming.export(self._apps[process])
         for process in update.started:
             app = self._apps[process]
             self.book.record_hang(app)
@@ -263,7 +268,7 @@ class LinuxHangSource:
         return [gauge, counter]
 
 
-def make_hang_source(config: Config, procfs: Path, app_of_pid: AppOfPid) -> Source | None:
+def make_hang_source(config: Config, procfs: Path, naming: AppNaming) -> Source | None:
     """The Linux `hang` sub-collector with `hang.threshold_seconds` and `hang.check_interval_seconds`."""
-    return LinuxHangSource(app_of_pid, procfs=procfs, threshold_seconds=config.hang.threshold_seconds,
+    return LinuxHangSource(naming, procfs=procfs, threshold_seconds=config.hang.threshold_seconds,
                            check_interval_seconds=config.hang.check_interval_seconds, max_apps=config.max_apps)

@@ -12,9 +12,12 @@ Transmit is `tcpi_bytes_acked` (payload the peer acknowledged, no retransmission
 each `network.sample_interval_seconds` (skipped when the namespace's TCP InSegs counter and TCP
 socket counts did not move, so an idle machine costs three small file reads); a second thread
 reads the sock_diag destroy groups, whose messages carry each closing socket's final counters.
-Sockets are tracked by cookie; each new socket is bound once to an app through its inode
-(`/proc/<pid>/fd`), else its cgroup id (when every process of that cgroup belongs to one app),
-else, for orphaned or never-sampled server sockets, the app of the listener on its local port.
+Sockets are tracked by cookie; each new socket is given an owner through its inode
+(`/proc/<pid>/fd`), else its cgroup id (when every process of that cgroup belongs to one app, or
+the cgroup is a systemd service, scope or container whose processes are already gone), else, for
+orphaned or never-sampled server sockets, the app of the listener on its local port. A socket
+owned by a process follows that process's current name (an exec renames it; `apps/resolver.py`
+is the one source of names), and an app takes a `max_apps` slot when it is first credited bytes.
 UDP (and QUIC) has no per-socket byte counters in the kernel, so it is not counted at all: these
 are TCP bytes.
 
@@ -37,6 +40,8 @@ from typing import Protocol
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.metrics_core import Metric
 
+from atlas_exporter.apps.naming import unit_of_cgroup
+from atlas_exporter.apps.resolver import AppNaming, as_naming
 from atlas_exporter.config import Config
 from atlas_exporter.model import AppOfPid, Snapshot, Source, SourceStatus
 from atlas_exporter.sources.network_metrics import byte_families
@@ -64,10 +69,12 @@ class _Sock:
     A pending socket (owner not known yet, but a later lookup may find it) is observed, not credited.
     """
 
-    __slots__ = ("app", "pending", "acked", "received", "seen_acked", "seen_received", "inode", "born", "since")
+    __slots__ = ("app", "owner", "pending", "acked", "received", "seen_acked", "seen_received", "inode", "born",
+                 "since")
 
     def __init__(self, app: str | None, inode: int, now: float) -> None:
         self.app = app
+        self.owner: object | None = None  # the owning process, when known: its name is followed
         self.pending = False
         self.acked = self.received = self.seen_acked = self.seen_received = 0
         self.inode = inode
@@ -88,6 +95,9 @@ class OwnerResolver(Protocol):
         """True when no later lookup can name the owner of a socket `owner` found none for."""
         ...
 
+    # Optional: `owner_id(ns, info) -> object | None` (the owning process found by the last `owner`
+    # call) and `name_of(owner) -> str | None` (that process's current name, None once it is gone).
+
 
 class SocketAccounts:
     """Turns successive socket dumps and destroy messages into monotonic per-app byte totals.
@@ -99,9 +109,14 @@ class SocketAccounts:
     unattributed totals. Not thread-safe; the caller locks.
     """
 
-    def __init__(self, resolver: OwnerResolver, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, resolver: OwnerResolver, clock: Callable[[], float] = time.monotonic,
+                 export: Callable[[str], str] = str) -> None:
         self._resolver = resolver
         self._clock = clock
+        self._export = export  # the label an app's totals get when first credited (the max_apps fold)
+        self._labels: dict[str, str] = {}
+        self._owner_id = getattr(resolver, "owner_id", None)
+        self._name_of = getattr(resolver, "name_of", None)
         self._live: dict[int, dict[int, _Sock]] = {}
         self._gone: dict[int, dict[int, _Sock]] = {}  # vanished from the dump without a destroy message
         self._destroyed: dict[int, dict[int, float]] = {}  # cookie -> when its destroy message came
@@ -120,6 +135,15 @@ class SocketAccounts:
         if not st.pending:
             self._flush(st)
 
+    def _follow(self, st: _Sock) -> None:
+        """Rename a socket after its owner's current name (an exec since it was bound)."""
+        if st.owner is not None and self._name_of is not None:
+            name = self._name_of(st.owner)
+            if name is not None:
+                st.app = name
+            else:
+                st.owner = None  # the owner is gone: its last name stays
+
     def _flush(self, st: _Sock) -> None:
         d_tx = st.seen_acked - st.acked
         d_rx = st.seen_received - st.received
@@ -129,9 +153,12 @@ class SocketAccounts:
         if st.app is None:
             target = self.unattributed
         else:
-            target = self.apps.get(st.app)
+            label = self._labels.get(st.app)
+            if label is None:
+                label = self._labels[st.app] = self._export(st.app)
+            target = self.apps.get(label)
             if target is None:
-                target = self.apps[st.app] = [0.0, 0.0]
+                target = self.apps[label] = [0.0, 0.0]
         target[0] += d_rx
         target[1] += d_tx
 
@@ -170,6 +197,8 @@ class SocketAccounts:
             seen.add(info.cookie)
             acked, received = info.bytes_acked, info.bytes_received
             if (acked is not None and acked > st.seen_acked) or (received is not None and received > st.seen_received):
+                if st.owner is not None:
+                    self._follow(st)
                 self._credit(st, acked, received)
         if prepare:
             need = [i for i in slow if i.cookie not in destroyed
@@ -209,11 +238,17 @@ class SocketAccounts:
             if st is None:
                 st = _Sock(None, info.inode, now)
                 self.sockets_seen += 1
-                st.app = self._resolver.owner(ns, info) or self._fallback(ns, info)
+                st.app = self._resolver.owner(ns, info)
+                if st.app is not None and self._owner_id is not None:
+                    st.owner = self._owner_id(ns, info)
+                st.app = st.app or self._fallback(ns, info)
                 st.pending = st.app is None and not self._resolver.settled(ns, info)
             live[cookie] = st
         elif st.app is None and (info.inode or st.pending):
-            st.app = self._resolver.owner(ns, info) or (self._fallback(ns, info) if st.pending else None)
+            st.app = self._resolver.owner(ns, info)
+            if st.app is not None and self._owner_id is not None:
+                st.owner = self._owner_id(ns, info)
+            st.app = st.app or (self._fallback(ns, info) if st.pending else None)
             if st.app is not None or (st.pending and (now - st.born >= PENDING_MAX_SECONDS
                                                       or self._resolver.settled(ns, info))):
                 st.pending = False  # credited from its first byte, to the app or unattributed
@@ -278,6 +313,8 @@ class SocketAccounts:
         """
         for app in apps:
             self.apps.pop(app, None)
+        retired = set(apps)
+        self._labels = {name: label for name, label in self._labels.items() if label not in retired}
 
 
 class SocketInodeMap:
@@ -412,9 +449,10 @@ class CgroupApps:
     transient cgroups (session scopes, pods) do not pile up. The root cgroup never identifies an app.
     """
 
-    def __init__(self, root: Path | None, app_of_pid: AppOfPid, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, root: Path | None, naming: AppNaming | AppOfPid,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._root = root
-        self._app_of_pid = app_of_pid
+        self._naming = as_naming(naming)
         self._clock = clock
         self._paths: dict[int, str] = {}
         self._walked = float("-inf")
@@ -463,34 +501,62 @@ class CgroupApps:
                 pids = [int(line) for line in handle if line.strip().isdigit()]
         except OSError:
             return None
-        apps = {self._app_of_pid(pid) for pid in pids}
+        apps = {self._naming.app_of_pid(pid) for pid in pids}
         apps.discard(None)
         if len(apps) == 1:
             return apps.pop()
+        if not apps and self._root is not None:
+            # every process of the cgroup is gone (a short job): a service, scope or container
+            # cgroup still says which app it was
+            relative = "/" + os.path.relpath(path, self._root)
+            name_of_cgroup = getattr(self._naming, "app_of_cgroup", None)
+            if name_of_cgroup is not None and unit_of_cgroup(relative):
+                return name_of_cgroup(relative)
         return None
 
 
 class _Owners:
     """The `OwnerResolver` of a live system: inode map first, then cgroup id."""
 
-    def __init__(self, inodes: SocketInodeMap, cgroups: CgroupApps | None, app_of_pid: AppOfPid) -> None:
+    def __init__(self, inodes: SocketInodeMap, cgroups: CgroupApps | None, naming: AppNaming) -> None:
         self._inodes = inodes
         self._cgroups = cgroups
-        self._app_of_pid = app_of_pid
+        self._naming = naming
+        self._token_of = getattr(naming, "token_of", None)
+        self._app_of_id = getattr(naming, "app_of_id", None)
+        self._last_pid: int | None = None
 
     def prepare(self, ns: int, sockets: list[TcpSocketInfo]) -> None:
         self._inodes.refresh(info.inode for info in sockets)
 
     def owner(self, ns: int, info: TcpSocketInfo) -> str | None:
+        self._last_pid = None
         if info.inode:
             pid = self._inodes.lookup(info.inode)
             if pid is not None:
-                app = self._app_of_pid(pid)
+                app = self._naming.app_of_pid(pid)
                 if app is not None:
+                    self._last_pid = pid
                     return app
         if self._cgroups is not None and info.cgroup_id:
             return self._cgroups.app_of(info.cgroup_id)
         return None
+
+    def owner_id(self, ns: int, info: TcpSocketInfo) -> object | None:
+        """The process `owner` just found for `info` (its identity, to follow its name), or None."""
+        pid = self._last_pid
+        if pid is None:
+            return None
+        if self._token_of is not None and self._app_of_id is not None:
+            return self._token_of(pid)
+        return pid
+
+    def name_of(self, owner: object) -> str | None:
+        """The current name of a socket's owning process; None when it is gone."""
+        if isinstance(owner, int):
+            return self._naming.app_of_pid(owner)
+        assert self._app_of_id is not None
+        return self._app_of_id(owner)
 
     def settled(self, ns: int, info: TcpSocketInfo) -> bool:
         return info.inode == 0 or self._inodes.is_unresolvable(info.inode)
@@ -609,7 +675,7 @@ class LinuxNetworkSource:
 
     name = "network"
 
-    def __init__(self, app_of_pid: AppOfPid, *, procfs: Path = Path("/proc"), sample_interval: float = 1.0,
+    def __init__(self, naming: AppNaming | AppOfPid, *, procfs: Path = Path("/proc"), sample_interval: float = 1.0,
                  all_namespaces: bool = False, cgroup_root: Path | None = None,
                  clock: Callable[[], float] = time.monotonic, euid: int | None = None) -> None:
         self._procfs = procfs
@@ -618,9 +684,10 @@ class LinuxNetworkSource:
         self._all_namespaces = all_namespaces and self._euid == 0
         self._wanted_namespaces = all_namespaces
         self.inodes = SocketInodeMap(procfs, clock=clock)
-        cgroups = CgroupApps(cgroup_root, app_of_pid, clock) if cgroup_root is not None else None
-        self._owners = _Owners(self.inodes, cgroups, app_of_pid)  # used by the sampler thread only
-        self.accounts = SocketAccounts(self._owners, clock)
+        naming = as_naming(naming)
+        cgroups = CgroupApps(cgroup_root, naming, clock) if cgroup_root is not None else None
+        self._owners = _Owners(self.inodes, cgroups, naming)  # used by the sampler thread only
+        self.accounts = SocketAccounts(self._owners, clock, export=naming.export)
         self._lock = threading.Lock()
         self._sample_lock = threading.Lock()
         self._stop = threading.Event()
@@ -901,10 +968,10 @@ class LinuxNetworkSource:
         return out
 
 
-def make_network_source(config: Config, procfs: Path, app_of_pid: AppOfPid) -> Source | None:
+def make_network_source(config: Config, procfs: Path, naming: AppNaming) -> Source | None:
     """The Linux network source for this configuration (not started)."""
     return LinuxNetworkSource(
-        app_of_pid,
+        naming,
         procfs=procfs,
         sample_interval=config.network.sample_interval_seconds,
         all_namespaces=config.network.all_namespaces,

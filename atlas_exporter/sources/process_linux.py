@@ -353,14 +353,36 @@ class LinuxProcessSource:
             return None
         return ProcessId(pid, st.starttime)
 
+    def probe(self, pid: int) -> tuple[ProcessId, str, bool] | None:
+        """(identity, current comm, is a kernel thread) of a live or zombie pid; None when gone.
+
+        A thread id works too: /proc/<tid> exists for every thread, so its identity is the thread's.
+        """
+        try:
+            st = parse_stat(read_proc_file(f"{self.procfs}/{pid}/stat"))
+        except (OSError, ParseError):
+            return None
+        return ProcessId(pid, st.starttime), st.comm, bool(st.flags & PF_KTHREAD)
+
+    def cgroup_of(self, pid: ProcessId) -> str | None:
+        """The cgroup path of a process now (one small read); None when unreadable."""
+        try:
+            return parse_cgroup(read_proc_file(f"{self.procfs}/{pid.pid}/cgroup").decode("utf-8", "replace"))
+        except OSError:
+            return None
+
     def identity(self, pid: ProcessId) -> ProcIdentity | None:
-        """Read comm, exe, cmdline, user and cgroup of a live process (None if it is gone)."""
+        """Read comm, exe, cmdline, user and cgroup of a live or zombie process.
+
+        None if it is gone or is a kernel thread (kernel threads belong to no application).
+        A zombie keeps its comm, user and cgroup; its exe and cmdline are gone.
+        """
         base = f"{self.procfs}/{pid.pid}"
         try:
             st = parse_stat(read_proc_file(f"{base}/stat"))
         except (OSError, ParseError):
             return None
-        if st.starttime != pid.started:
+        if st.starttime != pid.started or st.flags & PF_KTHREAD:
             return None
         ident = ProcIdentity(comm=st.comm)
         try:
