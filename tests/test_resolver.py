@@ -1,0 +1,226 @@
+"""The identity service: cleaning, the fold for exported apps only, names that follow the process."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import pytest
+
+from atlas_exporter.apps.naming import Namer
+from atlas_exporter.apps.resolver import OTHER, AppResolver, clean_name
+from atlas_exporter.config import parse_config
+from atlas_exporter.model import ProcessId, ProcIdentity, ProcSample
+from atlas_exporter.sources.crash_linux import LinuxCrashSource, parse_tgid
+
+
+class World:
+    """A fake process table: identities, current comms, cgroups and kernel threads, by pid."""
+
+    def __init__(self) -> None:
+        self.idents: dict[ProcessId, ProcIdentity] = {}
+        self.kernel: set[int] = set()
+        self.reads = 0
+        self.cgroup_reads = 0
+
+    def add(self, pid: int, comm: str, *, started: int = 1, cgroup: str = "/", cmdline: tuple[str, ...] = ()
+            ) -> ProcessId:
+        token = ProcessId(pid, started)
+        self.idents = {k: v for k, v in self.idents.items() if k.pid != pid}
+        self.idents[token] = ProcIdentity(comm=comm, cgroup=cgroup, cmdline=cmdline or (comm,))
+        return token
+
+    def _find(self, pid: int) -> ProcessId | None:
+        return next((p for p in self.idents if p.pid == pid), None)
+
+    def identity(self, pid: ProcessId) -> ProcIdentity | None:
+        self.reads += 1
+        ident = self.idents.get(pid)
+        return None if ident is None or pid.pid in self.kernel else ident
+
+    def start_token(self, pid: int) -> ProcessId | None:
+        return self._find(pid)
+
+    def probe(self, pid: int) -> tuple[ProcessId, str, bool] | None:
+        token = self._find(pid)
+        if token is None:
+            return None
+        return token, self.idents[token].comm, pid in self.kernel
+
+    def cgroup_of(self, pid: ProcessId) -> str | None:
+        self.cgroup_reads += 1
+        ident = self.idents.get(pid)
+        return ident.cgroup if ident else None
+
+
+def sample(token: ProcessId, comm: str, age: float = 3600.0) -> ProcSample:
+    return ProcSample(token, 1, "S", 0.0, 0.0, 1, 0, time.time() - age, comm=comm)
+
+
+def resolver(world: World, max_apps: int = 100, rules: list | None = None) -> AppResolver:
+    config = parse_config({"apps": rules or []})
+    return AppResolver(world, Namer(config.apps), max_apps)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("raw", "clean"), [
+    ("nginx", "nginx"),
+    (b"bad\xff\xfeutf8", "bad\ufffd\ufffdutf8"),
+    ("lone\udcffsurrogate", "lone\ufffdsurrogate"),
+    ("tab\tand\nnewline", "tab_and_newline"),
+    ("npm  start", "npm_start"),
+    ("  padded  ", "padded"),
+    ("bell\x07\x1b[31m", "bell_[31m"),
+    ("", "unknown"),
+    ("\x00\x01", "unknown"),
+    ("x" * 300, "x" * 128),
+    ("Zürich-дом", "Zürich-дом"),
+])
+def test_names_are_clean_utf8_without_spaces_or_control_characters(raw, clean) -> None:
+    assert clean_name(raw) == clean
+    assert clean_name(raw).encode("utf-8").decode("utf-8") == clean
+
+
+def test_every_name_the_resolver_gives_is_clean() -> None:
+    world = World()
+    token = world.add(10, "evil\x1b]0;x\x07 name")
+    res = resolver(world)
+    name = res.app_for(sample(token, "evil\x1b]0;x\x07 name"))
+    assert name is not None and name.startswith("evil_]0;x_") and name.endswith("_name")
+    assert all(ch.isprintable() and not ch.isspace() for ch in name)
+    assert res.app_of_pid(10) == name
+    assert res.app_for_name(b"core\xffdump comm") == "core\ufffddump_comm"
+
+
+def test_names_only_watchers_saw_take_no_slot() -> None:
+    world = World()
+    res = resolver(world, max_apps=3)
+    for pid in range(100, 200):  # short-lived programs named by the watchers only
+        world.add(pid, f"short{pid}")
+        assert res.app_of_pid(pid) == f"short{pid}"
+    daemon = world.add(7, "daemon")
+    assert res.app_for(sample(daemon, "daemon")) == "daemon"
+    assert res.folded() == (0, 3)
+    assert res.export("short150") == "short150"  # a crash counted for it: now it has a series
+    assert res.export("short151") == "short151"
+    assert res.export("short152") == OTHER
+    assert res.folded() == (1, 3)
+
+
+def test_the_first_fold_is_a_warning_and_later_ones_are_not(caplog) -> None:
+    res = resolver(World(), max_apps=1)
+    with caplog.at_level(logging.DEBUG, logger="atlas_exporter.apps.resolver"):
+        assert res.export("a") == "a"
+        assert res.export("b") == OTHER
+        assert res.export("c") == OTHER
+        assert res.export("b") == OTHER  # sticky, counted once
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "max_apps (1)" in warnings[0].getMessage()
+    assert res.folded() == (2, 1)
+
+
+def test_kernel_threads_are_never_named() -> None:
+    world = World()
+    world.add(2, "kthreadd")
+    world.kernel.add(2)
+    res = resolver(world)
+    assert res.app_of_pid(2) is None
+    assert world.reads == 0  # not even read
+
+
+def test_an_exec_renames_even_when_the_comm_stays_the_same() -> None:
+    world = World()
+    token = world.add(20, "python3", cmdline=("python3", "/srv/first.py"))
+    res = resolver(world)
+    assert res.app_of_pid(20) == "first"
+    world.idents[token] = ProcIdentity(comm="python3", cgroup="/", cmdline=("python3", "/srv/second.py"))
+    assert res.app_of_pid(20) == "first"  # nothing says it changed: the cache answers
+    assert res.app_after_exec(20) == "second"  # the exec event
+    assert res.app_for(sample(token, "python3")) == "second"
+
+
+def test_a_changed_comm_renames_at_once_for_watchers_and_scans() -> None:
+    world = World()
+    token = world.add(21, "sh", cmdline=("sh", "-c", "exec crasher"))
+    res = resolver(world)
+    assert res.app_for(sample(token, "sh")) == "sh"
+    world.idents[token] = ProcIdentity(comm="crasher", cgroup="/", cmdline=("./crasher",))
+    assert res.app_of_pid(21) == "crasher"  # the watcher's stat read shows the new comm
+    assert res.app_for(sample(token, "crasher")) == "crasher"
+
+
+def test_a_cgroup_move_renames_at_the_next_scan() -> None:
+    world = World()
+    token = world.add(30, "firefox", cgroup="/user.slice/user-1000.slice/user@1000.service/app.slice")
+    res = resolver(world)
+    assert res.app_of_pid(30) == "firefox"  # named by a watcher before the launcher moved it
+    world.idents[token].cgroup = "/user.slice/user-1000.slice/user@1000.service/app.slice/app-gnome-web-42.scope"
+    young = sample(token, "firefox", age=1.0)
+    assert res.app_for(young) == "web"  # first scan of a watcher-named process: cgroup checked
+    world.idents[token].cgroup = "/system.slice/moved.service"
+    assert res.app_for(young) == "moved"  # young: checked at every scan
+
+
+def test_old_processes_have_their_cgroup_checked_rarely() -> None:
+    world = World()
+    clock = [1000.0]
+    tokens = [world.add(pid, f"p{pid}") for pid in range(40, 60)]
+    res = AppResolver(world, Namer(), 100, clock=lambda: clock[0])  # type: ignore[arg-type]
+    for token in tokens:
+        res.app_for(sample(token, f"p{token.pid}"))
+    world.cgroup_reads = 0
+    for _ in range(5):
+        clock[0] += 1.0
+        for token in tokens:
+            res.app_for(sample(token, f"p{token.pid}"))
+    assert world.cgroup_reads == len(tokens)  # once, not five times
+    clock[0] += 120.0
+    world.idents[tokens[0]].cgroup = "/system.slice/late.service"
+    assert res.app_for(sample(tokens[0], "p40")) == "late"
+
+
+def test_names_from_reports_go_through_rules_cleaning_and_the_fold() -> None:
+    res = resolver(World(), max_apps=2, rules=[{"name": "db", "comm": "^postgres"}])
+    assert res.app_for_name("postgres") == "db"
+    # comm is cut at 15 bytes; the report's executable gives the whole name
+    assert res.app_for_name("backup-schedule", exe="/opt/b/backup-scheduler") == "backup-scheduler"
+    assert res.app_for_name("third one") == OTHER
+    assert res.app_for_name("postgres") == "db"
+    assert res.folded() == (1, 2)
+
+
+def test_tgid_from_status() -> None:
+    status = b"Name:\tpython3\nUmask:\t0022\nState:\tS (sleeping)\nTgid:\t4242\nNgid:\t0\nPid:\t4250\n"
+    assert parse_tgid(status) == 4242
+    assert parse_tgid(b"Name:\tx\n") is None
+
+
+def test_a_kernel_log_line_of_a_thread_counts_for_its_process(tmp_path: Path) -> None:
+    procfs = tmp_path / "proc"
+    (procfs / "4250").mkdir(parents=True)
+    (procfs / "4250" / "status").write_bytes(b"Name:\tworker-thr\nTgid:\t4242\nPid:\t4250\n")
+    names = {4242: "server"}
+    source = LinuxCrashSource(names.get, procfs=procfs, use_connector=False, clock=lambda: 5000.0,
+                              monotonic=lambda: 100.0)
+    source._on_kmsg("6,1234,99000000,-;worker-thr[4250]: segfault at 0 ip 00007f sp 00007ffd error 4 in x[1+2]")
+    source._on_kmsg("6,1235,99000001,-;worker-thr[4250]: segfault at 0 ip 00007f sp 00007ffd error 4 in x[1+2]")
+    assert source.book.crashes() == {("server", "SIGSEGV"): 1}  # the process's app, once
+
+
+def test_a_gone_process_is_named_from_its_exec_never_from_its_parent() -> None:
+    from atlas_exporter.sources.crash_linux import ProcEvent
+
+    world = World()
+    world.add(500, "bash", cmdline=("bash",))
+    res = resolver(world)
+    source = LinuxCrashSource(res, use_connector=False, clock=lambda: 5000.0, monotonic=lambda: 100.0)
+    source._on_proc_event(ProcEvent("exec", 0, pid=500, tgid=500))
+    source._on_proc_event(ProcEvent("fork", 0, pid=501, tgid=501, parent_pid=500, parent_tgid=500))
+    world.add(501, "python3", cmdline=("python3", "/tmp/crasher.py"))
+    source._on_proc_event(ProcEvent("exec", 0, pid=501, tgid=501))
+    del world.idents[ProcessId(501, 1)]  # reaped before the exit event is read
+    source._on_proc_event(ProcEvent("exit", 0, pid=501, tgid=501, exit_code=11))
+    # a child that forks and crashes without an exec is its parent's program
+    source._on_proc_event(ProcEvent("fork", 0, pid=502, tgid=502, parent_pid=500, parent_tgid=500))
+    source._on_proc_event(ProcEvent("exit", 0, pid=502, tgid=502, exit_code=6))
+    assert source.book.crashes() == {("crasher", "SIGSEGV"): 1, ("bash", "SIGABRT"): 1}
