@@ -400,3 +400,46 @@ def test_raise_open_files_limit():
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"(64, {hard}) ({hard}, {hard})", result.stdout
     assert resource.getrlimit(resource.RLIMIT_NOFILE) == (soft, hard)
+
+
+def test_a_burst_of_scrapes_shares_renders():
+    calls = []
+
+    def render():
+        calls.append(1)
+        time.sleep(0.3)
+        return METRICS_BODY, "text/plain"
+
+    barrier = threading.Barrier(32, timeout=60)
+    results = []
+
+    def scrape():
+        barrier.wait()
+        results.append(request(port, timeout=60)[0])
+
+    with serving(render_metrics=render) as srv:
+        port = srv.address[1]
+        threads = [threading.Thread(target=scrape) for _ in range(32)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    assert results == [200] * 32
+    assert len(calls) <= 8, len(calls)  # one render per 0.3 s, however many scrapes wait for it
+
+
+def test_a_client_that_never_reads_does_not_hold_up_others(monkeypatch):
+    monkeypatch.setattr(server_module, "WRITE_TIMEOUT", 2.0)
+    big = b"x" * (32 << 20)
+    with serving(render_metrics=lambda: (big, "text/plain")) as srv, _connect(srv.address[1]) as stuck:
+        port = srv.address[1]
+        stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stuck.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")  # and never reads the answer
+        assert _poll(lambda: srv.open_connections == 1)
+        started = time.monotonic()
+        with _connect(port) as other:
+            other.sendall(b"HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            other.settimeout(10)
+            assert other.recv(65536).startswith(b"HTTP/1.1 200 ")
+        assert time.monotonic() - started < 1.0
+        assert _poll(lambda: srv.timeouts == 1, 20)  # the stuck one is closed after WRITE_TIMEOUT

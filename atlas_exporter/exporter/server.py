@@ -20,7 +20,8 @@ the idle wait of a kept-alive connection, and sending each response. At most `co
 connections are held; at the cap the connection idle for longest is closed to make room. When accept
 fails for lack of file descriptors, the oldest idle connection is closed or accepting pauses (backing
 off to 1 s), and the failure is counted and logged. Rendering, gzip and bcrypt run in worker threads,
-never on the loop. A request body is read and discarded (or the connection is closed after the answer),
+never on the loop; requests that arrive while the same page is being rendered share that render.
+A request body is read and discarded (or the connection is closed after the answer),
 so every request gets exactly one answer. Requests are logged through `logging` at debug level.
 """
 
@@ -452,6 +453,7 @@ class RunningServer:
         self._connections: dict[_Connection, None] = {}
         self._idle: dict[_Connection, None] = {}  # waiting for a request, oldest first
         self._pool = WorkerPool(RENDER_THREADS, "atlas-render")
+        self._rendering: dict[tuple[Any, bool], asyncio.Future[tuple[bytes, str]]] = {}
         self._accept = sock.accept
         self._accepting = False
         self._backoff = ACCEPT_BACKOFF[0]
@@ -785,8 +787,16 @@ class RunningServer:
         gzip_ok = accepts_gzip(request.headers.get("accept-encoding"))
         what = "collecting metrics" if path == self.telemetry_path else "rendering the status page"
         job = self._render_metrics if path == self.telemetry_path else self._render_status
+        # Requests that arrive while the same page is being rendered share that render (and its
+        # bytes): a burst of scrapes costs one render and one body in memory, not one per connection.
+        key = (job, gzip_ok)
+        shared = self._rendering.get(key)
+        if shared is None:
+            shared = loop.run_in_executor(self._pool, job, gzip_ok)
+            self._rendering[key] = shared
+            shared.add_done_callback(lambda _, key=key: self._rendering.pop(key, None))
         try:
-            body, content_type = await loop.run_in_executor(self._pool, job, gzip_ok)
+            body, content_type = await asyncio.shield(shared)
         except Exception as err:  # noqa: BLE001 - any failure becomes a 500, never a dead server
             reason = _one_line(err)
             log.error("%s failed: %s", what, reason)
