@@ -17,7 +17,8 @@ thousands of idle, slow or half-open connections cost memory, not threads. TLS h
 are driven on non-blocking sockets by the loop. Deadlines cover a whole phase, never a single read: the
 TLS handshake, the first request on a new connection, each request head once its first byte arrived,
 the idle wait of a kept-alive connection, and sending each response. At most `connection_cap()`
-connections are held; at the cap the connection idle for longest is closed to make room. When accept
+connections are held; at the cap the connection idle for longest is closed to make room; likewise
+for TLS handshakes in progress beyond `MAX_HANDSHAKES` (a silent connection holds no TLS state). When accept
 fails for lack of file descriptors, the oldest idle connection is closed or accepting pauses (backing
 off to 1 s), and the failure is counted and logged. Rendering, gzip and bcrypt run in worker threads,
 never on the loop; requests that arrive while the same page is being rendered share that render.
@@ -56,6 +57,7 @@ MAX_REQUEST_LINE = 8192  # bytes, as in most HTTP servers
 MAX_HEADER_BYTES = 16384  # all header lines of one request together
 MAX_DISCARDED_BODY = 65536  # a request body up to this size is read and dropped; a larger one closes
 MAX_CONNECTIONS = 8192  # connections held at once (fewer when RLIMIT_NOFILE is low); see connection_cap()
+MAX_HANDSHAKES = 512  # TLS handshakes in progress at once (each holds about 50 KiB of TLS state)
 FD_RESERVE = 64  # descriptors left below RLIMIT_NOFILE for the collectors
 HEAD_TIMEOUT = 10.0  # seconds for a TLS handshake, for the first request, and for a request head
 IDLE_TIMEOUT = 60.0  # seconds a kept-alive connection may wait for its next request
@@ -279,7 +281,9 @@ class _Connection:
                 self.loop.remove_writer(self.fd)
         self.waiting = None
 
-    async def handshake(self, context: ssl.SSLContext) -> None:
+    async def handshake(self, context: ssl.SSLContext, started: Callable[[], None]) -> None:
+        await self._wait("r")  # TLS state (about 50 KiB) only once the client has sent something
+        started()
         tls = context.wrap_socket(self.sock, server_side=True, do_handshake_on_connect=False)
         self.sock = tls  # wrap_socket detached the plain socket; the descriptor is the same
         while True:
@@ -452,6 +456,7 @@ class RunningServer:
         self._done = threading.Event()
         self._connections: dict[_Connection, None] = {}
         self._idle: dict[_Connection, None] = {}  # waiting for a request, oldest first
+        self._handshaking: dict[_Connection, None] = {}  # in a TLS handshake, oldest first
         self._pool = WorkerPool(RENDER_THREADS, "atlas-render")
         self._rendering: dict[tuple[Any, bool], asyncio.Future[tuple[bytes, str]]] = {}
         self._accept = sock.accept
@@ -619,9 +624,20 @@ class RunningServer:
     def _drop(self, conn: _Connection) -> None:
         conn.close()
         self._idle.pop(conn, None)
+        self._handshaking.pop(conn, None)
         self._connections.pop(conn, None)
         if conn.task is not None and asyncio.current_task() is not conn.task:
             conn.task.cancel()
+
+    def _handshake_started(self, conn: _Connection) -> None:
+        """At most MAX_HANDSHAKES TLS handshakes hold TLS state at once; the oldest makes room."""
+        while len(self._handshaking) >= MAX_HANDSHAKES:
+            oldest = next(iter(self._handshaking))
+            self.evicted_connections += 1
+            log.debug("closing TLS handshake from %s to make room", oldest.address())
+            self._handshaking.pop(oldest, None)
+            self._drop(oldest)
+        self._handshaking[conn] = None
 
     def _set_idle(self, conn: _Connection, idle: bool) -> None:
         self._idle.pop(conn, None)
@@ -636,12 +652,14 @@ class RunningServer:
             if settings.context is not None:
                 try:
                     async with asyncio.timeout(HEAD_TIMEOUT):
-                        await conn.handshake(settings.context)
+                        await conn.handshake(settings.context, lambda: self._handshake_started(conn))
                 except TimeoutError:
                     raise
                 except (ssl.SSLError, OSError) as err:
                     log.debug("TLS handshake with %s failed: %s", conn.address(), err)
                     return
+                finally:
+                    self._handshaking.pop(conn, None)
                 if settings.allowed_sans and not peer_san_allowed(conn.sock.getpeercert(),  # type: ignore[attr-defined]
                                                                   settings.allowed_sans):
                     log.debug("closing TLS connection from %s: no client certificate SAN in client_allowed_sans",
