@@ -197,7 +197,7 @@ def reload_on_hangup(args: argparse.Namespace, server: object, config_digest: by
 
 def serve(args: argparse.Namespace, exporter: object, web_config: object) -> int:
     from atlas_exporter.exporter.runtime import Exporter
-    from atlas_exporter.exporter.server import ServerError, raise_open_files_limit, start_server
+    from atlas_exporter.exporter.server import ServerError, ServerMetrics, raise_open_files_limit, start_server
     from atlas_exporter.exporter.webconfig import WebConfigError
 
     assert isinstance(exporter, Exporter)
@@ -210,6 +210,7 @@ def serve(args: argparse.Namespace, exporter: object, web_config: object) -> int
                               exporter.render_status, web_config)  # type: ignore[arg-type]
     except (ServerError, WebConfigError) as err:
         return _fail(str(err))
+    exporter.registry.register(ServerMetrics(server))  # type: ignore[arg-type]
     wake = threading.Event()
     pending: list[int] = []
 

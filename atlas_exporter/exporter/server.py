@@ -852,6 +852,48 @@ class RunningServer:
             await conn.sendall(out)
 
 
+class ServerMetrics:
+    """A prometheus_client collector of the server's own counters (register it with the registry).
+
+    atlas_exporter_http_connections                       gauge: connections held now
+    atlas_exporter_http_connections_closed_total{reason}  counter: closed by the server; reason is
+        evicted (idle or handshaking, to make room), rejected (at the cap, nothing idle to close),
+        timeout (a deadline passed)
+    atlas_exporter_http_accept_errors_total               counter: accept() failed for lack of fds
+    atlas_exporter_http_auth_turned_away_total            counter: 429s, too many password checks waiting
+    """
+
+    def __init__(self, server: RunningServer) -> None:
+        self.server = server
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> list[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        srv = self.server
+        closed = CounterMetricFamily("atlas_exporter_http_connections_closed",
+                                     "Connections closed by the server, by reason.", labels=["reason"])
+        closed.add_metric(["evicted"], srv.evicted_connections)
+        closed.add_metric(["rejected"], srv.rejected_connections)
+        closed.add_metric(["timeout"], srv.timeouts)
+        out = [
+            GaugeMetricFamily("atlas_exporter_http_connections", "Client connections held by the server now.",
+                              value=srv.open_connections),
+            closed,
+            CounterMetricFamily("atlas_exporter_http_accept_errors",
+                                "accept() failures for lack of file descriptors or memory.",
+                                value=srv.accept_errors),
+        ]
+        auth = srv.basic_auth
+        if auth is not None:
+            out.append(CounterMetricFamily("atlas_exporter_http_auth_turned_away",
+                                           "Requests answered 429 because too many password checks were waiting.",
+                                           value=auth.turned_away))
+        return out
+
+
 def start_server(listen_address: str, telemetry_path: str, render_metrics: RenderMetrics,
                  render_status: RenderStatus, web_config: WebConfig | None = None) -> RunningServer:
     """Bind `listen_address` and return the server, not yet serving; raises `ServerError` or `WebConfigError`."""
