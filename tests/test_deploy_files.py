@@ -350,6 +350,8 @@ def test_fleet_doc_prometheus_snippets_pass_promtool(promtool: str, tmp_path: Pa
                 job["static_configs"] = [{"targets": ["localhost:9858"]}]
     for i, job in enumerate(jobs):
         job["job_name"] = f"{job['job_name']}-{i}"
+    for name in merged.get("rule_files", []):  # the central Prometheus behind agents loads the shipped rules
+        shutil.copy(DEPLOY / "prometheus" / name, tmp_path / name)
     path = tmp_path / "fleet.yml"
     path.write_text(yaml.safe_dump(merged), encoding="utf-8")
     result = subprocess.run([promtool, "check", "config", str(path)], capture_output=True, text=True, timeout=60)

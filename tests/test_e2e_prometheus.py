@@ -1,8 +1,11 @@
-"""End to end: the real exporter, scraped every second by a real Prometheus that loads the shipped rules.
+"""End to end: the real exporter, scraped every second by a real Prometheus that loads the shipped rules,
+and by a Prometheus in agent mode that remote-writes to a central Prometheus running the recording rules.
 
-Every dashboard query (Grafana variables substituted) is run through Prometheus's HTTP API and
-must give data wherever the metrics it reads exist here. A process that keeps dying of SIGSEGV
-must raise the crash alert, and a vfork parent stuck in D the hang alert (pending or firing).
+Every dashboard query (Grafana variables substituted) is run through Prometheus's HTTP API: the raw
+dashboards on the scraping Prometheus, the fleet dashboard on the central one. None may fail, and each
+must give data wherever the series it reads exist here. One app that crashes exactly once must read as
+one crash on every crash panel of every dashboard. A process that keeps dying of SIGSEGV must raise the
+crash alert, and a vfork parent stuck in D the hang alert (pending or firing).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Any
 
 import pytest
 import yaml
-from test_grafana_dashboards import load_dashboards, metric_names, substitute
+from test_grafana_dashboards import all_panels, load_dashboards, metric_names, substitute
 
 from conftest import free_port, wait_for
 
@@ -36,6 +39,13 @@ RECORDING = REPO / "deploy" / "prometheus" / "recording.yml"
 CRASHER_APP = "e2e-crasher"
 HANGER_APP = "e2e-hanger"
 CRASHER_MARK = "atlas-e2e-crasher-marker"
+ONE_CRASH_APP = f"e2e-onecrash-{os.getpid()}"
+ONE_CRASH_MARK = f"atlas-e2e-onecrash-marker-{os.getpid()}"
+FAILER_APP = "e2e-failer"
+FAILER_MARK = "atlas-e2e-failer-marker"
+FLEET_DASHBOARD = "atlas-fleet.json"
+CRASH_COUNTERS = ("atlas_app_crashes_total", "instance_app_reason:atlas_app_crashes_total:sum",
+                  "instance_app:atlas_app_crashes:increase1h", "app:atlas_app_crashes:increase1h")
 HANGER_COMM = "atlas-e2e-hang"
 
 VFORK_C = r"""
@@ -103,9 +113,37 @@ class Prom:
                         step=step)["result"]
 
 
+def _rules_copy(tmp: Path, prefix: str) -> list[str]:
+    """The shipped rule files, evaluated every second (group intervals dropped for the test)."""
+    out = []
+    for path in (ALERTS, RECORDING):
+        if path.exists():
+            rules = yaml.safe_load(path.read_text(encoding="utf-8"))
+            for group in rules["groups"]:
+                group.pop("interval", None)
+            copy = tmp / f"{prefix}-{path.name}"
+            copy.write_text(yaml.safe_dump(rules, sort_keys=False), encoding="utf-8")
+            out.append(str(copy))
+    return out
+
+
+def _start_prometheus(tmp: Path, name: str, config: dict[str, Any],
+                      *flags: str) -> tuple[subprocess.Popen[bytes], Prom]:
+    port = free_port()
+    path = tmp / f"{name}.yml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    log = (tmp / f"{name}.log").open("wb")
+    storage = (f"--storage.agent.path={tmp / (name + '-data')}" if "--enable-feature=agent" in flags
+               else f"--storage.tsdb.path={tmp / (name + '-data')}")
+    proc = subprocess.Popen([PROMETHEUS, f"--config.file={path}", storage, f"--web.listen-address=127.0.0.1:{port}",
+                             "--log.level=warn", *flags], stdout=log, stderr=subprocess.STDOUT)
+    log.close()
+    return proc, Prom(f"http://127.0.0.1:{port}")
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """Exporter, crash loop, vfork hanger and Prometheus, all on loopback; everything is stopped after."""
+    """Exporter, crash loop, one crash, a failing app, vfork hanger, Prometheus, and agent + central."""
     tmp = tmp_path_factory.mktemp("e2e")
     procs: list[tuple[subprocess.Popen[bytes], bool]] = []
     hanger_bin: Path | None = None
@@ -121,6 +159,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         apps:
           - name: {CRASHER_APP}
             cmdline: {CRASHER_MARK}
+          - name: {ONE_CRASH_APP}
+            cmdline: {ONE_CRASH_MARK}
+          - name: {FAILER_APP}
+            cmdline: {FAILER_MARK}
           - name: {HANGER_APP}
             comm: ^{HANGER_COMM}$
         hang:
@@ -152,46 +194,56 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         crasher = subprocess.Popen([sys.executable, "-c", loop], start_new_session=True, preexec_fn=no_core_dumps,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs.append((crasher, True))
+        # A failing app: a short-lived child exits with code 3 every second.
+        fail_loop = (f"import subprocess, sys, time\n"
+                     f"while True:\n"
+                     f"    subprocess.call([sys.executable, '-c', 'raise SystemExit(3)', {FAILER_MARK!r}])\n"
+                     f"    time.sleep(1)\n")
+        failer = subprocess.Popen([sys.executable, "-c", fail_loop], start_new_session=True,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append((failer, True))
         if hanger_bin is not None:
             hanger = subprocess.Popen([str(hanger_bin), "120"], start_new_session=True,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             procs.append((hanger, True))
 
-        # The shipped rules, evaluated every second (group intervals dropped for the test).
-        rule_files = []
-        for path in (ALERTS, RECORDING):
-            if path.exists():
-                rules = yaml.safe_load(path.read_text(encoding="utf-8"))
-                for group in rules["groups"]:
-                    group.pop("interval", None)
-                copy = tmp / path.name
-                copy.write_text(yaml.safe_dump(rules, sort_keys=False), encoding="utf-8")
-                rule_files.append(str(copy))
-        prom_port = free_port()
-        prom_config = tmp / "prometheus.yml"
-        prom_config.write_text(yaml.safe_dump({
-            "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
-            "rule_files": rule_files,
-            "scrape_configs": [{"job_name": "atlas-exporter",
-                                "static_configs": [{"targets": [f"127.0.0.1:{exporter_port}"]}]}],
-        }), encoding="utf-8")
-        prom_log = (tmp / "prometheus.log").open("wb")
-        prometheus = subprocess.Popen(
-            [PROMETHEUS, f"--config.file={prom_config}", f"--storage.tsdb.path={tmp / 'data'}",
-             f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"],
-            stdout=prom_log, stderr=subprocess.STDOUT)
+        target = {"job_name": "atlas-exporter", "static_configs": [{"targets": [f"127.0.0.1:{exporter_port}"]}]}
+        timing = {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"}
+        prometheus, prom = _start_prometheus(tmp, "prometheus", {
+            "global": timing, "rule_files": _rules_copy(tmp, "scraper"), "scrape_configs": [target]})
         procs.append((prometheus, False))
-        prom = Prom(f"http://127.0.0.1:{prom_port}")
+        # The fleet: an agent scrapes and remote-writes every raw series to a central Prometheus,
+        # which runs the recording and alert rules.
+        central, central_prom = _start_prometheus(tmp, "central", {
+            "global": {"evaluation_interval": "1s"}, "rule_files": _rules_copy(tmp, "central")},
+            "--web.enable-remote-write-receiver")
+        procs.append((central, False))
+        agent, agent_prom = _start_prometheus(tmp, "agent", {
+            "global": {"scrape_interval": "1s", "scrape_timeout": "1s"}, "scrape_configs": [target],
+            "remote_write": [{"url": f"{central_prom.base}/api/v1/write",
+                              "queue_config": {"batch_send_deadline": "1s", "min_backoff": "100ms"}}]},
+            "--enable-feature=agent")
+        procs.append((agent, False))
 
-        def prometheus_ready() -> bool:
-            assert prometheus.poll() is None, (tmp / "prometheus.log").read_text()
-            with urllib.request.urlopen(f"{prom.base}/-/ready", timeout=5) as r:
-                return r.status == 200
+        for proc, name, client in ((prometheus, "prometheus", prom), (central, "central", central_prom),
+                                   (agent, "agent", agent_prom)):
+            def ready(proc: subprocess.Popen[bytes] = proc, name: str = name, client: Prom = client) -> bool:
+                assert proc.poll() is None, (tmp / f"{name}.log").read_text()
+                with urllib.request.urlopen(f"{client.base}/-/ready", timeout=5) as r:
+                    return r.status == 200
 
-        wait_for(prometheus_ready, timeout=30, message="Prometheus to be ready")
+            wait_for(ready, timeout=30, message=f"{name} to be ready")
         start = time.time()
-        yield {"prom": prom, "instance": f"127.0.0.1:{exporter_port}", "start": start, "tmp": tmp,
-               "hanger": hanger_bin is not None, "rules": rule_files}
+        # The one crash happens once both stores have seen the exporter for a few scrapes.
+        for client in (prom, central_prom):
+            wait_for_series(client, 'count_over_time(atlas_exporter_build_info[1m]) >= 3')
+        one = subprocess.Popen(["sh", "-c", 'exec "$0" -c "import os, signal, time; time.sleep(1.5); '
+                                'os.kill(os.getpid(), signal.SIGSEGV)" "$1"', sys.executable, ONE_CRASH_MARK],
+                               preexec_fn=no_core_dumps, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        assert one.wait(timeout=30) == -signal.SIGSEGV
+        crashed_at = time.time()
+        yield {"prom": prom, "central": central_prom, "instance": f"127.0.0.1:{exporter_port}", "start": start,
+               "tmp": tmp, "hanger": hanger_bin is not None, "crashed_at": crashed_at}
     finally:
         for proc, group in reversed(procs):
             stop(proc, group)
@@ -212,58 +264,141 @@ def test_prometheus_scrapes_the_exporter(stack: dict[str, Any]) -> None:
     wait_for_series(prom, 'count_over_time(atlas_exporter_build_info[1m]) >= 3')
 
 
-def _series_apps(prom: Prom, metric: str, instance: str) -> set[str]:
-    return {r["metric"].get("app", "") for r in prom.query(f'{metric}{{instance="{instance}"}}')}
+SELECTOR = re.compile(r"(?<![\w:$.])([a-zA-Z_:][\w:]*)(\{[^}]*\})?(?=\s*(\[|\)|$|\s|\*|/|\+|-|>|<|=|!|offset|@))")
 
 
-def test_every_dashboard_query_runs_and_has_data(stack: dict[str, Any]) -> None:
-    prom: Prom = stack["prom"]
-    instance = stack["instance"]
-    wait_for_series(prom, 'count_over_time(atlas_exporter_build_info[1m]) >= 3')
-    wait_for_series(prom, f'atlas_app_crashes_total{{app="{CRASHER_APP}"}}')
-    if stack["hanger"]:
-        wait_for_series(prom, f'atlas_app_hangs_total{{app="{HANGER_APP}"}}')
-    # a few more scrapes after the first crash, so that increase() and changes() see it move
-    time.sleep(3)
-    # what exists now decides which queries must have data; the range queries end after this
-    present = {m: _series_apps(prom, m, instance) for m in prom.get("/api/v1/label/__name__/values")
-               if m.startswith("atlas_") or m in ("up", "scrape_duration_seconds")}
-    end = time.time()
-    start = stack["start"]
-    window = f"{int(end - start) + 60}s"
-    # apps that exercise different metrics: the crash loop, the hanger, and one with TCP traffic
-    network_apps = present.get("atlas_app_network_receive_bytes_total", set())
-    apps = [CRASHER_APP] + ([HANGER_APP] if stack["hanger"] else [])
-    if network_apps:
-        apps.append(sorted(network_apps)[0])
+def selectors(expr: str) -> list[str]:
+    """The series selectors of an expression (metric name and label matchers), functions left out."""
+    text = re.sub(r'"(?:[^"\\]|\\.)*"', lambda m: m.group(0).replace("(", "\0").replace(")", "\1"), expr)
+    out = []
+    for match in SELECTOR.finditer(text):
+        name, matchers = match.group(1), match.group(2) or ""
+        if name in metric_names(name + matchers):
+            out.append((name + matchers).replace("\0", "(").replace("\1", ")"))
+    return out
+
+
+def restrict(expr: str, metrics: tuple[str, ...], app: str) -> str:
+    """The expression with every selector of `metrics` limited to one app."""
+    for metric in metrics:
+        def limited(m: re.Match[str], metric: str = metric) -> str:
+            return f'{metric}{{app="{app}", ' if m.group(1) else f'{metric}{{app="{app}"}}'
+
+        expr = re.sub(rf"(?<![\w:]){re.escape(metric)}(?![\w:])(\{{)?", limited, expr)
+    return expr.replace(", }", "}")
+
+
+def _queries(dashboard: dict[str, Any]) -> list[tuple[str, str, bool, str | None]]:
+    """(where, expr, instant, annotation step) for every panel target and annotation."""
+    out = [(f"panel '{p['title']}' {t['refId']}", t["expr"], t.get("instant", False), None)
+           for p in all_panels(dashboard) for t in p.get("targets", [])]
+    out += [(f"annotation '{a['name']}'", a["expr"], False, a.get("step"))
+            for a in dashboard["annotations"]["list"] if "expr" in a]
+    return out
+
+
+def _values(instance: str, window: str, app: str | None) -> dict[str, str]:
     # as Grafana formats a regex variable inside a PromQL string: regex-escaped, backslashes doubled
-    regex_instance = re.escape(instance).replace("\\", "\\\\")
+    values = {"$job": "atlas-exporter", "$instance": re.escape(instance).replace("\\", "\\\\"),
+              "$__rate_interval": "5s", "$__interval": "1s", "$__range": window}
+    if app is not None:
+        values["$app"] = app
+    return values
+
+
+def _settle(stack: dict[str, Any]) -> None:
+    """Wait until both stores have the crash loop's, the one crash's and the hanger's series."""
+    for client in (stack["prom"], stack["central"]):
+        wait_for_series(client, f'atlas_app_crashes_total{{app="{CRASHER_APP}"}}')
+        wait_for_series(client, f'atlas_app_crashes_total{{app="{ONE_CRASH_APP}"}}', timeout=60)
+        if stack["hanger"]:
+            wait_for_series(client, f'atlas_app_hangs_total{{app="{HANGER_APP}"}}')
+    wait_for_series(stack["central"], f'instance_app_reason:atlas_app_crashes_total:sum{{app="{ONE_CRASH_APP}"}}')
+    # a few more scrapes and evaluations after the first crash, so that counts and rates see it
+    time.sleep(3)
+
+
+def _run_all(prom: Prom, dashboards: dict[str, dict[str, Any]], stack: dict[str, Any], apps: list[str],
+             start: float, end: float) -> tuple[int, list[str]]:
+    window = f"{int(end - start) + 60}s"
     checked = 0
     missing: list[str] = []
-    for name, dashboard in load_dashboards().items():
-        panels = [(f"panel '{p['title']}' {t['refId']}", t["expr"], t.get("instant", False))
-                  for p in dashboard["panels"] for t in p.get("targets", [])]
-        panels += [(f"annotation '{a['name']}'", a["expr"], False)
-                   for a in dashboard["annotations"]["list"] if "expr" in a]
-        for where, raw, instant in panels:
+    exists: dict[str, bool] = {}
+    for name, dashboard in dashboards.items():
+        for where, raw, instant, step in _queries(dashboard):
             for app in (apps if "$app" in raw else [None]):
-                values = {"$instance": regex_instance, "$__rate_interval": "5s", "$__interval": "1s",
-                          "$__range": window}
-                if app is not None:
-                    values["$app"] = app
-                expr = substitute(raw, values)
+                expr = substitute(raw, _values(stack["instance"], window, app))
                 try:
-                    result = prom.query(expr) if instant else prom.query_range(expr, start, end)
+                    result = prom.query(expr) if instant else prom.query_range(expr, start, end, step or "1s")
                 except urllib.error.HTTPError as err:
                     pytest.fail(f"{name} {where}: Prometheus rejected the query: {err.read().decode()}\n{expr}")
                 checked += 1
-                metrics = metric_names(raw)
-                available = all(present.get(m) and (app is None or app in present[m] or not m.startswith("atlas_app"))
-                                for m in metrics)
-                if available and not result:
+                for sel in selectors(expr):
+                    if sel not in exists:
+                        exists[sel] = bool(prom.query(f"count(last_over_time({sel}[{window}]))"))
+                if all(exists[sel] for sel in selectors(expr)) and not result:
                     missing.append(f"{name} {where} app={app}: {expr}")
-    assert checked >= 60
-    assert not missing, "queries without data although their metrics exist:\n" + "\n".join(missing)
+    return checked, missing
+
+
+def test_every_dashboard_query_runs_and_has_data(stack: dict[str, Any]) -> None:
+    """Raw dashboards on the scraping Prometheus, the fleet dashboard on the central one behind the agent."""
+    _settle(stack)
+    prom: Prom = stack["prom"]
+    end = time.time()
+    network_apps = {r["metric"]["app"] for r in prom.query(
+        f'atlas_app_network_receive_bytes_total{{instance="{stack["instance"]}"}}')}
+    # apps that exercise different metrics: the crash loop, the hanger, and one with TCP traffic
+    apps = [CRASHER_APP] + ([HANGER_APP] if stack["hanger"] else []) + sorted(network_apps)[:1]
+    dashboards = load_dashboards()
+    raw = {k: v for k, v in dashboards.items() if k != FLEET_DASHBOARD}
+    checked, missing = _run_all(prom, raw, stack, apps, stack["start"], end)
+    fleet_checked, fleet_missing = _run_all(stack["central"], {FLEET_DASHBOARD: dashboards[FLEET_DASHBOARD]},
+                                            stack, apps, stack["start"], end)
+    assert checked >= 100 and fleet_checked >= 20
+    missing += fleet_missing
+    assert not missing, "queries without data although their series exist:\n" + "\n".join(missing)
+
+
+def test_one_crash_is_one_crash_on_every_crash_panel(stack: dict[str, Any]) -> None:
+    """Every crash-count query, limited to the app that crashed once, adds up to exactly 1 (0 for OOM kills)."""
+    _settle(stack)
+    end = time.time()
+    window = f"{int(end - stack['start']) + 60}s"
+    checked = []
+    for name, dashboard in load_dashboards().items():
+        prom: Prom = stack["central"] if name == FLEET_DASHBOARD else stack["prom"]
+        for where, raw, instant, step in _queries(dashboard):
+            if not any(m in metric_names(raw) for m in CRASH_COUNTERS):
+                continue
+            if "atlas_app_last_crash_timestamp_seconds" in raw:
+                continue  # a time, not a count
+            expected = 0 if 'reason="oom_kill"' in raw else 1
+            for interval in ("1s", "7s"):
+                values = _values(stack["instance"], window, ONE_CRASH_APP)
+                values["$__interval"] = interval
+                expr = restrict(substitute(raw, values), CRASH_COUNTERS, ONE_CRASH_APP)
+                if instant:
+                    series = prom.query(expr)
+                    total = sum(float(s["value"][1]) for s in series)
+                else:
+                    q_step = step or interval
+                    seconds = int(q_step.rstrip("sm")) * (60 if q_step.endswith("m") else 1)
+                    # windows that tile from before the first scrape to past the crash
+                    first = (stack["start"] // seconds) * seconds - seconds
+                    last = (end // seconds + 1) * seconds
+                    series = prom.query_range(expr, first, last, q_step)
+                    total = sum(float(v) for s in series for _, v in s["values"])
+                assert round(total, 6) == expected, (
+                    f"{name} {where} ($__interval {interval}): {total} crashes, not {expected}\n{expr}")
+                checked.append(f"{name} {where}")
+                if instant or step:
+                    break
+    titles = " ".join(checked)
+    for needed in ("atlas-overview.json panel 'Crashes'", "atlas-overview.json panel 'Crashes by reason'",
+                   "atlas-app.json panel 'Crashes by reason'", "atlas-app.json annotation 'Crashes'",
+                   "atlas-fleet.json panel 'Crashes by reason'", "atlas-fleet.json panel 'Crashes'"):
+        assert needed in titles, needed
 
 
 def _alert_names(path: str, metrics: tuple[str, ...]) -> set[str]:
@@ -286,7 +421,7 @@ def _wait_for_alert(prom: Prom, names: set[str], app: str, timeout: float = 40.0
 def test_crash_loop_raises_the_crash_alert(stack: dict[str, Any]) -> None:
     if not ALERTS.exists():
         pytest.skip("deploy/prometheus/alerts.yml is not there yet")
-    names = _alert_names(str(stack["tmp"] / "alerts.yml"), ("atlas_app_crashes_total",))
+    names = _alert_names(str(stack["tmp"] / "scraper-alerts.yml"), ("atlas_app_crashes_total",))
     assert names, "no alert rule reads atlas_app_crashes_total"
     crashes = wait_for_series(stack["prom"], f'atlas_app_crashes_total{{app="{CRASHER_APP}",reason="SIGSEGV"}}')
     assert float(crashes[0]["value"][1]) >= 1
@@ -299,7 +434,8 @@ def test_hung_vfork_parent_raises_the_hang_alert(stack: dict[str, Any]) -> None:
         pytest.skip("deploy/prometheus/alerts.yml is not there yet")
     if not stack["hanger"]:
         pytest.skip("no C compiler to build the vfork helper")
-    names = _alert_names(str(stack["tmp"] / "alerts.yml"), ("atlas_app_hung_processes", "atlas_app_hangs_total"))
+    names = _alert_names(str(stack["tmp"] / "scraper-alerts.yml"),
+                         ("atlas_app_hung_processes", "atlas_app_hangs_total"))
     assert names, "no alert rule reads atlas_app_hung_processes or atlas_app_hangs_total"
     hung = wait_for_series(stack["prom"], f'atlas_app_hung_processes{{app="{HANGER_APP}"}} >= 1')
     assert float(hung[0]["value"][1]) == 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,23 +29,39 @@ APP_METRICS = (
     "atlas_app_disk_wait_processes", "atlas_app_network_receive_bytes_total",
     "atlas_app_network_transmit_bytes_total", "atlas_app_crashes_total", "atlas_app_last_crash_timestamp_seconds",
     "atlas_app_hung_processes", "atlas_app_hangs_total", "atlas_app_oldest_start_time_seconds",
+    "atlas_app_disk_cancelled_write_bytes_total", "atlas_app_exits_total", "atlas_app_minor_page_faults_total",
+    "atlas_app_major_page_faults_total", "atlas_app_context_switches_total", "atlas_app_virtual_memory_bytes",
+    "atlas_app_swap_bytes", "atlas_app_proportional_memory_bytes", "atlas_app_open_fds_limit_ratio",
+    "atlas_app_process_states",
 )
 EXPORTER_METRICS = (
     "atlas_exporter_build_info", "atlas_scrape_collector_success", "atlas_scrape_collector_duration_seconds",
-    "atlas_process_read_errors_total", "atlas_source_active",
+    "atlas_process_read_errors_total", "atlas_source_active", "atlas_app_names_folded_total", "atlas_host_cpus",
 )
+# prometheus_client's own process metrics (Linux), for the exporter-itself row
+PROCESS_METRICS = ("process_cpu_seconds_total", "process_resident_memory_bytes")
 PROMETHEUS_METRICS = ("up", "scrape_duration_seconds")
+RECORDING = REPO / "deploy" / "prometheus" / "recording.yml"
+
+
+def recorded_metrics() -> set[str]:
+    """The series that deploy/prometheus/recording.yml records."""
+    rules = yaml.safe_load(RECORDING.read_text(encoding="utf-8"))
+    return {r["record"] for g in rules["groups"] for r in g["rules"] if "record" in r}
+
+
 PANEL_TYPES = {"timeseries", "stat", "table", "state-timeline", "row", "text", "gauge", "bargauge"}
-UNITS = {"short", "none", "bytes", "Bps", "ops", "s", "percentunit", "dateTimeFromNow", "dateTimeAsIso"}
+UNITS = {"short", "none", "bytes", "Bps", "ops", "s", "percent", "percentunit", "dateTimeFromNow", "dateTimeAsIso"}
 PROMQL_WORDS = {
     "sum", "min", "max", "avg", "count", "topk", "bottomk", "by", "without", "on", "ignoring", "group_left",
     "group_right", "and", "or", "unless", "offset", "bool", "rate", "irate", "increase", "changes", "resets",
     "avg_over_time", "max_over_time", "min_over_time", "time", "vector", "round", "end", "start", "label_values",
+    "last_over_time", "count_over_time", "group", "scalar",
 }
-GRAFANA_VARIABLES = {"datasource", "instance", "app", "__rate_interval", "__interval", "__range"}
+GRAFANA_VARIABLES = {"datasource", "job", "instance", "app", "__rate_interval", "__interval", "__range"}
 DEFAULT_SUBSTITUTIONS = {
     "$__rate_interval": "1m", "$__interval": "15s", "$__range": "1h",
-    "$instance": ".+", "$app": "atlas-exporter",
+    "$job": ".+", "$instance": ".+", "$app": "atlas-exporter",
 }
 
 
@@ -98,7 +115,8 @@ def metric_names(expr: str) -> set[str]:
     return {n for n in names if n not in PROMQL_WORDS}
 
 
-DASHBOARD_FILES = ("atlas-overview.json", "atlas-app.json")
+DASHBOARD_FILES = ("atlas-overview.json", "atlas-app.json", "atlas-fleet.json")
+RAW_DASHBOARDS = ("atlas-overview.json", "atlas-app.json")
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +199,10 @@ def test_queries_use_only_defined_variables_and_known_metrics(dashboards: dict[s
                                                               name: str) -> None:
     d = dashboards[name]
     defined = {v["name"] for v in d["templating"]["list"]} | {"__rate_interval", "__interval", "__range"}
-    known = set(APP_METRICS) | set(EXPORTER_METRICS) | set(PROMETHEUS_METRICS)
+    if name == "atlas-fleet.json":
+        known = recorded_metrics() | set(PROMETHEUS_METRICS)
+    else:
+        known = set(APP_METRICS) | set(EXPORTER_METRICS) | set(PROCESS_METRICS) | set(PROMETHEUS_METRICS)
     for where, expr in dashboard_queries(d):
         used = set(re.findall(r"\$\{?(\w+)", expr))
         assert used <= defined, f"{where}: undefined variables {used - defined}"
@@ -208,22 +229,36 @@ def test_overview_covers_the_issue(dashboards: dict[str, dict[str, Any]]) -> Non
     titles = {p["title"]: p for p in all_panels(d)}
     need = {
         "Top apps by CPU": ["rate(atlas_app_cpu_seconds_total"],
+        "Top apps by CPU, % of host": ["rate(atlas_app_cpu_seconds_total", "atlas_host_cpus"],
         "Top apps by memory": ["atlas_app_resident_memory_bytes"],
         "Top apps by network": ["rate(atlas_app_network_receive_bytes_total",
                                 "rate(atlas_app_network_transmit_bytes_total"],
         "Top apps by disk": ["rate(atlas_app_disk_read_bytes_total", "rate(atlas_app_disk_written_bytes_total"],
-        "Crashes and hangs": ["increase(atlas_app_crashes_total", "atlas_app_hung_processes",
-                              "increase(atlas_app_hangs_total"],
+        "Crashes, exits and hangs": ["last_over_time(atlas_app_crashes_total", "atlas_app_hung_processes",
+                                     "last_over_time(atlas_app_hangs_total", 'outcome="error"', 'reason="oom_kill"'],
+        "Exits by outcome": ["atlas_app_exits_total"],
+        "Apps failing": ['atlas_app_exits_total{job=~"$job", instance=~"$instance", outcome="error"}'],
+        "OOM kills": ['reason="oom_kill"'],
+        "Top apps by swap": ["atlas_app_swap_bytes"],
+        "Top apps by virtual memory": ["atlas_app_virtual_memory_bytes"],
+        "Top apps by major page faults": ["atlas_app_major_page_faults_total"],
+        "Top apps by context switches": ["atlas_app_context_switches_total"],
+        "Process states": ["atlas_app_process_states"],
+        "Fd limit used": ["atlas_app_open_fds_limit_ratio"],
         "Collector success": ["atlas_scrape_collector_success"],
         "Collector duration": ["atlas_scrape_collector_duration_seconds"],
         "Data sources": ["atlas_source_active"],
+        "Exporter CPU": ["process_cpu_seconds_total"],
+        "Exporter memory": ["process_resident_memory_bytes"],
+        "Scrape duration": ["scrape_duration_seconds"],
+        "Names folded into other": ["atlas_app_names_folded_total"],
     }
     for title, fragments in need.items():
         exprs = "\n".join(t["expr"] for t in titles[title]["targets"])
         for fragment in fragments:
             assert fragment in exprs, f"{title}: {fragment}"
-        assert 'instance=~"$instance"' in exprs
-    assert titles["Crashes and hangs"]["type"] == "table"
+        assert 'job=~"$job", instance=~"$instance"' in exprs, title
+    assert titles["Crashes, exits and hangs"]["type"] == "table"
 
 
 def test_app_dashboard_covers_every_per_app_metric(dashboards: dict[str, dict[str, Any]]) -> None:
@@ -232,12 +267,14 @@ def test_app_dashboard_covers_every_per_app_metric(dashboards: dict[str, dict[st
     app = variables["app"]
     assert app["type"] == "query"
     assert re.fullmatch(r"label_values\(atlas_app_processes(\{[^}]*\})?,\s*app\)", app["query"]["query"])
+    assert app["multi"] is True, "several apps can be compared"
     panel_exprs = "\n".join(t["expr"] for p in all_panels(d) for t in p.get("targets", []))
     missing = [m for m in APP_METRICS if m not in metric_names(panel_exprs)]
     assert not missing, f"per-app metrics without a panel: {missing}"
     for p in all_panels(d):
         for t in p.get("targets", []):
-            assert 'app="$app"' in t["expr"], f"panel {p['title']} does not filter on $app"
+            assert 'app=~"$app"' in t["expr"], f"panel {p['title']} does not filter on $app"
+            assert 'app="$app"' not in t["expr"], f"panel {p['title']}: a multi-value $app needs =~"
 
 
 def test_app_dashboard_annotations(dashboards: dict[str, dict[str, Any]]) -> None:
@@ -246,8 +283,10 @@ def test_app_dashboard_annotations(dashboards: dict[str, dict[str, Any]]) -> Non
     for name, metric in (("Crashes", "atlas_app_crashes_total"), ("Hangs", "atlas_app_hangs_total")):
         ann = anns[name]
         assert ann["enable"] is True
-        assert f"changes({metric}{{" in ann["expr"]
-        assert 'app="$app"' in ann["expr"]
+        # one annotation per event: the window is the annotation query's step
+        assert ann["step"] == "1m"
+        assert f"last_over_time({metric}{{" in ann["expr"] and "[1m]" in ann["expr"]
+        assert 'app=~"$app"' in ann["expr"]
         assert ann["titleFormat"]
 
 
@@ -308,3 +347,108 @@ def test_dashboard_provisioning_matches_compose_mount() -> None:
     mounted = (REPO / "deploy" / "compose" / sources[path]).resolve()
     assert mounted == DASHBOARDS.resolve()
     assert (REPO / "deploy" / "compose" / sources["/etc/grafana/provisioning"]).resolve() == PROVISIONING.resolve()
+
+
+def test_dashboards_are_what_the_builder_writes() -> None:
+    result = subprocess.run([sys.executable, str(REPO / "grafana" / "build.py"), "--check"], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("name", DASHBOARD_FILES)
+def test_job_and_instance_variables_are_chained(dashboards: dict[str, dict[str, Any]], name: str) -> None:
+    variables = [v["name"] for v in dashboards[name]["templating"]["list"]]
+    assert variables[:3] == ["datasource", "job", "instance"]
+    by_name = {v["name"]: v for v in dashboards[name]["templating"]["list"]}
+    assert 'job=~"$job"' in by_name["instance"]["query"]["query"]
+    assert by_name["job"]["multi"] and by_name["instance"]["multi"]
+    if "app" in by_name:
+        assert 'job=~"$job", instance=~"$instance"' in by_name["app"]["query"]["query"]
+
+
+@pytest.mark.parametrize("name", DASHBOARD_FILES)
+def test_event_counts_are_exact(dashboards: dict[str, dict[str, Any]], name: str) -> None:
+    """Bars tile the time axis, range counts are instant queries, and no scrape gap can double-count."""
+    counters = ("atlas_app_crashes_total", "atlas_app_hangs_total", "atlas_app_exits_total",
+                "atlas_app_names_folded_total", "instance_app_reason:atlas_app_crashes_total:sum",
+                "instance_app_outcome:atlas_app_exits_total:sum", "instance_app:atlas_app_hangs_total:sum")
+    for p in all_panels(dashboards[name]):
+        for t in p.get("targets", []):
+            expr = t["expr"]
+            assert "increase(" not in expr and "changes(" not in expr, f"{p['title']}: {expr}"
+            assert "offset $__range)" not in expr.replace("[1h] offset $__range", ""), p["title"]
+            if not any(c in expr for c in counters):
+                continue
+            assert "[1h] offset" in expr, f"{p['title']}: counts without the gap-bridging look-back"
+            if "$__interval" in expr:
+                assert p.get("interval") == "1m", f"{p['title']}: counts per $__interval need the panel interval"
+            if "$__range" in expr:
+                assert t["instant"] is True, f"{p['title']}: a count over the range must be an instant query"
+
+
+@pytest.mark.parametrize("name", DASHBOARD_FILES)
+def test_mirror_graphs_use_negative_y_not_negated_values(dashboards: dict[str, dict[str, Any]], name: str) -> None:
+    for p in all_panels(dashboards[name]):
+        for t in p.get("targets", []):
+            assert not t["expr"].lstrip().startswith("-"), f"{p['title']}: negated query"
+    mirrors = [p for p in all_panels(dashboards[name]) if any(
+        prop["id"] == "custom.transform" for o in p.get("fieldConfig", {}).get("overrides", [])
+        for prop in o["properties"])]
+    if name != "atlas-fleet.json":
+        assert mirrors
+
+
+@pytest.mark.parametrize("name", DASHBOARD_FILES)
+def test_single_query_tables_rename_value(dashboards: dict[str, dict[str, Any]], name: str) -> None:
+    for p in all_panels(dashboards[name]):
+        if p["type"] != "table":
+            continue
+        renames = next(t["options"]["renameByName"] for t in p["transformations"] if t["id"] == "organize")
+        if len(p["targets"]) == 1:
+            assert "Value" in renames, p["title"]
+        else:
+            assert all(f"Value #{t['refId']}" in renames for t in p["targets"]), p["title"]
+
+
+@pytest.mark.parametrize("name", RAW_DASHBOARDS)
+def test_secondary_rows_are_collapsed_and_the_exporter_has_a_row(dashboards: dict[str, dict[str, Any]],
+                                                                  name: str) -> None:
+    rows = [p for p in dashboards[name]["panels"] if p["type"] == "row"]
+    collapsed = [r for r in rows if r["collapsed"]]
+    assert collapsed and all(r["panels"] for r in collapsed)
+    assert not rows[0]["collapsed"]
+    if name == "atlas-overview.json":
+        exporter = next(r for r in rows if r["title"] == "The exporter itself")
+        assert exporter["collapsed"]
+        exprs = "\n".join(t["expr"] for p in exporter["panels"] for t in p["targets"])
+        for metric in ("process_cpu_seconds_total", "process_resident_memory_bytes", "scrape_duration_seconds",
+                       "atlas_scrape_collector_success", "atlas_app_names_folded_total"):
+            assert metric in exprs
+
+
+def test_exporter_panels_filter_on_job_and_show_red(dashboards: dict[str, dict[str, Any]]) -> None:
+    panels = {p["title"]: p for p in all_panels(dashboards["atlas-overview.json"])}
+    exporters = panels["Exporters"]
+    assert all('job=~"$job"' in t["expr"] for t in exporters["targets"])
+    assert any(prop["id"] == "thresholds" and prop["value"]["steps"][-1]["color"] == "red"
+               for o in exporters["fieldConfig"]["overrides"] for prop in o["properties"])
+    scrape = panels["Scrape duration"]
+    assert 'job=~"$job"' in scrape["targets"][0]["expr"]
+    assert scrape["fieldConfig"]["defaults"]["thresholds"]["steps"][-1]["color"] == "red"
+
+
+def test_fleet_dashboard_reads_only_what_a_central_store_keeps(dashboards: dict[str, dict[str, Any]]) -> None:
+    """Only recorded series and up: what docs/fleet.md's write_relabel_configs keep."""
+    import re as _re
+
+    fleet_doc = (REPO / "docs" / "fleet.md").read_text(encoding="utf-8")
+    keep = _re.search(r"regex: '([^']+)'\n\s+action: keep", fleet_doc)
+    assert keep, "docs/fleet.md has no write_relabel_configs keep regex"
+    pattern = _re.compile(f"^(?:{keep.group(1)})$")
+    names = set()
+    for _, expr in dashboard_queries(dashboards["atlas-fleet.json"]):
+        names |= metric_names(expr)
+    assert names, "the fleet dashboard has no queries"
+    assert names <= recorded_metrics() | {"up"}, names - recorded_metrics()
+    missing = [n for n in names if not pattern.match(n)]
+    assert not missing, f"docs/fleet.md's remote-write filter drops {missing}"

@@ -11,6 +11,7 @@ exporter's own metrics:
     atlas_scrape_collector_success{collector="network"} 1.0
     atlas_process_read_errors_total{reason="access_denied"} 3.0
     atlas_app_names_folded_total 0.0
+    atlas_host_cpus 8.0
 
 A sub-collector that raises gets `atlas_scrape_collector_success{collector}` 0 and a log
 line; the scrape still succeeds with everything else.
@@ -19,6 +20,7 @@ line; the scrape still succeeds with everything else.
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import sys
 import threading
@@ -213,9 +215,11 @@ class AtlasCollector:
 
     def __init__(self, snapshotter: Snapshotter, sources: Sequence[Source], *, platform_name: str | None = None,
                  clock: Callable[[], float] = time.perf_counter,
-                 folded: Callable[[], tuple[int, int]] | None = None) -> None:
+                 folded: Callable[[], tuple[int, int]] | None = None,
+                 host_cpus: Callable[[], int | None] = os.cpu_count) -> None:
         self.snapshotter = snapshotter
         self.folded = folded  # (names folded into "other", max_apps), from the resolver
+        self.host_cpus = host_cpus
         self.sources = list(sources)
         self.platform_name = platform_name or sys.platform
         self.clock = clock
@@ -269,6 +273,13 @@ class AtlasCollector:
             yield CounterMetricFamily("atlas_app_names_folded",
                                       "App names counted as app=\"other\" because max_apps apps were already "
                                       "exported.", value=self.folded()[0])
+        cpus = self.host_cpus()
+        if cpus:
+            host = GaugeMetricFamily("atlas_host_cpus",
+                                     "Logical CPUs of the host: what 100 % of the host's CPU means (CPU % of host "
+                                     "= rate(atlas_app_cpu_seconds_total) / atlas_host_cpus).")
+            host.add_metric([], cpus)
+            yield host
         active = GaugeMetricFamily("atlas_source_active",
                                    "Whether a data source is active (1) or off (0), with the privilege it runs at.",
                                    labels=["source", "privilege"])
