@@ -276,8 +276,8 @@ class AtlasCollector:
         cpus = self.host_cpus()
         if cpus:
             host = GaugeMetricFamily("atlas_host_cpus",
-                                     "Logical CPUs of the host: what 100 % of the host's CPU means (CPU % of host "
-                                     "= rate(atlas_app_cpu_seconds_total) / atlas_host_cpus).")
+                                     "Logical CPUs of the host: what 100 % of the host's CPU means, for CPU as a "
+                                     "percentage of the host.")
             host.add_metric([], cpus)
             yield host
         active = GaugeMetricFamily("atlas_source_active",
