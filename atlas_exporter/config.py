@@ -15,7 +15,7 @@ import os
 import re
 import stat
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 
 class ConfigError(Exception):
@@ -28,24 +28,68 @@ MIN_INTERVAL_SECONDS = 0.1  # anything shorter would spin a watcher thread
 MAX_SECONDS = 86400.0 * 366  # intervals, thresholds, timeouts and retention: at most about a year
 DEFAULT_CSV_PATH = "~/.atlas_agent/data/app_resources.csv"
 DEFAULT_CSV_MAX_BYTES = 10 * 1024 * 1024
-MATCH_FIELDS = ("comm", "exe", "cmdline", "user", "cgroup")
+# matchers of an `apps` rule, in the order they are tried; `parent` (the parent process's app
+# name) last, because it may need the parent named first
+MATCH_FIELDS = ("comm", "exe", "cmdline", "user", "cgroup", "parent")
+
+
+class RuleMatch(Protocol):
+    def group(self, index: int = 0) -> str: ...
+
+    def groups(self) -> tuple[str | None, ...]: ...
+
+    def groupdict(self) -> dict[str, str | None]: ...
+
+
+class RulePattern(Protocol):
+    """A compiled `apps` regex: RE2 (linear time) in the exporter; `re` works the same in tests."""
+
+    pattern: str
+    groups: int
+    groupindex: Any  # name -> group number
+
+    def search(self, text: str) -> RuleMatch | None: ...
+
+
+def compile_rule_regex(text: str) -> RulePattern:
+    """Compile a user's regex with RE2, whose matching time is linear in the input.
+
+    RE2 has no backreferences or lookaround, as in Prometheus's relabelling. Raises
+    ValueError with RE2's reason when it cannot compile the pattern.
+    """
+    try:
+        import re2  # google-re2
+    except ImportError:
+        raise ValueError("the google-re2 package is not installed (pip install google-re2)") from None
+    options = re2.Options()
+    options.log_errors = False  # RE2 would print its own copy of the error to stderr
+    try:
+        return re2.compile(text, options)  # type: ignore[no-any-return]
+    except re2.error as err:
+        reason = err.args[0] if err.args else err
+        if isinstance(reason, bytes):
+            reason = reason.decode("utf-8", "replace")
+        raise ValueError(str(reason)) from None
+    except (TypeError, UnicodeError) as err:
+        raise ValueError(str(err)) from None
 
 
 @dataclass(frozen=True, slots=True)
 class NamingRule:
-    """One `apps` entry. Every given matcher must match (regexes, `search` semantics).
+    """One `apps` entry. Every given matcher must match (RE2 regexes, `search` semantics).
 
     `name` is a template: `{comm}`, `{exe}` (basename), `{exe_path}`, `{user}`,
-    `{unit}` (cgroup unit name) and the matchers' named or numbered regex groups
-    (`{1}`, `{service}`).
+    `{unit}` (cgroup unit name), `{parent}` (the parent process's app) and the matchers'
+    named or numbered regex groups (`{1}`, `{service}`).
     """
 
     name: str
-    comm: re.Pattern[str] | None = None
-    exe: re.Pattern[str] | None = None
-    cmdline: re.Pattern[str] | None = None
-    user: re.Pattern[str] | None = None
-    cgroup: re.Pattern[str] | None = None
+    comm: RulePattern | None = None
+    exe: RulePattern | None = None
+    cmdline: RulePattern | None = None
+    user: RulePattern | None = None
+    cgroup: RulePattern | None = None
+    parent: RulePattern | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +238,8 @@ def _rule(check: _Checker, raw: Any, index: int) -> NamingRule | None:
     name = check.string(entry, "name", path, None)
     if name is None and "name" not in entry:
         check.fail(f"{path}.name", "missing (every rule needs a name template)")
-    patterns: dict[str, re.Pattern[str]] = {}
+    label = f" in rule '{name}'" if name else ""
+    patterns: dict[str, RulePattern] = {}
     for key in MATCH_FIELDS:
         if key not in entry:
             continue
@@ -202,9 +247,9 @@ def _rule(check: _Checker, raw: Any, index: int) -> NamingRule | None:
         if text is None:
             continue
         try:
-            patterns[key] = re.compile(text)
-        except re.error as err:
-            check.fail(f"{path}.{key}", f"bad regular expression: {err}")
+            patterns[key] = compile_rule_regex(text)
+        except ValueError as err:
+            check.fail(f"{path}.{key}", f"bad regular expression {text!r}{label} (RE2 syntax): {err}")
     if not patterns and not any(k in entry for k in MATCH_FIELDS):
         check.fail(path, "a rule needs at least one of " + ", ".join(MATCH_FIELDS))
     if name is None or len(patterns) != sum(k in entry for k in MATCH_FIELDS):
@@ -218,10 +263,12 @@ def _rule(check: _Checker, raw: Any, index: int) -> NamingRule | None:
 
 
 _TEMPLATE_FIELD = re.compile(r"{([^{}]*)}")
-TEMPLATE_KEYS = {"comm", "exe", "exe_path", "user", "unit", "cgroup"}
+TEMPLATE_KEYS = {"comm", "exe", "exe_path", "user", "unit", "cgroup", "parent"}
 
 
-def _check_template(name: str, patterns: dict[str, re.Pattern[str]]) -> None:
+def _check_template(name: str, patterns: dict[str, RulePattern]) -> None:
+    if any(ch.isspace() or not ch.isprintable() for ch in name):
+        raise ValueError(f"app names cannot contain spaces or control characters: {name!r}")
     groups: set[str] = set()
     for pattern in patterns.values():
         groups |= set(pattern.groupindex)

@@ -53,6 +53,11 @@ class ProcIdentity:
     user: str | None = None
     cgroup: str | None = None  # Linux: the cgroup v2 path ("0::" line); macOS: None
     bundle: str | None = None  # macOS: display name of the outermost .app/.appex bundle
+    ppid: int | None = None  # the parent's pid, for tree-aware grouping
+    cwd: str | None = None  # working folder, to resolve a script given by a relative path
+    # reads a small regular file as the process sees it (its root, its mounts): bytes, or None
+    # when absent, not a regular file, too large or not readable; None: no file lookups
+    read_file: Callable[[str], bytes | None] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(slots=True)

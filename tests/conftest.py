@@ -131,7 +131,7 @@ def nobody_python() -> Iterator[tuple[list[str], dict[str, str]]]:
     site = tmp / "site"
     shutil.copytree(REPO / "atlas_exporter", site / "atlas_exporter",
                     ignore=shutil.ignore_patterns("__pycache__"))
-    for pkg in ("prometheus_client", "yaml", "psutil", "bcrypt"):
+    for pkg in ("prometheus_client", "yaml", "psutil", "bcrypt", "re2"):
         try:
             shutil.copytree(_package_dir(pkg), site / pkg, ignore=shutil.ignore_patterns("__pycache__"))
         except (AssertionError, ModuleNotFoundError):
@@ -144,7 +144,7 @@ def nobody_python() -> Iterator[tuple[list[str], dict[str, str]]]:
            "PYTHONDONTWRITEBYTECODE": "1"}
     prefix = [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
     for python in candidates:
-        probe = subprocess.run([*prefix, python, "-c", "import atlas_exporter.cli, prometheus_client, yaml"],
+        probe = subprocess.run([*prefix, python, "-c", "import atlas_exporter.cli, prometheus_client, yaml, re2"],
                                env=env, capture_output=True, text=True)
         if probe.returncode == 0:
             yield [*prefix, python], env

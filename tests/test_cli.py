@@ -67,6 +67,19 @@ def test_check_config_names_file_key_and_problem(tmp_path: Path, text: str, expe
     assert "Traceback" not in r.stderr
 
 
+def test_check_config_rejects_what_re2_cannot_compile_in_one_line(tmp_path: Path) -> None:
+    cfg = tmp_path / "rules.yml"
+    cfg.write_text("apps:\n  - name: ok\n    cmdline: '(a+)+$'\n  - name: web\n    cmdline: '(?<=a)b'\n")
+    r = run("--check-config", "--config.file", str(cfg))
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [
+        f"atlas-exporter: error: {cfg}: apps[1].cmdline: bad regular expression '(?<=a)b' in rule 'web' (RE2 syntax): "
+        "invalid perl operator: (?<="], r.stderr
+    cfg.write_text("apps:\n  - name: ok\n    cmdline: '(a+)+$'\n    parent: '^(cron|job)$'\n")
+    r = run("--check-config", "--config.file", str(cfg))
+    assert r.returncode == 0, r.stderr
+
+
 def test_missing_config_file(tmp_path: Path) -> None:
     r = run("--config.file", str(tmp_path / "nope.yml"), "--once")
     assert r.returncode == 1 and "file not found" in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -22,12 +22,12 @@ P = ProcIdentity
     (P("snap", cgroup="/system.slice/snap.firefox.firefox-1c2f3a.scope"), "firefox"),
     (P("bash", cgroup="/user.slice/user-1000.slice/session-3.scope", exe="/usr/bin/bash", cmdline=("-bash",)),
      "bash"),
-    (P("python3", exe="/usr/bin/python3.11", cmdline=("python3", "-u", "/opt/app/server.py", "--port", "80")),
-     "server"),
-    (P("python3", exe="/usr/bin/python3.11", cmdline=("python3", "-m", "http.server", "8000")), "http"),
+    (P("python3", exe="/usr/bin/python3.11", cmdline=("python3", "-u", "/opt/etl/etl.py", "--port", "80")),
+     "etl"),
+    (P("python3", exe="/usr/bin/python3.11", cmdline=("python3", "-m", "http.server", "8000")), "http.server"),
     (P("python3", exe="/usr/bin/python3.11", cmdline=("python3", "-c", "print(1)")), "python3"),
     (P("node", exe="/usr/bin/node", cmdline=("node", "--max-old-space-size", "100", "/srv/api/server.js")),
-     "server"),
+     "api"),
     (P("java", exe="/usr/lib/jvm/bin/java", cmdline=("java", "-Xmx1g", "-cp", "a.jar", "org.x.Bootstrap", "start")),
      "Bootstrap"),
     (P("java", exe="/usr/lib/jvm/bin/java", cmdline=("java", "-jar", "/opt/kafka.jar")), "kafka"),
@@ -145,3 +145,209 @@ def test_template_field_beyond_the_rendering_matcher_is_rejected() -> None:
 
     with pytest.raises(ConfigError, match=r"apps\[0\]\.name: unknown template field '\{2\}'"):
         parse_config({"apps": [{"name": "y-{2}", "comm": "(a)", "cmdline": "(b)(c)"}]})
+
+
+# --- better default names -------------------------------------------------------------------
+
+PY = "/usr/bin/python3.11"
+
+
+@pytest.mark.parametrize(("cmdline", "cwd", "expected"), [
+    (("python3", "-m", "http.server", "8000"), None, "http.server"),
+    (("python3", "-m", "uvicorn", "app:app", "--workers", "2"), None, "uvicorn"),
+    (("python3", "-u", "-m", "celery", "-A", "proj", "worker"), None, "celery"),
+    (("python3", "-mpkg.tool"), None, "pkg.tool"),
+    (("python3", "-m", "mypkg.__main__"), None, "mypkg"),
+    (("python3", "main.py"), "/srv/billing", "billing"),
+    (("python3", "./main.py"), "/srv/billing", "billing"),
+    (("python3", "/srv/billing/main.py"), "/", "billing"),
+    (("python3", "src/main.py"), "/srv/billing", "billing"),  # generic folders are passed over
+    (("python3", "../billing/app.py"), "/srv/other", "billing"),
+    (("python3", "manage.py", "runserver"), "/home/ann/shop", "shop"),
+    (("python3", "/app/main.py"), None, "app"),  # only generic folders: the nearest is kept
+    (("python3", "main.py"), None, "main"),  # no cwd (unreadable): the script's own name
+    (("python3", "/srv/etl/etl.py"), None, "etl"),
+    (("python3", "/srv/etl/__main__.py"), None, "etl"),
+])
+def test_python_defaults(cmdline: tuple[str, ...], cwd: str | None, expected: str) -> None:
+    assert default_name(P("python3", exe=PY, cmdline=cmdline, cwd=cwd)) == expected
+
+
+def test_main_py_by_relative_and_absolute_path_is_one_name() -> None:
+    relative = P("python3", exe=PY, cmdline=("python3", "main.py"), cwd="/opt/invoices")
+    absolute = P("python3", exe=PY, cmdline=("python3", "/opt/invoices/main.py"), cwd="/")
+    assert default_name(relative) == default_name(absolute) == "invoices"
+
+
+def files(tree: dict[str, str | bytes]):
+    def read(path: str) -> bytes | None:
+        data = tree.get(path)
+        return data.encode() if isinstance(data, str) else data
+    return read
+
+
+def test_node_package_json_name_wins() -> None:
+    read = files({"/srv/shop/package.json": '{"name": "@acme/shop-api", "version": "1.0.0"}',
+                  "/srv/plain/package.json": '{"version": "1.0.0"}',
+                  "/srv/bad/package.json": b"\xff{[",
+                  "/srv/deep/package.json": "[" * 100000 + "]" * 100000})
+    node = "/usr/bin/node"
+    assert default_name(P("node", exe=node, cmdline=("node", "dist/server.js"), cwd="/srv/shop", read_file=read)) \
+        == "shop-api"
+    assert default_name(P("node", exe=node, cmdline=("node", "/srv/shop/lib/worker.js"), read_file=read)) \
+        == "shop-api"
+    # a package.json with no name, a corrupt one, a hostile one: the script's own name
+    for folder in ("plain", "bad", "deep"):
+        assert default_name(P("node", exe=node, cmdline=("node", "index.js"), cwd=f"/srv/{folder}",
+                              read_file=read)) == folder
+    assert default_name(P("node", exe=node, cmdline=("node", "/opt/tools/report.js"), read_file=read)) == "report"
+    # npm retitles itself "npm start": named by the package it runs, or "npm", never with a space
+    npm = P("npm start", exe=node, cmdline=("npm start",), cwd="/srv/shop/src", read_file=read)
+    assert default_name(npm) == "shop-api"
+    assert default_name(P("npm start", exe=node, cmdline=("npm start",), cwd="/nowhere", read_file=read)) == "npm"
+    assert default_name(P("npm start", exe=node, cmdline=("npm start",))) == "npm"
+    assert default_name(P("node", exe=node, cmdline=("node", "/usr/lib/node_modules/npm/bin/npm-cli.js", "start"),
+                          cwd="/srv/shop", read_file=read)) == "shop-api"
+    assert default_name(P("node", exe=node, cmdline=("node", "/usr/bin/yarn", "dev"), cwd="/srv/x")) == "yarn"
+    # npm's `sh -c "node server.js"` wrapper joins the package too
+    wrapper = P("sh", exe="/usr/bin/dash", cmdline=("sh", "-c", "node server.js"), cwd="/srv/shop", read_file=read)
+    assert default_name(wrapper) == "shop-api"
+
+
+@pytest.mark.parametrize(("script", "expected"), [
+    ("python3 /srv/etl/etl.py --full", "etl"),
+    ("exec python3 /srv/etl/etl.py", "etl"),
+    ("cd /srv/billing && python3 main.py >> /var/log/billing.log 2>&1", "billing"),
+    ("cd /srv/billing; exec env PYTHONUNBUFFERED=1 nohup nice -n 5 python3 -u main.py", "billing"),
+    ("FOO=1 BAR=2 timeout -s KILL 300 /usr/local/bin/backup --all", "backup"),
+    ("bash /opt/jobs/job.sh", "job"),
+    ("/opt/jobs/job.sh 2>&1 | logger -t job", "job"),
+    ("sleep 5; ./worker --queue mail", "worker"),
+    ("set -e\nexport A=1\n. venv/bin/activate\npython3 -m celery -A proj worker", "celery"),
+    ("while true; do ./poller; sleep 1; done", "poller"),
+    ("$CMD --flag", "sh"),  # nothing to go by: the shell keeps its own name
+    ("for f in *; do gzip $f; done", "sh"),
+    ("echo 'unbalanced", "sh"),
+    ("", "sh"),
+])
+def test_sh_c_wrapper_is_named_by_the_program_it_runs(script: str, expected: str) -> None:
+    ident = P("sh", exe="/usr/bin/dash", cmdline=("/bin/sh", "-c", script), cwd="/home/ann")
+    assert default_name(ident) == expected
+
+
+def test_names_have_no_spaces_or_control_characters() -> None:
+    assert default_name(P("npm start", exe="/usr/local/bin/npm-x", cmdline=("npm start",))) == "npm"
+    assert default_name(P("tab\there", cmdline=("tab\there",))) == "tab"
+    assert default_name(P("x", cgroup="/system.slice/my\\x20app.service")) == "my_app"
+    assert default_name(P("x", exe=PY, cmdline=("python3", "/srv/My Project\x07/main.py"))) == "My_Project_"
+    namer = rules([{"name": "job-{1}", "cmdline": r"(?s)^run (.*)$"}])
+    assert namer.name(P("run", cmdline=("run", "a b\nc"))) == "job-a_b_c"
+
+
+# --- tree-aware grouping ----------------------------------------------------------------------
+
+MP_SPAWN = ("python3", "-c", "from multiprocessing.spawn import spawn_main; spawn_main(tracker_fd=5, pipe_handle=7)",
+            "--multiprocessing-fork")
+MP_TRACKER = ("python3", "-c", "from multiprocessing.resource_tracker import main;main(6)")
+MP_FORKSERVER = ("python3", "-c", "from multiprocessing.forkserver import main; main(7, 8, ['__main__'], "
+                 "**{'sys_path': ['/srv']})")
+
+
+@pytest.mark.parametrize("cmdline", [MP_SPAWN, MP_TRACKER, MP_FORKSERVER])
+def test_multiprocessing_helpers_join_their_parent(cmdline: tuple[str, ...]) -> None:
+    ident = P("python3", exe=PY, cmdline=cmdline, ppid=100)
+    assert Namer().name(ident, lambda: "uvicorn") == "uvicorn"
+    assert Namer().name(ident) == "python3"  # no parent known: its own default name
+    assert Namer().name(ident, lambda: "systemd") == "python3"  # never joins a process manager
+    assert Namer().name(ident, lambda: None) == "python3"
+
+
+def test_parent_is_asked_only_when_needed() -> None:
+    asked: list[int] = []
+
+    def parent() -> str:
+        asked.append(1)
+        return "p"
+
+    assert Namer().name(P("python3", exe=PY, cmdline=("python3", "/srv/a.py")), parent) == "a"
+    assert asked == []
+    assert rules([{"name": "{parent}-x", "parent": "^p$", "comm": "^c$"}]).name(P("c"), parent) == "p-x"
+    assert asked == [1]
+
+
+def test_crash_handlers_join_their_app() -> None:
+    handler = P("chrome_crashpad", exe="/usr/lib/chromium/chrome_crashpad_handler",
+                cmdline=("/usr/lib/chromium/chrome_crashpad_handler", "--monitor-self", "--database=/x"), ppid=1)
+    assert Namer().name(handler, lambda: "my-browser") == "my-browser"
+    # crashpad double-forks, so its parent is usually init: it is named by its install folder
+    assert Namer().name(handler) == "chromium"
+    assert Namer().name(handler, lambda: "systemd") == "chromium"
+    electron = P("chrome_crashpad", exe="/usr/share/code/chrome_crashpad_handler",
+                 cmdline=("/usr/share/code/chrome_crashpad_handler",))
+    assert Namer().name(electron) == "code"
+    unprivileged = P("chrome_crashpad", cmdline=("/usr/lib/chromium/chrome_crashpad_handler", "--no-periodic-tasks"))
+    assert Namer().name(unprivileged) == "chromium"  # another user's exe link is unreadable: argv[0] tells
+    bare = P("crashpad_handle", exe="/usr/bin/crashpad_handler", cmdline=("/usr/bin/crashpad_handler",))
+    assert Namer().name(bare) == "crashpad_handler"
+
+
+def test_parent_rule_groups_a_cron_jobs_children() -> None:
+    namer = rules([{"name": "{parent}", "parent": "^(job|backup)$"}])
+    curl = P("curl", exe="/usr/bin/curl", cmdline=("curl", "-s", "https://example.com"))
+    assert namer.name(curl, lambda: "job") == "job"
+    assert namer.name(curl, lambda: "cron") == "curl"
+    assert namer.name(curl) == "curl"  # no parent: the parent matcher does not match
+
+
+def test_resolver_names_the_parent_first_for_helpers() -> None:
+    tree = {ProcessId(50, 1): P("python3", exe=PY, cmdline=("python3", "/srv/api/api.py"), ppid=1),
+            ProcessId(51, 2): P("python3", exe=PY, cmdline=MP_FORKSERVER, ppid=50),
+            ProcessId(52, 3): P("python3", exe=PY, cmdline=MP_FORKSERVER, ppid=51),  # a forkserver worker
+            ProcessId(53, 4): P("python3", exe=PY, cmdline=MP_TRACKER, ppid=50)}
+    source = FakeSource()
+    source.idents = tree
+    resolver = AppResolver(source, Namer(), max_apps=10)  # type: ignore[arg-type]
+    assert resolver.app_for(sample(52, 3, "python3")) == "api"  # its parent and grandparent named first
+    assert resolver.app_for(sample(53, 4, "python3")) == "api"
+    assert resolver.app_for(sample(50, 1, "python3")) == "api"
+    assert resolver.app_for(sample(51, 2, "python3")) == "api"
+
+
+# --- rules: RE2, the parent matcher, bounded time ---------------------------------------------
+
+def test_rules_are_re2_and_what_re2_cannot_compile_is_rejected_naming_the_rule() -> None:
+    from atlas_exporter.config import ConfigError
+
+    assert type(parse_config({"apps": [{"name": "x", "comm": "^x$"}]}).apps[0].comm).__module__.startswith("re2")
+    for bad, reason in ((r"(?<=a)b", "invalid perl operator"), (r"(a)\1", "invalid escape sequence"),
+                        ("a{1001}", "invalid repetition size"), ("(", "missing )")):
+        with pytest.raises(ConfigError) as err:
+            parse_config({"apps": [{"name": "ok", "comm": "^x$"}, {"name": "web", "cmdline": bad}]}, "f.yml")
+        message = str(err.value)
+        assert "\n" not in message
+        assert message.startswith(f"f.yml: apps[1].cmdline: bad regular expression {bad!r} in rule 'web' "
+                                  "(RE2 syntax): "), message
+        assert reason in message
+    with pytest.raises(ConfigError, match=r"apps\[0\]\.parent: bad regular expression"):
+        parse_config({"apps": [{"name": "x", "parent": "(?=x)"}]})
+    with pytest.raises(ConfigError, match=r"apps\[0\]\.name: app names cannot contain spaces"):
+        parse_config({"apps": [{"name": "my app", "comm": "x"}]})
+
+
+def test_backtracking_rule_is_linear_time() -> None:
+    import time
+
+    namer = rules([{"name": "evil", "cmdline": "(a+)+$"}])
+    started = time.process_time()
+    assert namer.name(P("sleep", exe="/usr/bin/sleep", cmdline=("a" * 34 + "!",))) == "sleep"
+    assert namer.name(P("sleep", exe="/usr/bin/sleep", cmdline=("a" * 60_000 + "!",))) == "sleep"
+    assert time.process_time() - started < 2.0
+
+
+def test_rules_stop_after_the_time_budget() -> None:
+    ticks = iter(range(1000))
+    namer = Namer(parse_config({"apps": [{"name": f"r{i}", "comm": f"^nomatch{i}$"} for i in range(50)]
+                                + [{"name": "late", "comm": "^x$"}]}).apps,
+                  budget_seconds=10, clock=lambda: float(next(ticks)))
+    assert namer.name(P("x")) == "x"  # cut short before the last rule: its default name
+    assert namer.over_budget == 1

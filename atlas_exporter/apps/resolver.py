@@ -46,6 +46,7 @@ MAX_REMEMBERED_FOLDS = 100_000
 MAX_WATCHED_PIDS = 4096  # names looked up by watchers for processes the scans have not seen
 YOUNG_SECONDS = 10.0  # a process this young has its cgroup re-read at every scan (launchers move it)
 CGROUP_RECHECK_SECONDS = 60.0  # older processes: at most this often
+MAX_PARENT_DEPTH = 8  # how many ancestors naming one process may name first
 
 
 def clean_name(raw: str | bytes | None) -> str:
@@ -314,12 +315,34 @@ class AppResolver:
 
     # -- naming
 
-    def _resolve(self, pid: ProcessId, comm: str | None, *, scanned: bool) -> _Entry | None:
+    def parent_app(self, ident: ProcIdentity, depth: int = 0) -> Callable[[], str | None] | None:
+        """How the namer asks for the name of a process's parent's app (named first if need be).
+
+        Tree-aware grouping (helpers join their parent, `parent` rules) goes through this; the
+        namer calls it only when it needs it. None: no parent to ask about (pid 1 is nobody's
+        app parent; at most MAX_PARENT_DEPTH ancestors are named for one process).
+        """
+        ppid = ident.ppid
+        if not ppid or ppid <= 1 or depth >= MAX_PARENT_DEPTH:
+            return None
+
+        def ask() -> str | None:
+            token, comm = self._token(ppid)
+            if token is None:
+                return None
+            entry = self._cache.get(token) or self._watched.get(token)
+            if entry is None or (comm is not None and entry.comm != comm):
+                entry = self._resolve(token, comm, scanned=token in self._cache, depth=depth + 1)
+            return entry.name if entry is not None else None
+
+        return ask
+
+    def _resolve(self, pid: ProcessId, comm: str | None, *, scanned: bool, depth: int = 0) -> _Entry | None:
         ident = self.source.identity(pid)
         if ident is None:
             return None
         entry = _Entry(comm=comm if comm is not None else ident.comm, cgroup=ident.cgroup,
-                       name=clean_name(self.namer.name(ident)))
+                       name=clean_name(self.namer.name(ident, self.parent_app(ident, depth))))
         entry.recheck_at = self.clock() + (0.0 if scanned else CGROUP_RECHECK_SECONDS)
         with self._lock:
             if scanned:

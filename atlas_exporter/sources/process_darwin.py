@@ -307,7 +307,7 @@ class DarwinProcessSource:
             comm = self.table.name(pid.pid)
         except (ProcessGone, AccessDenied, OSError):
             return None
-        ident = ProcIdentity(comm=comm, user=self._user(kinfo.uid))
+        ident = ProcIdentity(comm=comm, user=self._user(kinfo.uid), ppid=kinfo.ppid)
         try:
             ident.exe = self.libproc.pid_path(pid.pid) or None
         except (ProcessGone, AccessDenied, OSError):

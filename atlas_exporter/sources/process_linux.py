@@ -22,6 +22,7 @@ import errno
 import logging
 import os
 import pwd
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -296,6 +297,52 @@ def read_proc_file(path: str) -> bytes:
 
 
 _VANISHED = (FileNotFoundError, ProcessLookupError)
+MAX_NAMING_FILE = 256 * 1024  # package.json files read for naming are at most this large
+
+
+class ProcessFiles:
+    """Reads small files as a process sees them (through `/proc/<pid>/root`), for naming.
+
+    Only a regular file that anyone may read, or that the process's own (non-root) user owns, of
+    at most MAX_NAMING_FILE bytes: a FIFO, a device, a link to a root-only file or a huge file is
+    None, and nothing is opened for reading before that is known (the file is first opened with
+    O_PATH, which never runs a device's open, then reopened through that descriptor).
+    """
+
+    __slots__ = ("root", "uid")
+
+    def __init__(self, root: str, uid: int) -> None:
+        self.root = root
+        self.uid = uid
+
+    def __call__(self, path: str) -> bytes | None:
+        if not path.startswith("/") or "\0" in path:
+            return None
+        try:
+            fd = os.open(self.root + path, os.O_PATH | os.O_CLOEXEC)
+        except (OSError, ValueError):
+            return None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_NAMING_FILE:
+                return None
+            # world-readable, or the process's own (non-root) user's: an absolute link inside a
+            # container resolves against the exporter's root, so root's own files do not count
+            readable = st.st_mode & stat.S_IROTH or (st.st_uid == self.uid != 0 and st.st_mode & stat.S_IRUSR)
+            if not readable:
+                return None
+            rfd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        try:
+            data = os.read(rfd, MAX_NAMING_FILE + 1)
+        except OSError:
+            return None
+        finally:
+            os.close(rfd)
+        return data if len(data) <= MAX_NAMING_FILE else None
 
 
 class LinuxProcessSource:
@@ -384,7 +431,7 @@ class LinuxProcessSource:
             return None
         if st.starttime != pid.started or st.flags & PF_KTHREAD:
             return None
-        ident = ProcIdentity(comm=st.comm)
+        ident = ProcIdentity(comm=st.comm, ppid=st.ppid)
         try:
             exe = os.readlink(f"{base}/exe")
             if exe.endswith(" (deleted)"):
@@ -393,16 +440,23 @@ class LinuxProcessSource:
         except OSError:
             pass
         try:
+            ident.cwd = os.readlink(f"{base}/cwd")
+        except OSError:
+            pass
+        try:
             raw = read_proc_file(f"{base}/cmdline")
             ident.cmdline = tuple(a.decode("utf-8", "replace") for a in raw.rstrip(b"\0").split(b"\0") if raw)
         except OSError:
             pass
+        uid = None
         try:
             uid = parse_uid(read_proc_file(f"{base}/status").decode("utf-8", "replace"))
             if uid is not None:
                 ident.user = self._user_name(uid)
         except (OSError, ValueError):
             pass
+        if uid is not None:
+            ident.read_file = ProcessFiles(f"{base}/root", uid)
         try:
             ident.cgroup = parse_cgroup(read_proc_file(f"{base}/cgroup").decode("utf-8", "replace"))
         except OSError:
