@@ -235,6 +235,17 @@ def test_sh_c_wrapper_is_named_by_the_program_it_runs(script: str, expected: str
     assert default_name(ident) == expected
 
 
+def test_cron_jobs_are_named_by_what_they_run_not_by_cron() -> None:
+    cgroup = "/system.slice/cron.service"
+    assert default_name(P("cron", exe="/usr/sbin/cron", cmdline=("/usr/sbin/cron", "-f"), cgroup=cgroup)) == "cron"
+    wrapper = P("sh", exe="/usr/bin/dash", cmdline=("/bin/sh", "-c", "cd /opt/reports && bash job.sh >> log 2>&1"),
+                cgroup=cgroup)
+    assert default_name(wrapper) == "job"
+    assert default_name(P("bash", exe="/usr/bin/bash", cmdline=("bash", "job.sh"), cwd="/opt/reports",
+                          cgroup=cgroup)) == "job"
+    assert default_name(P("curl", exe="/usr/bin/curl", cmdline=("curl", "-s", "x"), cgroup=cgroup)) == "curl"
+
+
 def test_names_have_no_spaces_or_control_characters() -> None:
     assert default_name(P("npm start", exe="/usr/local/bin/npm-x", cmdline=("npm start",))) == "npm"
     assert default_name(P("tab\there", cmdline=("tab\there",))) == "tab"
@@ -351,3 +362,42 @@ def test_rules_stop_after_the_time_budget() -> None:
                   budget_seconds=10, clock=lambda: float(next(ticks)))
     assert namer.name(P("x")) == "x"  # cut short before the last rule: its default name
     assert namer.over_budget == 1
+
+
+def test_readme_examples() -> None:
+    """The table of real programs in the README's "How apps are named"."""
+    pg_unit = "/system.slice/system-postgresql.slice/postgresql@15-main.service"
+    pg = P("postgres", exe="/usr/lib/postgresql/15/bin/postgres", cmdline=("postgres: 15/main: checkpointer",))
+    assert default_name(pg) == "postgres"
+    pg.cgroup = pg_unit
+    assert default_name(pg) == "postgresql"
+    for title in ("nginx: master process /usr/sbin/nginx -g daemon on;", "nginx: worker process"):
+        assert default_name(P("nginx", exe="/usr/sbin/nginx", cmdline=(title,))) == "nginx"
+    venv = "/srv/shop/venv/bin"
+    assert default_name(P("gunicorn", exe=PY, cmdline=(f"{venv}/python3", f"{venv}/gunicorn", "shop.wsgi", "-w",
+                                                        "4"))) == "gunicorn"
+    assert default_name(P("gunicorn: maste", exe=PY, cmdline=("gunicorn: master [shop.wsgi]",))) == "gunicorn"
+    uvicorn = P("uvicorn", exe=PY, cmdline=(f"{venv}/python3", f"{venv}/uvicorn", "main:app", "--workers", "4"))
+    assert Namer().name(uvicorn) == "uvicorn"
+    assert Namer().name(P("python3", exe=PY, cmdline=("python3", "-m", "uvicorn", "main:app"))) == "uvicorn"
+    assert Namer().name(P("python3", exe=PY, cmdline=MP_SPAWN, ppid=7), lambda: "uvicorn") == "uvicorn"
+    chromium = "/usr/lib/chromium/chromium"
+    for args in ((chromium, "--type=renderer"), (chromium, "--type=zygote")):
+        assert Namer().name(P("chromium", exe=chromium, cmdline=args), lambda: "chromium") == "chromium"
+    handler = P("chrome_crashpad", exe="/usr/lib/chromium/chrome_crashpad_handler",
+                cmdline=("/usr/lib/chromium/chrome_crashpad_handler", "--monitor-self"), ppid=1)
+    assert Namer().name(handler) == "chromium"
+    cron = "/system.slice/cron.service"
+    job = rules([{"name": "{parent}", "parent": "^(job|backup)$"}])
+    wrapper = P("sh", exe="/usr/bin/dash", cmdline=("/bin/sh", "-c", "cd /opt/reports && bash job.sh >> job.log 2>&1"),
+                cgroup=cron)
+    assert job.name(wrapper, lambda: "cron") == "job"
+    assert job.name(P("bash", exe="/usr/bin/bash", cmdline=("bash", "job.sh"), cgroup=cron, cwd="/opt/reports"),
+                    lambda: "job") == "job"
+    assert job.name(P("curl", exe="/usr/bin/curl", cmdline=("curl", "-s", "x"), cgroup=cron), lambda: "job") == "job"
+    read = files({"/srv/shop/package.json": '{"name": "@acme/shop-api"}'})
+    for ident in (P("npm start", exe="/usr/bin/node", cmdline=("npm start",), cwd="/srv/shop", read_file=read),
+                  P("sh", exe="/usr/bin/dash", cmdline=("sh", "-c", "node server.js"), cwd="/srv/shop",
+                    read_file=read),
+                  P("node", exe="/usr/bin/node", cmdline=("node", "server.js"), cwd="/srv/shop", read_file=read)):
+        assert default_name(ident) == "shop-api"

@@ -9,7 +9,8 @@ Pure logic: files are read only through the identity's injected `read_file`.
      resource tracker, and crash handlers (`chrome_crashpad_handler`); a crash handler whose
      parent is a process manager is named by the folder it is installed in;
   3. a systemd service or app scope, suffixes stripped
-     (`nginx.service` -> `nginx`, `app-gnome-firefox-1234.scope` -> `firefox`);
+     (`nginx.service` -> `nginx`, `app-gnome-firefox-1234.scope` -> `firefox`), except job
+     runners (`cron.service`, `supervisor.service`), whose jobs are named by what they run;
   4. the outermost macOS `.app` bundle (filled in by the macOS source);
   5. for interpreters (python, node, java, ruby, perl, sh), what they run: `python -m pkg.mod` ->
      `pkg.mod`; a script by its name, a generic one (`main.py`, `index.js`, `manage.py`...) by its
@@ -88,6 +89,9 @@ _GENERIC_FOLDERS = frozenset({"src", "lib", "bin", "sbin", "dist", "build", "out
 _NODE_LAUNCHERS = frozenset({"npm", "npx", "yarn", "yarnpkg", "pnpm", "pnpx", "corepack"})
 _NODE_LAUNCHER_SCRIPTS = frozenset({"npm-cli.js", "npx-cli.js", "yarn.js", "yarn.cjs", "pnpm.cjs", "pnpm.mjs",
                                     "pnpx.cjs", "corepack.cjs"})
+# services whose processes are other programs (jobs), each named as if it had no unit
+JOB_RUNNER_UNITS = frozenset({"cron", "crond", "cronie", "anacron", "atd", "supervisor", "supervisord", "circus",
+                              "circusd"})
 # crash handlers started by an application for itself
 CRASH_HANDLERS = frozenset({"chrome_crashpad_handler", "crashpad_handler"})
 # parents whose children are applications of their own: a helper never joins these
@@ -457,7 +461,7 @@ def _default(ident: ProcIdentity, depth: int) -> str:
     unit = unit_of_cgroup(ident.cgroup)
     if unit:
         name = app_of_unit(unit)
-        if name:
+        if name and name not in JOB_RUNNER_UNITS:
             return _clean(name)
     if ident.bundle:
         return _clean(ident.bundle, spaces=True)
