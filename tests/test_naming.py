@@ -273,6 +273,16 @@ def test_multiprocessing_helpers_join_their_parent(cmdline: tuple[str, ...]) -> 
     assert Namer().name(ident, lambda: None) == "python3"
 
 
+def test_only_multiprocessing_own_helpers_are_helpers() -> None:
+    loky = ("python3", "-m", "joblib.externals.loky.backend.popen_loky_posix", "--process-name", "LokyProcess-1",
+            "--pipe", "5")
+    assert Namer().name(P("python3", exe=PY, cmdline=loky, ppid=9), lambda: "trainer") == "trainer"
+    user_code = ("python3", "-c", "from multiprocessing import Pool; Pool(2).map(print, [1])")
+    assert Namer().name(P("python3", exe=PY, cmdline=user_code, ppid=9), lambda: "bash") == "python3"
+    assert Namer().name(P("python3", exe=PY, cmdline=("python3", "-m", "http.server"), ppid=9),
+                        lambda: "bash") == "http.server"
+
+
 def test_parent_is_asked_only_when_needed() -> None:
     asked: list[int] = []
 

@@ -99,7 +99,9 @@ MANAGERS = frozenset({"systemd", "init", "launchd", "tini", "dumb-init", "docker
                       "containerd-shim", "containerd-shim-runc-v2", "conmon", "supervisord", "runsv", "runsvdir",
                       "s6-supervise", "kthreadd", "other"})
 # python code run with -c by multiprocessing (and the billiard and loky forks of it) for its helpers
-_MP_HELPER_CODE = re.compile(r"\bfrom\s+(multiprocessing|billiard|joblib\.externals\.loky|loky)[.\s]")
+_MP_HELPER_CODE = re.compile(r"^\s*from\s+(multiprocessing|billiard|joblib\.externals\.loky\.backend|loky\.backend)"
+                             r"\.\w+\s+import\b")
+_MP_HELPER_MODULES = ("joblib.externals.loky.backend.", "loky.backend.")  # loky starts its workers with -m
 
 def unit_of_cgroup(cgroup: str | None) -> str | None:
     """The deepest systemd unit in a cgroup path that names an application, else None."""
@@ -492,6 +494,9 @@ def is_helper(ident: ProcIdentity) -> bool:
     interp = _interpreter(ident)
     if interp and _PYTHON.match(interp):
         args = ident.cmdline[1:]
+        module = python_module(args)
+        if module:
+            return module.startswith(_MP_HELPER_MODULES)
         for i, arg in enumerate(args[:-1]):
             if arg == "-c" or (arg.startswith("-") and not arg.startswith("--") and arg.endswith("c")):
                 return bool(_MP_HELPER_CODE.search(args[i + 1][:1000]))
