@@ -41,7 +41,7 @@ P = ProcIdentity
      "binary_backend"),
     (P("myproc"), "myproc"),
     (P("Google Chrome H", exe="/Applications/Google Chrome.app/Contents/MacOS/x", bundle="Google Chrome"),
-     "Google Chrome"),
+     "Google_Chrome"),
 ])
 def test_default_names(ident: ProcIdentity, expected: str) -> None:
     assert default_name(ident) == expected
@@ -250,7 +250,9 @@ def test_names_have_no_spaces_or_control_characters() -> None:
     assert default_name(P("npm start", exe="/usr/local/bin/npm-x", cmdline=("npm start",))) == "npm"
     assert default_name(P("tab\there", cmdline=("tab\there",))) == "tab"
     assert default_name(P("x", cgroup="/system.slice/my\\x20app.service")) == "my_app"
-    assert default_name(P("x", exe=PY, cmdline=("python3", "/srv/My Project\x07/main.py"))) == "My_Project_"
+    assert default_name(P("x", exe=PY, cmdline=("python3", "/srv/My  Project\x07/main.py"))) == "My_Project"
+    assert default_name(P("Web Content", exe="/usr/lib/firefox/firefox", cmdline=("/usr/lib/firefox/firefox",
+                                                                                 "-contentproc"))) == "Web_Content"
     namer = rules([{"name": "job-{1}", "cmdline": r"(?s)^run (.*)$"}])
     assert namer.name(P("run", cmdline=("run", "a b\nc"))) == "job-a_b_c"
 

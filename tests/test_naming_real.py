@@ -101,10 +101,10 @@ def tree_size(pid: int) -> int:
     for name in os.listdir("/proc"):
         if name.isdigit():
             try:
-                text = Path(f"/proc/{name}/stat").read_text()
+                text = Path(f"/proc/{name}/stat").read_bytes()  # a comm may be any bytes
             except OSError:
                 continue
-            ppid = int(text[text.rfind(")") + 2:].split()[1])
+            ppid = int(text[text.rfind(b")") + 2:].split()[1])
             children.setdefault(ppid, []).append(int(name))
     count, todo = 0, [pid]
     while todo:

@@ -20,7 +20,7 @@ Pure logic: files are read only through the identity's injected `read_file`.
   6. the executable's name as it was started (a process title is cut at its first space:
      `npm start` -> `npm`);
   7. comm.
-Names never hold control characters, and only macOS bundle display names hold spaces.
+Names never hold whitespace or control characters: each run of them becomes one `_`.
 """
 
 from __future__ import annotations
@@ -434,8 +434,9 @@ def started_name(ident: ProcIdentity) -> str:
     retitled argv[0] ("nginx: worker process", "npm start") counts by its first word. A
     program run from a memfd has no file name: its argv[0] names it.
     """
-    comm = _title_word(ident.comm)
     argv0 = _title_word(ident.cmdline[0]) if ident.cmdline else None
+    # a process that retitled itself (its argv[0] holds spaces) set its comm from the same title
+    comm = _title_word(ident.comm) if ident.cmdline and argv0 != ident.cmdline[0] else ident.comm
     exe = ident.exe if ident.exe and not os.path.basename(ident.exe).startswith("memfd:") else None
     for path in (argv0, exe):
         if path:
@@ -466,7 +467,7 @@ def _default(ident: ProcIdentity, depth: int) -> str:
         if name and name not in JOB_RUNNER_UNITS:
             return _clean(name)
     if ident.bundle:
-        return _clean(ident.bundle, spaces=True)
+        return _clean(ident.bundle)
     interp = _interpreter(ident)
     if interp:
         if _NODE.match(interp):
@@ -503,11 +504,11 @@ def is_helper(ident: ProcIdentity) -> bool:
     return False
 
 
-def _clean(name: str, *, spaces: bool = False) -> str:
-    """No control characters (and no whitespace unless `spaces`), at most MAX_NAME_LENGTH characters."""
+def _clean(name: str) -> str:
+    """No whitespace or control characters (each run becomes one `_`), at most MAX_NAME_LENGTH characters."""
     name = name.strip()
-    if not name.isprintable() or (not spaces and any(ch.isspace() for ch in name)):
-        name = "".join(ch if ch.isprintable() and (spaces or not ch.isspace()) else "_" for ch in name)
+    if not name.isprintable() or any(ch.isspace() for ch in name):
+        name = re.sub(r"\s+", "_", "".join(ch if ch.isprintable() else " " for ch in name).strip())
     return name[:MAX_NAME_LENGTH]
 
 
