@@ -186,6 +186,9 @@ def start_scenarios(w: World) -> None:
     w.start([*py, str(folder / "main.py")], cwd="/")
     w.start([*py[:-1], "/bin/sh", "-c", f"cd '{folder}' && exec '{py[-1]}' ./main.py"], cwd="/tmp")
     w.start([*py[:-1], "/usr/bin/env", "nohup", py[-1], "main.py"], cwd=folder)
+    # a cron-like job: `sh -c 'cd DIR && bash job.sh'` whose script starts two children
+    w.write(f"jobs/job{tag}.sh", "sleep 3600 &\nsleep 3600 &\necho ready\nwait\n")
+    w.start([*py[:-1], "/bin/sh", "-c", f"cd '{w.root}/jobs' && bash job{tag}.sh; true"])
     # a crash handler started by its application, and one orphaned (crashpad double-forks)
     handler_dir = w.root / f"browser{tag}"
     handler_dir.mkdir()
@@ -245,6 +248,13 @@ def test_crash_handlers_join_their_application(world: World) -> None:
 def test_node_launcher_wrapper_and_server_are_the_package(world: World) -> None:
     assert world.processes(f"web{world.tag}") == 3, {k: v for k, v in world.metrics.items() if "processes" in k}
     assert not any(" " in key.split('app="', 1)[-1] for key in world.metrics if 'app="' in key)
+
+
+def test_a_job_wrapper_is_the_job_and_a_parent_rule_groups_its_children(world: World) -> None:
+    app = f"job{world.tag}"
+    assert world.processes(app) == 2  # the sh -c wrapper and bash job.sh; its sleeps are `sleep`
+    metrics = run_exporter(world, f"apps:\n  - name: '{{parent}}'\n    parent: '^job{world.tag}$'\n")
+    assert metrics.get(f'atlas_app_processes{{app="{app}"}}') == 4
 
 
 def test_backtracking_rule_does_not_freeze_the_exporter(world: World) -> None:

@@ -25,11 +25,9 @@ Names never hold whitespace or control characters: each run of them becomes one 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
-import shlex
 import time
 from collections.abc import Callable, Sequence
 
@@ -270,6 +268,7 @@ def package_name(ident: ProcIdentity, folder: str | None) -> str | None:
     read = ident.read_file
     if read is None or not folder or not folder.startswith("/"):
         return None
+    import json  # only node processes need it
     folder = os.path.normpath(folder)
     for _ in range(MAX_PACKAGE_LEVELS):
         data = read(folder.rstrip("/") + "/package.json")
@@ -332,6 +331,7 @@ _ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 
 def _simple_commands(script: str) -> list[list[str]] | None:
     """The simple commands of a shell script, in order (words without redirections); None if unparsable."""
+    import shlex  # only shell wrappers need it
     lexer = shlex.shlex(script.replace("\n", ";"), posix=True, punctuation_chars=";&|()<>")
     lexer.whitespace_split = True
     lexer.commenters = ""
