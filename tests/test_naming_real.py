@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -50,6 +51,8 @@ sys.stdin.read()
 child.kill()
 """
 
+READY_SECONDS = 120  # generous: the machine may be loaded
+
 SLEEPER = "import sys, time\nprint('ready', flush=True)\nsys.stdin.read()\n"
 
 
@@ -72,6 +75,8 @@ class World:
         self.procs.append(proc)
         if ready:
             assert proc.stdout is not None
+            readable, _, _ = select.select([proc.stdout], [], [], READY_SECONDS)
+            assert readable, f"{argv} did not say it was ready within {READY_SECONDS}s"
             line = proc.stdout.readline()
             assert line.strip() == "ready", f"{argv} did not start: rc={proc.poll()}"
         return proc
