@@ -484,3 +484,29 @@ def test_darwin_raw_kinfo_start_time_survives_clock_steps() -> None:
     assert raw_kinfo(_Proc(_Impl(False, "launchd")), 1_760_000_007.5) == (1_760_000_007.5, "launchd")
     assert raw_kinfo(_Proc(_Impl(True, psutil.NoSuchProcess(5))), 1.0) == (1_760_000_000.123456, None)
     assert raw_kinfo(_Proc(None), 3.25) == (3.25, None)  # no platform object: the public value
+
+
+def test_identity_has_parent_and_working_folder_for_naming() -> None:
+    from atlas_exporter.apps.naming import default_name
+
+    class TableWithCwd(FakeTable):
+        def cwd(self, pid: int) -> str | None:
+            return {910: "/Users/ann/billing"}.get(pid)
+
+    proc = FakeProc(pid=910, ppid=77, name="Python", exe="/opt/homebrew/bin/python3.12",
+                    cmdline=("python3", "main.py"))
+    table = TableWithCwd([proc])
+    source = DarwinProcessSource(table, FakeLibProc(table), euid=lambda: 501, user_name=lambda uid: "ann")
+    ident = source.identity(ProcessId(910, proc.started_us))
+    assert ident is not None
+    assert (ident.ppid, ident.cwd) == (77, "/Users/ann/billing")
+    assert default_name(ident) == "billing"  # main.py by a relative path: named by its folder
+    plain = DarwinProcessSource(FakeTable([proc]), FakeLibProc(FakeTable([proc])), euid=lambda: 501,
+                                user_name=lambda uid: "ann").identity(ProcessId(910, proc.started_us))
+    assert plain is not None and plain.cwd is None  # a table without cwd: names stay as before
+
+
+def test_psutil_table_reads_the_working_folder() -> None:
+    table = PsutilTable(darwin=False)
+    assert table.cwd(os.getpid()) == os.getcwd()
+    assert table.cwd(2 ** 22 + 12345) is None  # no such process

@@ -159,6 +159,13 @@ class PsutilTable:
         except self._psutil.AccessDenied:
             raise AccessDenied(f"pid {pid}") from None
 
+    def cwd(self, pid: int) -> str | None:
+        """The working folder (same user or root), for naming scripts started by a relative path."""
+        try:
+            return self._process(pid).cwd() or None
+        except (ProcessGone, AccessDenied, self._psutil.Error, OSError):
+            return None
+
 
 def raw_kinfo(proc: object, start_time: float) -> tuple[float, str | None]:
     """The unadjusted start time and p_comm from psutil's platform object (one cached sysctl).
@@ -316,6 +323,9 @@ class DarwinProcessSource:
             ident.cmdline = self.table.cmdline(pid.pid)
         except (ProcessGone, AccessDenied, OSError):
             pass
+        cwd = getattr(self.table, "cwd", None)  # optional in a ProcessTable
+        if cwd is not None:
+            ident.cwd = cwd(pid.pid)
         ident.bundle = self.bundles.name_for_exe(ident.exe)
         return ident
 
