@@ -456,3 +456,36 @@ def test_a_client_that_never_reads_does_not_hold_up_others(monkeypatch):
             assert other.recv(65536).startswith(b"HTTP/1.1 200 ")
         assert time.monotonic() - started < 1.0
         assert _poll(lambda: srv.timeouts == 1, 20)  # the stuck one is closed after WRITE_TIMEOUT
+
+
+def test_a_render_that_hangs_answers_503_and_frees_the_connection(monkeypatch):
+    monkeypatch.setattr(server_module, "RENDER_TIMEOUT", 1.0)
+    release = threading.Event()
+
+    def render():
+        release.wait(30)
+        return METRICS_BODY, "text/plain"
+
+    try:
+        with serving(render_metrics=render) as srv:
+            started = time.monotonic()
+            status, headers, body = request(srv.address[1], timeout=15)
+            assert status == 503 and headers["retry-after"] == "10" and body.count(b"\n") == 1
+            assert 0.5 < time.monotonic() - started < 10
+            assert request(srv.address[1], "/")[0] == 200  # the status page still answers
+            release.set()
+            assert _poll(lambda: request(srv.address[1], timeout=15)[0] == 200)
+    finally:
+        release.set()
+
+
+@pytest.mark.parametrize(("peer", "key"), [
+    (("192.0.2.7", 5000), "192.0.2.7"),
+    (("::ffff:192.0.2.7", 5000, 0, 0), "192.0.2.7"),
+    (("2001:db8:1:2:3:4:5:6", 5000, 0, 0), "2001:db8:1:2::/64"),
+    (("2001:db8:1:2:ffff::1", 5000, 0, 0), "2001:db8:1:2::/64"),
+    (("fe80::1%eth0", 5000, 0, 2), "fe80::/64"),
+    ("unix-peer", "unix-peer"),
+])
+def test_client_key_groups_ipv6_by_64(peer, key):
+    assert server_module.client_key(peer) == key

@@ -62,6 +62,7 @@ FD_RESERVE = 64  # descriptors left below RLIMIT_NOFILE for the collectors
 HEAD_TIMEOUT = 10.0  # seconds for a TLS handshake, for the first request, and for a request head
 IDLE_TIMEOUT = 60.0  # seconds a kept-alive connection may wait for its next request
 WRITE_TIMEOUT = 30.0  # seconds to send one response
+RENDER_TIMEOUT = 60.0  # seconds a request waits for its page to be rendered, then 503
 LINGER_SECONDS = 1.0  # after a final answer, unread input is drained this long before closing
 BACKLOG = 1024
 RENDER_THREADS = 4
@@ -73,7 +74,7 @@ _HEAD_END = re.compile(rb"\r?\n\r?\n")
 _TOKEN = re.compile(rb"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _VERSION = re.compile(rb"^HTTP/(\d)\.(\d)$")
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
-            413: "Content Too Large", 414: "URI Too Long", 429: "Too Many Requests", 431:
+            413: "Content Too Large", 414: "URI Too Long", 429: "Too Many Requests", 503: "Service Unavailable", 431:
             "Request Header Fields Too Large", 500: "Internal Server Error", 501: "Not Implemented",
             505: "HTTP Version Not Supported"}
 
@@ -814,7 +815,13 @@ class RunningServer:
             self._rendering[key] = shared
             shared.add_done_callback(lambda _, key=key: self._rendering.pop(key, None))
         try:
-            body, content_type = await asyncio.shield(shared)
+            async with asyncio.timeout(RENDER_TIMEOUT):
+                body, content_type = await asyncio.shield(shared)
+        except TimeoutError:
+            log.error("%s took longer than %g s; answering 503", what, RENDER_TIMEOUT)
+            await self._answer(conn, request, 503, f"{what.capitalize()} took longer than {RENDER_TIMEOUT:g} s.\n",
+                               close=close, extra=[("Retry-After", "10")])
+            return
         except Exception as err:  # noqa: BLE001 - any failure becomes a 500, never a dead server
             reason = _one_line(err)
             log.error("%s failed: %s", what, reason)
