@@ -165,12 +165,25 @@ def raise_open_files_limit() -> tuple[int, int]:
     return soft, soft
 
 
+def _open_fds() -> int:
+    for folder in ("/proc/self/fd", "/dev/fd"):
+        try:
+            return len(os.listdir(folder))
+        except OSError:
+            continue
+    return 0
+
+
 def connection_cap() -> int:
-    """How many connections the server holds at once: MAX_CONNECTIONS, fewer under a low RLIMIT_NOFILE."""
+    """How many connections the server holds at once: MAX_CONNECTIONS, fewer under a low RLIMIT_NOFILE.
+
+    The descriptors free at start (the collectors already hold theirs) are shared: half of them, up
+    to FD_RESERVE, stay free for reading /proc and crash reports during a scrape."""
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     if soft == resource.RLIM_INFINITY:
         return MAX_CONNECTIONS
-    return max(4, min(MAX_CONNECTIONS, soft - min(FD_RESERVE, soft // 2)))
+    free = soft - _open_fds()
+    return max(4, min(MAX_CONNECTIONS, free - min(FD_RESERVE, free // 2)))
 
 
 def client_key(peer: Any) -> str:
