@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import bcrypt
@@ -297,3 +298,17 @@ def test_the_documented_example_is_valid():
                                                                           "prometheus-2.example.net")
     assert list(config.basic_auth_users) == ["prometheus"]
     assert dict(config.headers)["X-Frame-Options"] == "deny"
+
+
+def test_bcrypt_workers_end_when_idle(monkeypatch):
+    from atlas_exporter.exporter import webconfig
+
+    monkeypatch.setattr(webconfig._FairQueue, "IDLE_EXIT", 0.2)
+    before = threading.active_count()
+    auth = BasicAuth({"u": bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4)).decode()})
+    assert auth.check(basic("u", "x"), "a") is False and auth.check(basic("u", "pw"), "b") is True
+    deadline = time.monotonic() + 10
+    while threading.active_count() > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert threading.active_count() == before
+    assert auth.check(basic("u", "y"), "a") is False  # workers start again on demand

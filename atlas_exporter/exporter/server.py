@@ -462,7 +462,7 @@ class RunningServer:
         self.render_status = render_status
         self._settings = settings
         self.scheme = "https" if settings.context is not None else "http"
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # shutdown() may run in a signal handler while serve_forever holds it
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None

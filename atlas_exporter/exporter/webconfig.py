@@ -364,6 +364,7 @@ class _FairQueue:
     """
 
     FAILURE_HALF_LIFE = 60.0
+    IDLE_EXIT = 30.0  # seconds a worker waits for work before it ends
     MAX_CLIENTS = 4096  # failure scores remembered; the oldest are forgotten beyond
 
     def __init__(self, workers: int, per_client: int, limit: int,
@@ -418,7 +419,9 @@ class _FairQueue:
         while True:
             with self._cond:
                 while not self._queues:
-                    self._cond.wait()
+                    if not self._cond.wait(self.IDLE_EXIT) and not self._queues:
+                        self._threads.remove(threading.current_thread())  # started again on demand
+                        return
                 now = self._clock()
                 client = min(self._queues, key=lambda c: self._score(c, now))  # ties: the longest waiting
                 waiting = self._queues.pop(client)
