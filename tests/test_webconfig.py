@@ -304,11 +304,12 @@ def test_bcrypt_workers_end_when_idle(monkeypatch):
     from atlas_exporter.exporter import webconfig
 
     monkeypatch.setattr(webconfig._FairQueue, "IDLE_EXIT", 0.2)
-    before = threading.active_count()
     auth = BasicAuth({"u": bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4)).decode()})
     assert auth.check(basic("u", "x"), "a") is False and auth.check(basic("u", "pw"), "b") is True
+    workers = list(auth._queue._threads)
+    assert workers and all(w.name.startswith("atlas-bcrypt-") for w in workers)
     deadline = time.monotonic() + 10
-    while threading.active_count() > before and time.monotonic() < deadline:
+    while any(w.is_alive() for w in workers) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert threading.active_count() == before
+    assert not any(w.is_alive() for w in workers) and auth._queue._threads == []
     assert auth.check(basic("u", "y"), "a") is False  # workers start again on demand
