@@ -173,13 +173,15 @@ class SourceStatus:
     """What a source reports about itself for the status page and `atlas_source_active`.
 
     `privilege` is a short word such as "root", "user" or "none"; `reason` says why the
-    source is off or degraded, in one sentence, or is empty.
+    source is off or degraded, in one sentence, or is empty. `details` are short facts for
+    the status page, such as the folders a watcher reads.
     """
 
     name: str
     active: bool
     privilege: str = ""
     reason: str = ""
+    details: tuple[str, ...] = ()
 
 
 # Resolves a live pid to its (already folded) app name, or None when the process is gone

@@ -11,6 +11,7 @@ import pytest
 
 from atlas_exporter.model import ProcIdentity, Snapshot
 from atlas_exporter.sources import crash_darwin as cd
+from atlas_exporter.sources.bundles_darwin import BundleNamer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "crash"
 
@@ -49,10 +50,33 @@ def test_parse_ips_termination_indicator_fallback():
     assert cd.parse_ips(header + "\n" + body).reason == "SIGABRT"
 
 
-def test_parse_ips_hang_and_ignored_types():
-    hang = cd.parse_ips(json.dumps({"bug_type": "228", "incident_id": "H-1", "app_name": "Slow"}) + "\nspindump text")
-    assert hang is not None and hang.kind == "hang"
-    assert cd.parse_ips(_text("ips_stackshot_288.ips")) is None
+def test_parse_ips_watchdog_409_is_a_crash():
+    report = cd.parse_ips(_text("ips_watchdog_409.ips"))
+    assert (report.kind, report.reason, report.proc_name, report.pid) == ("crash", "watchdog", "WindowServer", 154)
+    assert report.time == pytest.approx(1710144751.512)  # captureTime 2024-03-11 09:12:31.5120 +0100
+    # the header alone is enough for a watchdog report; a plain crash needs its body
+    header = _text("ips_watchdog_409.ips").splitlines()[0]
+    assert cd.parse_ips(header + "\nnot json").reason == "watchdog"
+    with pytest.raises(cd.ReportError):
+        cd.parse_ips(header.replace('"409"', '"309"') + "\nnot json")
+
+
+@pytest.mark.parametrize("bug_type", ["11", "12", "228", "288", "308", "509", "211", "298", 309.5, "x" * 100])
+def test_parse_ips_other_types_are_unknown_not_guessed(bug_type):
+    text = json.dumps({"bug_type": bug_type, "incident_id": "H-1", "app_name": "Slow"}) + "\n{}"
+    with pytest.raises(cd.UnknownType):
+        cd.parse_ips(text)
+
+
+def test_parse_ips_stackshot_is_unknown():
+    with pytest.raises(cd.UnknownType):
+        cd.parse_ips(_text("ips_stackshot_288.ips"))
+
+
+def test_parse_ips_bundle_id_from_bundle_info():
+    report = cd.parse_ips(_text("ips_redacted_display_name.ips"))
+    assert (report.bundle_id, report.reason, report.pid) == ("org.example.ViewerPro", "SIGABRT", 4321)
+    assert report.proc_path == "/Users/USER/Applications/ViewerPro.app/Contents/MacOS/ViewerPro"
 
 
 @pytest.mark.parametrize("name", ["malformed_header.ips", "truncated_body.ips"])
@@ -101,6 +125,8 @@ def tree(tmp_path):
 def _source(tmp_path, user, system, **kw):
     folders = [user, user / "Retired", system, system / "Retired"]
     kw.setdefault("state_file", tmp_path / "state" / "seen.json")
+    kw.setdefault("all_users", False)
+    kw.setdefault("bundles", BundleNamer())
     return cd.DarwinCrashSource(NAMING, folders=folders, poll_interval_seconds=3600, **kw)
 
 
@@ -119,13 +145,16 @@ def test_watcher_counts_each_report_once_across_retired_and_restarts(tree):
         shutil.copy(FIXTURES / "crash_macos10_15.crash", user / "CrashingTest_2021-04-03-114144_host.crash")
         shutil.copy(FIXTURES / "hang_macos12.hang", system / "RedLemon_2025-12-17-190041_Mac.hang")
         shutil.copy(FIXTURES / "ips_stackshot_288.ips", system / "stacks-2022-08-03-204000.ips")
-        assert source.poll() == 4
+        shutil.copy(FIXTURES / "ips_watchdog_409.ips", system / "WindowServer-2024-03-11-091233.ips")
+        assert source.poll() == 5
         # macOS moves reports to Retired/: same incident, not a new crash
         os.rename(user / "CrashingTest-2022-08-03-203647.ips", user / "Retired" / "CrashingTest-2022-08-03-203647.ips")
         assert source.poll() == 0
         fams = _families(source)
-        assert fams["atlas_app_crashes"] == {("CrashingTest", "SIGSEGV"): 2, ("MarkdownEditor", "other"): 1}
+        assert fams["atlas_app_crashes"] == {("CrashingTest", "SIGSEGV"): 2, ("MarkdownEditor", "other"): 1,
+                                             ("WindowServer", "watchdog"): 1}
         assert fams["atlas_app_hangs"] == {("RedLemon",): 1}
+        assert fams["atlas_crash_reports_skipped"][("unknown_type",)] == 1  # the stackshot
         assert fams["atlas_app_last_crash_timestamp_seconds"][("CrashingTest",)] == pytest.approx(1659526604.3125)
         assert fams["atlas_crash_source_active"] == {("diagnostic_reports",): 1.0}
     finally:
@@ -174,7 +203,8 @@ def test_malformed_huge_and_symlinked_reports_are_skipped(tree, tmp_path):
         (user / "notes.txt").write_text("not a report")
         assert source.poll() == 0
         fams = _families(source)
-        assert fams["atlas_crash_reports_skipped"] == {("malformed",): 2, ("too_large",): 1, ("unreadable",): 0}
+        assert fams["atlas_crash_reports_skipped"] == {("malformed",): 2, ("too_large",): 1, ("unreadable",): 0,
+                                                       ("unknown_type",): 0}
         assert fams["atlas_app_crashes"] == {}
         assert source.poll() == 0  # unchanged files are not read or counted again
         assert _families(source)["atlas_crash_reports_skipped"][("malformed",)] == 2
@@ -184,7 +214,7 @@ def test_malformed_huge_and_symlinked_reports_are_skipped(tree, tmp_path):
 
 def test_no_readable_folder_is_reported(tmp_path):
     source = cd.DarwinCrashSource(NAMING, folders=[tmp_path / "missing"], state_file=None,
-                                  poll_interval_seconds=3600)
+                                  poll_interval_seconds=3600, all_users=False)
     assert source.statuses()[0].active is False
     source.start()
     try:
@@ -242,3 +272,152 @@ def test_linux_and_macos_crash_families_share_one_table(tmp_path):
     linux = {m.name: (m.type, m.documentation) for m in LinuxCrashSource(lambda pid: None).collect(None)}
     assert set(darwin) - set(linux) == {"atlas_app_hangs"}
     assert all(darwin[name] == linux[name] for name in linux)
+
+
+# --- a LaunchDaemon (root) watches every user's folder ------------------------------------------
+
+INFO_PLIST = """<?xml version="1.0" encoding="UTF-8"?>
+<!DOCTYPE plist PUBLIC "-//Apple//DTD PLIST 1.0//EN" "http://www.apple.com/DTDs/PropertyList-1.0.dtd">
+<plist version="1.0"><dict>
+<key>CFBundleIdentifier</key><string>org.example.ViewerPro</string>
+<key>CFBundleName</key><string>ViewerPro</string>
+<key>CFBundleDisplayName</key><string>Viewer Pro Studio</string>
+</dict></plist>
+"""
+
+
+def _bundle(root: Path) -> Path:
+    """A ViewerPro.app whose display name differs from its folder name; returns its executable."""
+    contents = root / "ViewerPro.app" / "Contents"
+    (contents / "MacOS").mkdir(parents=True)
+    (contents / "Info.plist").write_text(INFO_PLIST)
+    exe = contents / "MacOS" / "ViewerPro"
+    exe.write_text("")
+    return exe
+
+
+@pytest.fixture
+def users(tmp_path):
+    """A fake /Users with alice (a report folder and Retired/), bob (Retired only), and Shared (none)."""
+    root = tmp_path / "Users"
+    for folder in (root / "alice" / cd.USER_FOLDER / "Retired", root / "bob" / cd.USER_FOLDER / "Retired",
+                   root / "Shared"):
+        folder.mkdir(parents=True)
+    system = tmp_path / "Library" / "Logs" / "DiagnosticReports"
+    system.mkdir(parents=True)
+    return root, system
+
+
+def _daemon(tmp_path, root, system, **kw):
+    kw.setdefault("bundles", BundleNamer())
+    kw.setdefault("state_file", tmp_path / "seen.json")
+    return cd.DarwinCrashSource(NAMING, folders=[system, system / "Retired"],
+                                poll_interval_seconds=3600, all_users=True, users_root=root,
+                                home=tmp_path / "var" / "root", **kw)
+
+
+def test_daemon_watches_every_users_folder_and_says_which(tmp_path, users):
+    root, system = users
+    source = _daemon(tmp_path, root, system)
+    source.start()
+    try:
+        alice = root / "alice" / cd.USER_FOLDER
+        shutil.copy(FIXTURES / "ips_macos12_segv.ips", alice / "CrashingTest-2022-08-03-203647.ips")
+        shutil.copy(FIXTURES / "ips_macos12_sigill.ips", root / "bob" / cd.USER_FOLDER / "Retired" / "C-1.ips")
+        shutil.copy(FIXTURES / "ips_watchdog_409.ips", system / "WindowServer-2024-03-11-091233.ips")
+        assert source.poll() == 3
+        assert source.book.crashes() == {("CrashingTest", "SIGSEGV"): 1, ("CrashingInAnotherTargetTest", "SIGILL"): 1,
+                                         ("WindowServer", "watchdog"): 1}
+        watched = source.watched_folders()
+        assert watched == [str(system), str(alice), str(alice / "Retired"), str(root / "bob" / cd.USER_FOLDER),
+                           str(root / "bob" / cd.USER_FOLDER / "Retired")]
+        status = source.statuses()[0]
+        assert status.active and status.details == tuple(f"watching {f}" for f in watched)
+        # a user created after the start is picked up at the next poll
+        carol = root / "carol" / cd.USER_FOLDER
+        carol.mkdir(parents=True)
+        shutil.copy(FIXTURES / "ips_macos26_bundle.ips", carol / "MarkdownEditor-2026-05-26-161145.ips")
+        assert source.poll() == 1
+        assert str(carol) in source.watched_folders()
+    finally:
+        source.stop()
+
+
+def test_daemon_does_not_follow_a_users_symlinked_folder(tmp_path, users):
+    root, system = users
+    elsewhere = tmp_path / "private"
+    (elsewhere / "Logs" / "DiagnosticReports").mkdir(parents=True)
+    shutil.copy(FIXTURES / "ips_macos12_segv.ips", elsewhere / "Logs" / "DiagnosticReports" / "C-1.ips")
+    (root / "mallory").mkdir()
+    (root / "mallory" / "Library").symlink_to(elsewhere)  # the user owns her home and can point Library anywhere
+    source = _daemon(tmp_path, root, system, state_file=None)
+    source.start()
+    try:
+        assert source.book.crashes() == {}
+        assert not any("mallory" in f for f in source.watched_folders())
+        assert "mallory" in source.statuses()[0].reason and "symlink" in source.statuses()[0].reason
+    finally:
+        source.stop()
+
+
+def test_an_agent_watches_only_its_own_folders(tmp_path, users):
+    root, system = users
+    source = cd.DarwinCrashSource(NAMING, folders=[system], state_file=None, poll_interval_seconds=3600,
+                                  all_users=False, users_root=root, bundles=BundleNamer())
+    source.start()
+    try:
+        assert source.watched_folders() == [str(system)]
+    finally:
+        source.stop()
+
+
+def test_redacted_report_is_named_like_the_live_process_by_bundle_id(tmp_path):
+    from atlas_exporter.apps.naming import Namer
+
+    namer = Namer(())
+    bundles = BundleNamer()
+    live_exe = _bundle(tmp_path / "Applications")
+    live = ProcIdentity(comm="ViewerPro", exe=str(live_exe), bundle=bundles.name_for_exe(str(live_exe)))
+    live_app = namer.name(live)
+    assert live_app == "Viewer Pro Studio"
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    shutil.copy(FIXTURES / "ips_redacted_display_name.ips", reports / "ViewerPro-2025-06-02-140310.ips")
+    source = cd.DarwinCrashSource(namer.name, folders=[reports], state_file=None, poll_interval_seconds=3600,
+                                  all_users=False, bundles=bundles)
+    source.start()
+    try:
+        assert source.book.crashes() == {(live_app, "SIGABRT"): 1}  # joins the CPU series on app
+    finally:
+        source.stop()
+    # without the live name, the folder name would have been used
+    alone = cd.DarwinCrashSource(namer.name, folders=[reports], state_file=None, all_users=False,
+                                 bundles=BundleNamer())
+    report = cd.read_report(reports / "ViewerPro-2025-06-02-140310.ips")
+    assert namer.name(alone.identity(report)) == "ViewerPro"
+
+
+def test_daemon_reads_the_bundle_in_the_reporting_users_home(tmp_path, users):
+    """As root, `/Users/USER/...` is the home of the folder's owner: its Info.plist gives the display name."""
+    from atlas_exporter.apps.naming import Namer
+
+    root, system = users
+    _bundle(root / "alice" / "Applications")
+    shutil.copy(FIXTURES / "ips_redacted_display_name.ips", root / "alice" / cd.USER_FOLDER / "ViewerPro-1.ips")
+    bundles = BundleNamer()
+    source = cd.DarwinCrashSource(Namer(()).name, folders=[system], state_file=None, poll_interval_seconds=3600,
+                                  all_users=True, users_root=root, bundles=bundles)
+    source.start()
+    try:
+        assert source.book.crashes() == {("Viewer Pro Studio", "SIGABRT"): 1}
+        assert bundles.name_for_bundle_id("org.example.ViewerPro") == "Viewer Pro Studio"
+    finally:
+        source.stop()
+
+
+def test_unredact():
+    assert cd.unredact("/Users/USER/Applications/A.app/Contents/MacOS/A", Path("/Users/alice")) == \
+        "/Users/alice/Applications/A.app/Contents/MacOS/A"
+    assert cd.unredact("/Applications/A.app/Contents/MacOS/A", Path("/Users/alice")) == \
+        "/Applications/A.app/Contents/MacOS/A"
+    assert cd.unredact("/Users/USER/x", None) == "/Users/USER/x"

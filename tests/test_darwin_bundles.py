@@ -162,3 +162,24 @@ def test_darwin_no_bundle_gives_none() -> None:
     namer = BundleNamer(read=lambda path: pytest.fail("nothing to read"))
     assert namer.name_for_exe("/usr/libexec/syspolicyd") is None
     assert namer.name_for_exe(None) is None
+
+
+def test_darwin_bundle_ids_remember_the_name_found(tmp_path: Path) -> None:
+    exe = make_bundle(tmp_path, "ViewerPro.app", {"CFBundleDisplayName": "Viewer Pro Studio",
+                                                  "CFBundleIdentifier": "org.example.ViewerPro"})
+    no_name = make_bundle(tmp_path, "Bare.app", {"CFBundleIdentifier": "org.example.Bare"})
+    namer = BundleNamer()
+    assert namer.name_for_bundle_id("org.example.ViewerPro") is None  # nothing read yet
+    assert namer.name_for_exe(str(exe)) == "Viewer Pro Studio"
+    assert namer.name_for_exe(str(no_name)) == "Bare"
+    assert namer.name_for_bundle_id("org.example.ViewerPro") == "Viewer Pro Studio"
+    assert namer.name_for_bundle_id("org.example.Bare") == "Bare"
+
+
+def test_darwin_fifo_info_plist_does_not_block(tmp_path: Path) -> None:
+    """Anyone can build a bundle; a FIFO named Info.plist must not stall the scan that names it."""
+    exe = make_bundle(tmp_path, "Trap.app", None)
+    os.mkfifo(exe.parent.parent / "Info.plist")
+    namer = BundleNamer()
+    assert namer.name_for_exe(str(exe)) == "Trap"
+    assert namer.errors == 1

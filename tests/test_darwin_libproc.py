@@ -117,6 +117,7 @@ class FakeLib:
         self.fds = {10: 5, os.getpid(): 3}  # the probe asks about our own pid
         self.threads = {10: [lp.TH_STATE_WAITING, lp.TH_STATE_UNINTERRUPTIBLE, None]}  # None: exits mid-read
         self.denied: set[int] = {20}
+        self.empty_fd_table: set[int] = set()  # pids whose sizing call already answers 0 bytes
         self.calls: list[tuple[str, int, int]] = []
         self.errno = 0
         self.rusage_flavors_ok = {lp.RUSAGE_INFO_V2, lp.RUSAGE_INFO_V3}
@@ -136,6 +137,8 @@ class FakeLib:
         if flavor == lp.PROC_PIDLISTFDS:
             count = self.fds[pid]
             if buf is None:
+                if pid in self.empty_fd_table:
+                    return 0
                 return max(count, 64) * 8  # the descriptor table size, at least the open count
             target = buf._obj  # type: ignore[attr-defined]
             count = min(count, size // 8)
@@ -219,6 +222,17 @@ def test_darwin_libproc_fd_count_uses_the_filled_size_not_the_table_size(fake) -
     lib.fds[10] = 300  # more than the preallocated buffer holds
     assert proc.fd_count(10) == 300
     assert [c for c in lib.calls if c[0] == "pidinfo"] == [("pidinfo", 10, lp.PROC_PIDLISTFDS)] * 2
+
+
+def test_darwin_libproc_no_open_files_is_zero_not_an_error(fake) -> None:
+    """libproc answers 0 bytes, errno untouched, for a process with no descriptors: 0 fds, not absent."""
+    proc, lib = fake
+    lib.fds[10] = 0
+    assert proc.fd_count(10) == 0  # the table is sized, then 0 bytes are filled in
+    lib.empty_fd_table.add(10)
+    assert proc.fd_count(10) == 0  # the sizing call already says 0
+    with pytest.raises(lp.ProcessGone):
+        proc.fd_count(99)  # 0 with errno ESRCH is still a vanished process
 
 
 def test_darwin_libproc_translates_errno(fake) -> None:

@@ -478,7 +478,7 @@ class _Proc:
 
 
 def test_darwin_raw_kinfo_start_time_survives_clock_steps() -> None:
-    # psutil >= 7.2: the public create_time() is shifted after a clock step, the raw one is not
+    # psutil >= 7.1: the public create_time() is shifted after a clock step, the raw one is not
     assert raw_kinfo(_Proc(_Impl(True, "Google Chrome H")), 1_760_000_007.5) == (1_760_000_000.123456,
                                                                                  "Google Chrome H")
     assert raw_kinfo(_Proc(_Impl(False, "launchd")), 1_760_000_007.5) == (1_760_000_007.5, "launchd")

@@ -190,6 +190,22 @@ def test_failing_and_garbage_nettop_are_reported() -> None:
     assert "cannot run" in missing.statuses()[0].reason
 
 
+def test_nettop_without_x_is_probed_once_and_used() -> None:
+    source = fake_source(str(FIXTURES / "nettop_n1_macos12.csv"), "--no-x", "-P", "-L", "1", "-x")
+    assert source.app_totals() == {"apsd": (11417.0, 23504.0)}
+    assert source.without_x and "-x" not in source._runner.command
+    (status,) = source.statuses()
+    assert status.active and "without -x" in status.details[0]
+    # a nettop that fails with and without -x is reported as failing, and is not probed again
+    broken = fake_source(str(FIXTURES / "nettop_n1_macos12.csv"), "--exit", "3", "-x")
+    assert broken.app_totals() == {}
+    assert not broken.without_x and "-x" in broken._runner.command and "status 3" in broken.statuses()[0].reason
+    # a nettop that accepts -x keeps it
+    normal = fake_source(str(FIXTURES / "nettop_n1_macos12.csv"), "-x")
+    normal.refresh()
+    assert not normal.without_x and normal.statuses()[0].details == ()
+
+
 def test_no_leftover_process_after_timeout() -> None:
     source = fake_source(str(FIXTURES / "nettop_n1_macos12.csv"), "--sleep", "60", "--marker-x9q", timeout=0.3)
     source.refresh()

@@ -67,7 +67,8 @@ class StatusPage:
         esc = html.escape
         rows_sources = "\n".join(
             f"<tr><td>{esc(s.name)}</td><td class=\"{'on' if s.active else 'off'}\">"
-            f"{'active' if s.active else 'off'}</td><td>{esc(s.privilege)}</td><td>{esc(s.reason)}</td></tr>"
+            f"{'active' if s.active else 'off'}</td><td>{esc(s.privilege)}</td><td>{esc(s.reason)}"
+            f"{''.join(f'<br>{esc(d)}' for d in s.details)}</td></tr>"
             for s in self.statuses()
         )
         rows_apps = "\n".join(

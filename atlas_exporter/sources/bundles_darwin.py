@@ -11,6 +11,13 @@ The name is `CFBundleDisplayName`, else `CFBundleName`, from the bundle's Info.p
 or binary, read with plistlib), else the folder name without its suffix. Names are NFC
 normalised and always valid UTF-8, so they can be label values. Results are cached per
 bundle path; a broken Info.plist falls back to the folder name and is counted.
+
+Every name found is also remembered by the bundle's `CFBundleIdentifier`, so a crash
+report, whose paths macOS redacts (`/Users/USER/...`), can be given the display name the
+live naming found (`name_for_bundle_id`). `shared_bundle_namer()` is the one instance the
+process source and the crash report watcher share. Info.plist files are opened without
+blocking and read only when they are regular files (a FIFO named Info.plist in a bundle
+a user made cannot stall a scan).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import plistlib
+import stat
 import threading
 import unicodedata
 import xml.parsers.expat
@@ -101,7 +109,10 @@ def info_plist_paths(bundle: str) -> tuple[str, str]:
 
 
 def _read_limited(path: str) -> bytes:
-    with open(path, "rb") as handle:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise PlistError("not a regular file")
         data = handle.read(MAX_PLIST_BYTES + 1)
     if len(data) > MAX_PLIST_BYTES:
         raise PlistError(f"larger than {MAX_PLIST_BYTES} bytes")
@@ -119,8 +130,27 @@ class BundleNamer:
         self._read = read
         self._cache: OrderedDict[str, str] = OrderedDict()
         self._cache_size = cache_size
+        self._ids: OrderedDict[str, str] = OrderedDict()  # CFBundleIdentifier -> name
         self._lock = threading.Lock()
         self.errors = 0
+
+    def name_for_bundle_id(self, bundle_id: str) -> str | None:
+        """The name found for the bundle with this `CFBundleIdentifier`, if one was read since start."""
+        with self._lock:
+            name = self._ids.get(bundle_id)
+            if name is not None:
+                self._ids.move_to_end(bundle_id)
+            return name
+
+    def _remember_id(self, info: dict, name: str) -> None:
+        bundle_id = info.get("CFBundleIdentifier")
+        if not isinstance(bundle_id, str) or not bundle_id or len(bundle_id) > 255:
+            return
+        with self._lock:
+            self._ids[bundle_id] = name
+            self._ids.move_to_end(bundle_id)
+            while len(self._ids) > self._cache_size:
+                self._ids.popitem(last=False)
 
     def bundle_of(self, exe: str | None) -> str | None:
         return outermost_bundle(exe) if exe else None
@@ -153,16 +183,29 @@ class BundleNamer:
                 self._failed(path, err)
                 break
             try:
-                name = name_from_info(parse_info_plist(data))
+                info = parse_info_plist(data)
             except PlistError as err:
                 self._failed(path, err)
                 break
-            if name:
-                return name
-            break
+            name = name_from_info(info) or folder_name(bundle)
+            self._remember_id(info, name)
+            return name
         return folder_name(bundle)
 
     def _failed(self, path: str, err: Exception) -> None:
         with self._lock:
             self.errors += 1
         log.debug("cannot use %s: %s", path, err)
+
+
+_SHARED: BundleNamer | None = None
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_bundle_namer() -> BundleNamer:
+    """The process-wide `BundleNamer`: the process source fills it, the crash watcher reads its ids."""
+    global _SHARED
+    with _SHARED_LOCK:
+        if _SHARED is None:
+            _SHARED = BundleNamer()
+        return _SHARED

@@ -6,14 +6,29 @@ Emits (sub-collector `crash`):
     atlas_app_last_crash_timestamp_seconds{app="MarkdownEditor"} 1.7797831e+09
     atlas_app_hangs_total{app="RedLemon"} 1.0
     atlas_crash_source_active{source="diagnostic_reports"} 1.0
-    atlas_crash_reports_skipped_total{reason="malformed"} 0.0
+    atlas_crash_reports_skipped_total{reason="unknown_type"} 3.0
 
-It polls `~/Library/Logs/DiagnosticReports` and `/Library/Logs/DiagnosticReports`, each with
-its `Retired/` folder, plus `crash.report_dirs`. Formats:
-- `.ips`: a one-line JSON header then a JSON body; `bug_type` "309" is a crash, "11"
-  (spin), "12" (hang) and "228" (third-party hang) are hangs, other types are ignored.
-- legacy text `.crash` (macOS 11 and older) and spindump `.hang` reports.
-The app is named from the report (bundle, procName, procPath) through the naming rules.
+It polls `/Library/Logs/DiagnosticReports` and the DiagnosticReports folder of the user it
+runs as; as root (a LaunchDaemon, whose HOME is /var/root) also every user's
+`/Users/<user>/Library/Logs/DiagnosticReports`, found again at each poll so new users are
+picked up. Each folder comes with its `Retired/`, plus `crash.report_dirs`. The folders
+it could list are in its status (`SourceStatus.details`), for the status page. Formats:
+- `.ips`: a one-line JSON header then a JSON body. `bug_type` "309" is a crash and "409"
+  (SystemWatchdogCrash, e.g. WindowServer killed by the watchdog) a crash with
+  `reason="watchdog"`. Every other type is skipped and counted as `unknown_type`, without
+  guessing: "308" (OSFault) is `os_fault_with_payload`, a simulated crash after which
+  the process runs on (xnu `bsd/kern/kern_exit.c`), "509" (TerminatingStackshot) is a
+  stackshot taken while a process is ended, whose death has its own report, and no source
+  documents the hang codes "11"/"12" on macOS ("228" is iOS's runloop hang).
+- legacy text `.crash` (macOS 11 and older) and spindump `.hang` reports (hangs).
+The app is named through the naming rules from an identity built out of the report:
+procName, procPath and the bundle's display name. `.ips` files redact home folders
+(`/Users/USER/...`), so the display name comes first from the bundle id (`bundleInfo`
+`CFBundleIdentifier`, or the header's `bundleID`) through the `BundleNamer` the process
+source shares, which remembers the display name of every bundle the live naming read;
+else from the bundle's Info.plist at the path with `USER` replaced by the owner of the
+folder the report was found in; else from the bundle folder name. So a crash and the
+app's CPU series carry the same `app`.
 Each report counts once, across restarts too: the ids of seen reports are kept in
 `crash.state_file` (default `~/.atlas_agent/state/crash_reports_seen.json`). Symlinks are
 never followed; malformed or oversized reports are skipped and counted. On the first run
@@ -42,6 +57,7 @@ from prometheus_client.metrics_core import Metric
 from atlas_exporter.apps.crashes import OTHER, CrashBook, CrashEvent, crash_metric_families, reason_of_name
 from atlas_exporter.config import Config
 from atlas_exporter.model import ProcIdentity, Snapshot, Source, SourceStatus
+from atlas_exporter.sources.bundles_darwin import BundleNamer, shared_bundle_namer
 
 if TYPE_CHECKING:
     from atlas_exporter.apps.resolver import AppResolver
@@ -49,21 +65,29 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SOURCE_NAME = "diagnostic_reports"
-SKIP_REASONS = ("malformed", "too_large", "unreadable")
-CRASH_BUG_TYPES = frozenset({"309"})
-HANG_BUG_TYPES = frozenset({"11", "12", "228"})
+SKIP_REASONS = ("malformed", "too_large", "unreadable", "unknown_type")
+WATCHDOG = "watchdog"
+# bug_type -> fixed crash reason (None: from the report's signal)
+CRASH_BUG_TYPES: dict[str, str | None] = {"309": None, "409": WATCHDOG}
 EXTENSIONS = (".ips", ".crash", ".hang")
 MAX_REPORT_BYTES = 8 * 1024 * 1024  # an .ips crash body is parsed whole up to this size
 TEXT_HEAD_BYTES = 64 * 1024  # text reports: only the header is read
 DEFAULT_STATE_FILE = "~/.atlas_agent/state/crash_reports_seen.json"
 STATE_KEEP_SECONDS = 60 * 86400.0  # macOS deletes reports after 14 days
-DEFAULT_FOLDERS = ("~/Library/Logs/DiagnosticReports", "/Library/Logs/DiagnosticReports")
+USER_FOLDER = "Library/Logs/DiagnosticReports"
+DEFAULT_FOLDERS = ("~/" + USER_FOLDER, "/" + USER_FOLDER)
+USERS_ROOT = Path("/Users")
+REDACTED_HOME = "/Users/USER/"
 
 Naming = Callable[[ProcIdentity], str]
 
 
 class ReportError(ValueError):
     """A report file that is not in the format its name promises."""
+
+
+class UnknownType(ReportError):
+    """An `.ips` report of a type that is neither counted as a crash nor as a hang."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,44 +129,44 @@ def ips_bug_type(first_line: str) -> tuple[str, dict[str, Any]]:
     return str(header["bug_type"]), header
 
 
-def parse_ips(text: str) -> Report | None:
-    """Parse an `.ips` report; None for a type that is neither a crash nor a hang."""
+def parse_ips(text: str) -> Report:
+    """Parse an `.ips` report; raises `UnknownType` for a type that is not counted."""
     first, _, body_text = text.partition("\n")
     bug_type, header = ips_bug_type(first)
-    if bug_type not in CRASH_BUG_TYPES and bug_type not in HANG_BUG_TYPES:
-        return None
+    if bug_type not in CRASH_BUG_TYPES:
+        raise UnknownType(f"bug_type {bug_type[:16]!r} is not counted")
+    fixed_reason = CRASH_BUG_TYPES[bug_type]
     body: dict[str, Any] = {}
     if body_text.strip():
         try:
             parsed = json.loads(body_text)
         except ValueError as err:
-            if bug_type in CRASH_BUG_TYPES:
+            if fixed_reason is None:
                 raise ReportError(f"crash body is not JSON: {err}") from None
-            parsed = {}  # hang bodies may be spindump text
+            parsed = {}  # a watchdog report counts from its header alone
         body = parsed if isinstance(parsed, dict) else {}
-    elif bug_type in CRASH_BUG_TYPES:
+    elif fixed_reason is None:
         raise ReportError("crash report has no body")
     report_id = header.get("incident_id") or body.get("incident")
     name = body.get("procName") or header.get("app_name") or header.get("name")
     if not isinstance(report_id, str) or not report_id or not isinstance(name, str) or not name:
         raise ReportError("report has no incident id or process name")
     bundle_info = body.get("bundleInfo") if isinstance(body.get("bundleInfo"), dict) else {}
-    bundle_id = header.get("bundleID") or bundle_info.get("CFBundleIdentifier")
+    bundle_id = bundle_info.get("CFBundleIdentifier") or header.get("bundleID")
     pid = body.get("pid")
     path = body.get("procPath")
-    if bug_type in CRASH_BUG_TYPES:
-        kind = "crash"
+    if fixed_reason is not None:
+        reason = fixed_reason
+    else:
         exception = body.get("exception") if isinstance(body.get("exception"), dict) else {}
         termination = body.get("termination") if isinstance(body.get("termination"), dict) else {}
         signal_name = exception.get("signal")
         if not signal_name and termination.get("namespace") == "SIGNAL":
             signal_name = _signal_from_indicator(str(termination.get("indicator", "")))
         reason = reason_of_name(signal_name) if isinstance(signal_name, str) else OTHER
-    else:
-        kind, reason = "hang", "hang"
     when = _ips_time(body.get("captureTime")) or _ips_time(header.get("timestamp"))
-    return Report(kind=kind, report_id=report_id, proc_name=name, proc_path=path if isinstance(path, str) else None,
-                  bundle_id=bundle_id if isinstance(bundle_id, str) else None,
+    return Report(kind="crash", report_id=report_id, proc_name=name, proc_path=path if isinstance(path, str) else None,
+                  bundle_id=bundle_id if isinstance(bundle_id, str) and bundle_id else None,
                   pid=pid if isinstance(pid, int) and not isinstance(pid, bool) else None, reason=reason, time=when)
 
 
@@ -227,10 +251,11 @@ def parse_hang_text(text: str) -> Report:
                   bundle_id=fields.get("Identifier"), pid=pid, reason="hang", time=_text_time(fields.get("Date/Time")))
 
 
-def read_report(path: Path, max_bytes: int = MAX_REPORT_BYTES) -> Report | None:
-    """Read and parse one report file without following symlinks; None when it is neither crash nor hang.
+def read_report(path: Path, max_bytes: int = MAX_REPORT_BYTES) -> Report:
+    """Read and parse one report file without following symlinks.
 
-    Raises ReportError (malformed), OSError (unreadable) or `TooLarge`.
+    Raises `UnknownType` (an `.ips` type that is not counted), ReportError (malformed),
+    OSError (unreadable) or `TooLarge`.
     """
     suffix = path.suffix.lower()
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
@@ -238,8 +263,8 @@ def read_report(path: Path, max_bytes: int = MAX_REPORT_BYTES) -> Report | None:
         if suffix == ".ips":
             first = handle.readline(64 * 1024)
             bug_type, _header = ips_bug_type(first.decode("utf-8", "replace"))
-            if bug_type not in CRASH_BUG_TYPES and bug_type not in HANG_BUG_TYPES:
-                return None
+            if bug_type not in CRASH_BUG_TYPES:
+                raise UnknownType(f"bug_type {bug_type[:16]!r} is not counted")
             if os.fstat(handle.fileno()).st_size > max_bytes:
                 raise TooLarge(f"larger than {max_bytes} bytes")
             rest = handle.read(max_bytes + 1)
@@ -317,6 +342,39 @@ def report_folders(extra: Iterable[str] = (), home: str | None = None) -> list[P
     return folders
 
 
+def user_report_folders(users_root: Path = USERS_ROOT) -> list[tuple[Path, Path]]:
+    """(folder, home) for each `<users_root>/<user>/Library/Logs/DiagnosticReports` and its `Retired/`.
+
+    Only homes that hold such a folder are listed; an unreadable `users_root` gives none.
+    """
+    found: list[tuple[Path, Path]] = []
+    try:
+        homes = sorted(e.name for e in os.scandir(users_root) if not e.name.startswith("."))
+    except OSError:
+        return found
+    for user in homes:
+        home = users_root / user
+        base = home / USER_FOLDER
+        if base.is_dir():
+            found.extend(((base, home), (base / "Retired", home)))
+    return found
+
+
+def _has_symlink(path: Path, below: Path) -> bool:
+    """Whether any component of `path` under `below` is a symlink (a user could point it anywhere)."""
+    try:
+        return os.path.realpath(path) != os.path.join(os.path.realpath(below), os.path.relpath(path, below))
+    except (OSError, ValueError):
+        return True
+
+
+def unredact(path: str | None, home: Path | None) -> str | None:
+    """`/Users/USER/x` -> `<home>/x`: `.ips` reports replace the home folder's user name with USER."""
+    if path is None or home is None or not path.startswith(REDACTED_HOME):
+        return path
+    return str(home) + "/" + path[len(REDACTED_HOME):]
+
+
 def default_naming() -> Naming:
     """The naming rules of an empty config, with bundle display names from Info.plist."""
     from atlas_exporter.apps.naming import Namer
@@ -337,7 +395,11 @@ def naming_with_bundles(name: Naming, bundle_of: Callable[[str | None], str | No
 
 
 class DarwinCrashSource:
-    """The `crash` sub-collector on macOS: polls the report folders in a background thread."""
+    """The `crash` sub-collector on macOS: polls the report folders in a background thread.
+
+    `all_users` (default: running as root) adds every user's folder under `users_root`.
+    `bundles` names bundles by id and path; by default the process source's shared one.
+    """
 
     name = "crash"
 
@@ -351,9 +413,17 @@ class DarwinCrashSource:
         max_report_bytes: int = MAX_REPORT_BYTES,
         max_apps: int = 500,
         clock: Callable[[], float] = time.time,
+        all_users: bool | None = None,
+        users_root: Path = USERS_ROOT,
+        home: Path | None = None,
+        bundles: BundleNamer | None = None,
     ) -> None:
         self.naming = naming
         self.folders = list(folders) if folders is not None else report_folders()
+        self.all_users = os.geteuid() == 0 if all_users is None else all_users
+        self.users_root = users_root
+        self.home = home if home is not None else Path(os.path.expanduser("~"))
+        self.bundles = bundles if bundles is not None else shared_bundle_namer()
         self.seen = SeenReports(state_file, clock)
         self.poll_interval_seconds = poll_interval_seconds
         self.max_report_bytes = max_report_bytes
@@ -393,14 +463,30 @@ class DarwinCrashSource:
             except Exception:  # the watcher must survive anything one report does
                 log.exception("crash report poll failed")
 
-    def _list(self) -> list[os.DirEntry[str]]:
-        entries: list[os.DirEntry[str]] = []
+    def current_folders(self) -> list[tuple[Path, Path | None]]:
+        """(folder, home of its owner or None) to poll now: the fixed ones, then every user's as root."""
+        homes = {self.home / USER_FOLDER, self.home / USER_FOLDER / "Retired"}
+        folders: list[tuple[Path, Path | None]] = [(f, self.home if f in homes else None) for f in self.folders]
+        if self.all_users:
+            known = set(self.folders)
+            folders.extend((f, home) for f, home in user_report_folders(self.users_root) if f not in known)
+        return folders
+
+    def watched_folders(self) -> list[str]:
+        """The folders the last poll could list, for the status page."""
+        with self._lock:
+            return [str(f) for f in self._readable]
+
+    def _list(self) -> list[tuple[os.DirEntry[str], Path | None]]:
+        entries: list[tuple[os.DirEntry[str], Path | None]] = []
         readable: list[Path] = []
         reasons: list[str] = []
-        for folder in self.folders:
+        for folder, home in self.current_folders():
             try:
-                if folder.is_symlink():
-                    reasons.append(f"{folder} is a symlink, not followed")
+                if folder.is_symlink() or (home is not None and self.all_users
+                                           and folder.is_relative_to(self.users_root)
+                                           and _has_symlink(folder, self.users_root)):
+                    reasons.append(f"{folder} is or passes through a symlink, not followed")
                     continue
                 found = list(os.scandir(folder))
             except FileNotFoundError:
@@ -409,8 +495,10 @@ class DarwinCrashSource:
                 reasons.append(f"cannot list {folder}: {err.strerror or err}")
                 continue
             readable.append(folder)
-            entries.extend(e for e in found if e.name.lower().endswith(EXTENSIONS) and not e.name.startswith("."))
-        self._readable, self._reasons = readable, reasons
+            entries.extend((e, home) for e in found
+                           if e.name.lower().endswith(EXTENSIONS) and not e.name.startswith("."))
+        with self._lock:
+            self._readable, self._reasons = readable, reasons
         return entries
 
     def poll(self, count: bool = True) -> int:
@@ -421,7 +509,7 @@ class DarwinCrashSource:
         counted = 0
         changed = False
         present: set[Path] = set()
-        for entry in self._list():
+        for entry, home in self._list():
             path = Path(entry.path)
             try:
                 if entry.is_symlink() or not entry.is_file(follow_symlinks=False):
@@ -439,17 +527,20 @@ class DarwinCrashSource:
             except TooLarge:
                 self._skip("too_large", path)
                 continue
+            except UnknownType as err:
+                self._skip("unknown_type", path, err, level=logging.DEBUG)
+                continue
             except ReportError as err:
                 self._skip("malformed", path, err)
                 continue
             except OSError as err:
                 self._skip("unreadable", path, err)
                 continue
-            if report is None or report.report_id in self.seen:
+            if report.report_id in self.seen:
                 continue
             self.seen.add(report.report_id)
             changed = True
-            if count and self._count(report):
+            if count and self._count(report, home):
                 counted += 1
         self._files = {p: k for p, k in self._files.items() if p in present}
         if changed or (self.seen.path is not None and not self.seen.existed):
@@ -457,10 +548,21 @@ class DarwinCrashSource:
             self.seen.existed = self.seen.existed or not self.seen.error
         return counted
 
-    def _count(self, report: Report) -> bool:
-        ident = ProcIdentity(comm=report.proc_name, exe=report.proc_path)
+    def identity(self, report: Report, home: Path | None = None) -> ProcIdentity:
+        """The identity the naming rules see for a report found in the folder of `home`'s owner.
+
+        The bundle's display name comes from its id (what the live naming read), else from
+        its Info.plist at the unredacted path, else from its folder name.
+        """
+        exe = unredact(report.proc_path, home)
+        bundle = self.bundles.name_for_bundle_id(report.bundle_id) if report.bundle_id else None
+        if bundle is None and exe:
+            bundle = self.bundles.name_for_exe(exe)
+        return ProcIdentity(comm=report.proc_name, exe=exe, bundle=bundle)
+
+    def _count(self, report: Report, home: Path | None = None) -> bool:
         try:
-            app = self.naming(ident)
+            app = self.naming(self.identity(report, home))
         except Exception:  # a naming failure must not lose the report
             log.debug("naming failed for %s", report.proc_name, exc_info=True)
             app = report.proc_name
@@ -473,22 +575,24 @@ class DarwinCrashSource:
         return self.book.record_crash(CrashEvent(source=SOURCE_NAME, time=when, reason=report.reason, app=app,
                                                  pid=report.pid, comm=report.proc_name))
 
-    def _skip(self, reason: str, path: Path, err: object = "") -> None:
-        log.info("skipped crash report %s (%s) %s", path, reason, err)
+    def _skip(self, reason: str, path: Path, err: object = "", level: int = logging.INFO) -> None:
+        log.log(level, "skipped crash report %s (%s) %s", path, reason, err)
         with self._lock:
             self.skipped[reason] = self.skipped.get(reason, 0) + 1
 
     def statuses(self) -> list[SourceStatus]:
         if not self._started:
             return [SourceStatus(SOURCE_NAME, False, "none", "not started")]
-        active = bool(self._readable)
-        reasons = list(self._reasons)
+        with self._lock:
+            readable, reasons = list(self._readable), list(self._reasons)
+        active = bool(readable)
         if not active:
             reasons.insert(0, "no report folder is readable")
         if self.seen.error:
             reasons.append(self.seen.error)
         privilege = "root" if os.geteuid() == 0 else "user"
-        return [SourceStatus(SOURCE_NAME, active, privilege if active else "none", "; ".join(reasons))]
+        return [SourceStatus(SOURCE_NAME, active, privilege if active else "none", "; ".join(reasons),
+                             details=tuple(f"watching {f}" for f in readable))]
 
     def collect(self, snapshot: Snapshot) -> Iterable[Metric]:
         with self._lock:
@@ -500,11 +604,9 @@ def make_crash_source(config: Config, procfs: Path, resolver: AppResolver) -> So
     """The macOS `crash` sub-collector over the DiagnosticReports folders and `crash.report_dirs`.
 
     Reports are named by the resolver (`app_for_identity`: the naming rules, cleaning and the
-    `max_apps` fold), as every app label is.
+    `max_apps` fold), as every app label is; the identity carries the bundle's display name
+    (see `DarwinCrashSource.identity`). As root it also watches every user's folder under /Users.
     """
-    from atlas_exporter.sources.bundles_darwin import BundleNamer
-
-    naming = naming_with_bundles(resolver.app_for_identity, BundleNamer().name_for_exe)
     state = Path(os.path.expanduser(config.crash.state_file or DEFAULT_STATE_FILE))
-    return DarwinCrashSource(naming, folders=report_folders(config.crash.report_dirs), state_file=state,
-                             max_apps=config.max_apps)
+    return DarwinCrashSource(resolver.app_for_identity, folders=report_folders(config.crash.report_dirs),
+                             state_file=state, max_apps=config.max_apps)

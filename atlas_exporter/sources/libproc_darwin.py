@@ -95,7 +95,7 @@ class RusageInfoV2(ctypes.Structure):
 
 
 class RusageInfoV3(ctypes.Structure):
-    """`struct rusage_info_v3` (macOS 10.13+): v2 plus QoS CPU times, 232 bytes."""
+    """`struct rusage_info_v3` (OS X 10.10+, first in xnu-2782): v2 plus QoS CPU times, 232 bytes."""
 
     _fields_ = [
         *RusageInfoV2._fields_,
@@ -430,17 +430,24 @@ class LibProc:
         """Open descriptors: PROC_PIDLISTFDS bytes / sizeof(proc_fdinfo).
 
         A first call without a buffer returns the size of the descriptor table (an upper
-        bound), the second fills in the open ones.
+        bound), the second fills in the open ones. libproc returns 0 both on failure (with
+        errno set) and for a process with no open descriptors (errno left at 0): that is 0
+        descriptors, not an unreadable count.
         """
         lib = self.lib
         ctypes.set_errno(0)
         need = lib.proc_pidinfo(pid, PROC_PIDLISTFDS, 0, None, 0)
-        if need <= 0:
+        if need < 0 or (need == 0 and ctypes.get_errno()):
             _raise_for_errno(ctypes.get_errno(), f"PROC_PIDLISTFDS of pid {pid}")
+        if need == 0:
+            return 0
         with self._lock:
             if need > len(self._fd_buf):
                 self._fd_buf = ctypes.create_string_buffer(need + 8 * 64)
-            got = self._pidinfo(pid, PROC_PIDLISTFDS, 0, self._fd_buf, len(self._fd_buf), "PROC_PIDLISTFDS")
+            ctypes.set_errno(0)
+            got = lib.proc_pidinfo(pid, PROC_PIDLISTFDS, 0, ctypes.byref(self._fd_buf), len(self._fd_buf))
+            if got < 0 or (got == 0 and ctypes.get_errno()):
+                _raise_for_errno(ctypes.get_errno(), f"PROC_PIDLISTFDS of pid {pid}")
         return got // ctypes.sizeof(ProcFdInfo)
 
     def thread_states(self, pid: int, threads: int) -> list[int]:

@@ -232,9 +232,27 @@ class DarwinNetworkSource:
         self._lock = threading.Lock()
         self._last_run = float("-inf")
         self._ok_runs = 0
+        self._probed = False
+        self.without_x = False  # the probe found that this nettop rejects -x
         self.runs = 0
         self.failures = 0
         self.skipped_rows = 0
+
+    def _probe_x(self, text: str | None) -> str | None:
+        """On the first run only: when nettop failed with `-x`, try once without it and keep what works."""
+        self._probed = True
+        command = self._runner.command
+        if text is not None or "-x" not in command or "exited with status" not in self._runner.last_error:
+            return text
+        fallback = NettopRunner([c for c in command if c != "-x"], self._runner.timeout)
+        retry = fallback.run()
+        if retry is None or parse_nettop_csv(retry) is None:
+            log.debug("network: nettop fails without -x too: %s", fallback.last_error)
+            return text
+        log.info("network: this nettop rejects -x (%s); running it without -x", self._runner.last_error)
+        self._runner = fallback
+        self.without_x = True
+        return retry
 
     def start(self) -> None:
         pass
@@ -249,6 +267,8 @@ class DarwinNetworkSource:
                 return
             self.runs += 1
             text = self._runner.run()
+            if not self._probed:
+                text = self._probe_x(text)
             self._last_run = self._clock()
             frame = parse_nettop_csv(text) if text is not None else None
             if frame is None:
@@ -290,7 +310,8 @@ class DarwinNetworkSource:
             reason = self._runner.last_error
             if not reason and not self._ok_runs:
                 reason = "nettop has not run yet"
-        return [SourceStatus("network.nettop", ok, "user", reason)]
+            details = ("nettop runs without -x (this version rejects it)",) if self.without_x else ()
+        return [SourceStatus("network.nettop", ok, "user", reason, details=details)]
 
 
 def make_network_source(config: Config, procfs: Path, app_of_pid: AppOfPid) -> Source | None:

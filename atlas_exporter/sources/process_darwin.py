@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Protocol
 
 from atlas_exporter.model import ProcessId, ProcessScan, ProcIdentity, ProcSample, ReadErrors, SourceStatus
-from atlas_exporter.sources.bundles_darwin import BundleNamer
+from atlas_exporter.sources.bundles_darwin import BundleNamer, shared_bundle_namer
 from atlas_exporter.sources.libproc_darwin import (
     APPLE_SILICON_TICKS_PER_SECOND,
     NANOSECOND_TICKS_PER_SECOND,
@@ -170,7 +170,7 @@ class PsutilTable:
 def raw_kinfo(proc: object, start_time: float) -> tuple[float, str | None]:
     """The unadjusted start time and p_comm from psutil's platform object (one cached sysctl).
 
-    psutil >= 7.2 shifts `create_time()` after a wall-clock step; the raw value is what it
+    psutil >= 7.1 shifts `create_time()` after a wall-clock step; the raw value is what it
     uses itself to tell processes apart. Older psutil has no `monotonic` argument and never
     shifts. On Linux the raw value counts from boot instead of the epoch.
     """
@@ -469,9 +469,10 @@ def _passwd_name(uid: int) -> str:
 def make_process_source(procfs: Path | None = None) -> DarwinProcessSource:
     """The macOS process source over the real sysctl and libproc; `procfs` is ignored (macOS has none).
 
-    The CPU timebase is checked once against this process's own CPU time.
+    The CPU timebase is checked once against this process's own CPU time. Bundle names go
+    through the shared `BundleNamer`, so crash reports can be named by bundle id.
     """
     del procfs
-    source = DarwinProcessSource()
+    source = DarwinProcessSource(bundles=shared_bundle_namer())
     source.calibrate()
     return source
