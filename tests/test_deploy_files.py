@@ -183,16 +183,52 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
 # --- launchd ------------------------------------------------------------------------------------
 
 
-def test_launchd_plist(cli_flags: set[str]) -> None:
-    with (DEPLOY / "launchd" / "io.atlas-exporter.plist").open("rb") as f:
-        plist = plistlib.load(f)
-    assert plist["Label"] == "io.atlas-exporter"
+def _plist(name: str, home: str | None = None) -> dict:
+    text = (DEPLOY / "launchd" / name).read_text(encoding="utf-8")
+    if home is not None:  # what the documented sed does
+        text = text.replace("/Users/USERNAME", home)
+    return plistlib.loads(text.encode())
+
+
+def _common_job_keys(plist: dict, cli_flags: set[str]) -> None:
     args = plist["ProgramArguments"]
     assert Path(args[0]).name == "atlas-exporter" and Path(args[0]).is_absolute()
     check_flags(args[1:], cli_flags)
     assert listen_port(args) == PORT
     assert plist["RunAtLoad"] is True
+    assert plist["KeepAlive"] == {"SuccessfulExit": False}
     assert "/usr/bin" in plist["EnvironmentVariables"]["PATH"].split(":"), "nettop lives in /usr/bin"
+    assert plist["StandardOutPath"] == plist["StandardErrorPath"]
+
+
+def test_launchd_daemon_plist(cli_flags: set[str]) -> None:
+    plist = _plist("io.atlas-exporter.plist")
+    assert plist["Label"] == "io.atlas-exporter"
+    _common_job_keys(plist, cli_flags)
+    assert plist["UserName"] == "root"
+    assert plist["EnvironmentVariables"]["HOME"] == "/var/root"
+    assert plist["StandardOutPath"].startswith("/Library/Logs/")
+    assert "LimitLoadToSessionType" not in plist
+    assert not plist["ProgramArguments"][0].startswith("/Users/"), "root must not run a program a user can change"
+
+
+def test_launchd_agent_plist(cli_flags: set[str]) -> None:
+    """The LaunchAgent: no UserName, HOME and every path absolute inside the user's home after the sed."""
+    home = "/Users/alice"
+    plist = _plist("io.atlas-exporter.agent.plist", home)
+    assert plist["Label"] == "io.atlas-exporter.agent" != _plist("io.atlas-exporter.plist")["Label"]
+    _common_job_keys(plist, cli_flags)
+    assert "UserName" not in plist and "GroupName" not in plist
+    assert plist["LimitLoadToSessionType"] == "Aqua"  # loaded with launchctl bootstrap gui/$UID
+    assert plist["EnvironmentVariables"]["HOME"] == home
+    for key in ("StandardOutPath", "StandardErrorPath", "WorkingDirectory"):
+        assert plist[key].startswith(home + "/") or plist[key] == home, key
+    assert plist["StandardOutPath"] == f"{home}/Library/Logs/atlas-exporter.log"
+    assert plist["ProgramArguments"][0] == f"{home}/.atlas-exporter/bin/atlas-exporter"
+    text = (DEPLOY / "launchd" / "io.atlas-exporter.agent.plist").read_text(encoding="utf-8")
+    body = re.sub(r"<!--.*?-->", "", text[text.index("<plist"):], flags=re.S)
+    assert "~" not in body and "$HOME" not in body, "launchd expands neither"
+    assert "launchctl bootstrap gui/$(id -u)" in text and 's|/Users/USERNAME|$HOME|g' in text
 
 
 # --- Kubernetes ---------------------------------------------------------------------------------
