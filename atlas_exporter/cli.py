@@ -62,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="validate --config.file (and --web.config.file) and exit: 0 when valid")
     conf.add_argument("--once", action="store_true",
                       help="take one snapshot after a short priming interval, print the metrics to stdout, exit")
+    conf.add_argument("--self-check", dest="self_check", action="store_true",
+                      help="compare what the exporter reads with psutil and ps (and on macOS nettop and the "
+                           "DiagnosticReports folders) for the top apps and itself, print a table, and exit: "
+                           "0 when all agree within the printed tolerances, 1 otherwise; needs no root")
     conf.add_argument("--path.procfs", dest="procfs", default="/proc", metavar="PATH",
                       help="procfs mountpoint (default /proc; e.g. /host/proc in a container)")
     coll = parser.add_argument_group("collectors")
@@ -133,6 +137,10 @@ def run(args: argparse.Namespace) -> int:
     procfs = Path(args.procfs)
     if PLATFORM_NAME == "linux" and not (procfs / "stat").is_file():
         return _fail(f"--path.procfs: {procfs} is not a procfs mount (no {procfs / 'stat'})", 2)
+    if args.self_check:
+        from atlas_exporter import selfcheck
+
+        return selfcheck.main(config, procfs)
     enabled = {name for name in COLLECTORS if getattr(args, f"collector_{name}")}
 
     from atlas_exporter.exporter.runtime import Exporter

@@ -1,0 +1,669 @@
+"""`atlas-exporter --self-check`: compare what the exporter reads with independent tools.
+
+Fixtures test the parsers; only the real machine can say whether the kernel fills in what
+the parsers expect. The self-check reads the process table the way the exporter does (the
+same process source and naming rules), picks the apps that used the most CPU over a few
+seconds plus the app of its own process, and compares their readings with:
+
+- psutil (both platforms): CPU seconds, resident bytes, threads, open fds, and on Linux
+  storage read bytes;
+- `ps -o pid=,rss=,time=` (and `nlwp` on Linux, `ps -M` thread lines on macOS): the
+  processes of each app, resident bytes, CPU seconds, threads;
+- on macOS, a second `nettop` run parsed by a separate plain CSV reader (the app's byte
+  totals), and a plain listing of the DiagnosticReports folders (crash and hang reports
+  present, against what the watcher's parsers accept).
+
+Every reference is read just before and just after the exporter's reading, and the
+exporter's value must lie within that range widened by the quantity's tolerance
+(`TOLERANCES`). Values the exporter leaves absent while a reference can read them count as
+disagreements; values no reference can read (another user's process, unprivileged) are not
+compared. It prints one table (app, quantity, exporter, reference, difference, verdict), a
+line per data source saying whether it was used and why not, and returns 0 when every row
+agrees, 1 otherwise. Nothing here needs root or writes a file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from atlas_exporter.apps.naming import Namer
+from atlas_exporter.apps.resolver import AppResolver
+from atlas_exporter.config import Config
+from atlas_exporter.model import ProcessScan, ProcessSource, ProcSample
+
+log = logging.getLogger(__name__)
+
+DEFAULT_INTERVAL_SECONDS = 3.0
+DEFAULT_TOP_APPS = 5
+MAX_PIDS_PER_APP = 64  # a browser with hundreds of helpers is compared on its 64 biggest
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Tolerance:
+    """Allowed |exporter - reference| beyond the before/after range: `absolute` plus `relative` of the reference."""
+
+    absolute: float
+    relative: float
+    why: str
+    per_process: bool = False  # `absolute` applies to each process summed
+
+    def allowed(self, reference: float, processes: int = 1) -> float:
+        return self.absolute * (max(processes, 1) if self.per_process else 1) + self.relative * abs(reference)
+
+
+TOLERANCES: dict[str, Tolerance] = {
+    "processes": Tolerance(0, 0.0, "exact: every pid the exporter counts is alive in ps"),
+    "cpu_seconds": Tolerance(0.05, 0.02, "0.05 s + 2 %"),
+    "cpu_seconds_ps": Tolerance(1.0, 0.02, "1 s per process + 2 % (ps truncates to whole seconds on Linux)",
+                                per_process=True),
+    "resident_bytes": Tolerance(1 * MIB, 0.05, "1 MiB + 5 %"),
+    "threads": Tolerance(2, 0.0, "2 threads"),
+    "open_fds": Tolerance(2, 0.0, "2 fds (the reference opens one to count them)"),
+    "disk_read_bytes": Tolerance(64 * 1024, 0.05, "64 KiB + 5 %"),
+    "network_bytes": Tolerance(64 * 1024, 0.05, "64 KiB + 5 % (sockets can close between runs)"),
+    "reports": Tolerance(0, 0.0, "exact"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One process as a reference tool sees it; None where that tool cannot read the value."""
+
+    cpu_seconds: float | None = None
+    resident_bytes: int | None = None
+    threads: int | None = None
+    open_fds: int | None = None
+    disk_read_bytes: int | None = None
+
+
+@dataclass(slots=True)
+class Row:
+    """One line of the table."""
+
+    app: str
+    quantity: str
+    exporter: float | None
+    reference: float | None
+    low: float = 0.0  # the reference's range over the exporter's reading
+    high: float = 0.0
+    tolerance: Tolerance | None = None
+    note: str = ""
+    processes: int = 1  # how many processes the sums cover
+
+    @property
+    def difference(self) -> float | None:
+        if self.exporter is None or self.reference is None:
+            return None
+        return self.exporter - self.reference
+
+    @property
+    def ok(self) -> bool:
+        if self.exporter is None or self.reference is None:
+            return False
+        assert self.tolerance is not None
+        slack = self.tolerance.allowed(self.high, self.processes)
+        return self.low - slack <= self.exporter <= self.high + slack
+
+
+@dataclass(slots=True)
+class SourceLine:
+    name: str
+    active: bool
+    detail: str
+
+
+@dataclass(slots=True)
+class Result:
+    rows: list[Row] = field(default_factory=list)
+    sources: list[SourceLine] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and bool(self.rows) and all(r.ok for r in self.rows)
+
+
+# --- references -------------------------------------------------------------------------------
+
+
+class PsutilReference:
+    """psutil's view of a process (its own code: /proc parsing on Linux, sysctl/libproc in C on macOS)."""
+
+    name = "psutil"
+
+    def __init__(self, darwin: bool = sys.platform == "darwin") -> None:
+        import psutil
+
+        self._psutil = psutil
+        self.darwin = darwin
+        self.version = psutil.__version__
+
+    def read(self, pids: Iterable[int]) -> dict[int, Reading]:
+        psutil = self._psutil
+        out: dict[int, Reading] = {}
+        for pid in pids:
+            try:
+                proc = psutil.Process(pid)
+            except psutil.Error:
+                continue
+            values: dict[str, Any] = {}
+            with proc.oneshot():
+                for key, get in (
+                    ("cpu_seconds", lambda p: p.cpu_times().user + p.cpu_times().system),
+                    ("resident_bytes", lambda p: p.memory_info().rss),
+                    ("threads", lambda p: p.num_threads()),
+                    ("open_fds", lambda p: p.num_fds()),
+                    ("disk_read_bytes", None if self.darwin else (lambda p: p.io_counters().read_bytes)),
+                ):
+                    if get is None:
+                        continue
+                    try:
+                        values[key] = get(proc)
+                    except psutil.NoSuchProcess:
+                        values = {}
+                        break
+                    except (psutil.AccessDenied, psutil.ZombieProcess, OSError, AttributeError):
+                        continue
+            if values:
+                out[pid] = Reading(**values)
+        return out
+
+
+def parse_ps_time(text: str) -> float:
+    """`ps -o time` as seconds: `[[dd-]hh:]mm:ss` (procps) or `[hh:]mm:ss.cc` (macOS)."""
+    text = text.strip()
+    days = 0
+    if "-" in text:
+        day_text, text = text.split("-", 1)
+        days = int(day_text)
+    seconds = 0.0
+    for part in text.split(":"):
+        seconds = seconds * 60 + float(part)
+    return days * 86400 + seconds
+
+
+def parse_ps_rows(text: str, with_threads: bool) -> dict[int, Reading]:
+    """`ps -o pid=,rss=,time=[,nlwp=]` lines -> pid -> Reading (rss in KiB becomes bytes)."""
+    out: dict[int, Reading] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) != (4 if with_threads else 3) or not parts[0].isdigit():
+            continue
+        try:
+            out[int(parts[0])] = Reading(cpu_seconds=parse_ps_time(parts[2]), resident_bytes=int(parts[1]) * 1024,
+                                         threads=int(parts[3]) if with_threads else None)
+        except ValueError:
+            continue
+    return out
+
+
+def parse_ps_threads(text: str) -> int | None:
+    """Threads of one process from macOS `ps -M -p PID`: a header, then one line per thread."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    return len(lines) - 1 if len(lines) >= 2 else None
+
+
+Runner = Callable[[Sequence[str]], str]
+
+
+def run_command(argv: Sequence[str], timeout: float = 15.0) -> str:
+    """Run a command without a shell and return its stdout; OSError when it cannot run or fails."""
+    try:
+        done = subprocess.run(list(argv), stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        raise OSError(f"{argv[0]} did not finish within {timeout:g} s") from None
+    if done.returncode != 0:
+        first = done.stderr.decode("utf-8", "replace").strip().splitlines()[:1]
+        raise OSError(f"{argv[0]} exited with status {done.returncode}" + (f": {first[0]}" if first else ""))
+    return done.stdout.decode("utf-8", "replace")
+
+
+class PsReference:
+    """`ps -o pid=,rss=,time=` for the given pids; threads from `nlwp` (Linux) or `ps -M` (macOS)."""
+
+    name = "ps"
+
+    def __init__(self, run: Runner = run_command, darwin: bool = sys.platform == "darwin",
+                 ps: str | None = None) -> None:
+        self.run = run
+        self.darwin = darwin
+        self.ps = ps or ("/bin/ps" if os.path.exists("/bin/ps") else (shutil.which("ps") or "ps"))
+
+    def read(self, pids: Iterable[int]) -> dict[int, Reading]:
+        pid_list = sorted(set(pids))
+        if not pid_list:
+            return {}
+        fields = "pid=,rss=,time=" if self.darwin else "pid=,rss=,time=,nlwp="
+        try:
+            text = self.run([self.ps, "-o", fields, "-p", ",".join(map(str, pid_list))])
+        except OSError as err:
+            if "status 1" in str(err):  # procps and BSD ps exit 1 when some pid is gone: read what is there
+                text = ""
+            else:
+                raise
+        rows = parse_ps_rows(text, with_threads=not self.darwin)
+        if self.darwin:
+            for pid, row in list(rows.items()):
+                try:
+                    threads = parse_ps_threads(self.run([self.ps, "-M", "-p", str(pid)]))
+                except OSError:
+                    threads = None
+                rows[pid] = Reading(cpu_seconds=row.cpu_seconds, resident_bytes=row.resident_bytes, threads=threads)
+        return rows
+
+
+def parse_nettop_reference(text: str) -> dict[int, tuple[int, int]]:
+    """A plain reader of `nettop -P -L 1 -x -J bytes_in,bytes_out` CSV, kept apart from the exporter's parser.
+
+    pid -> (bytes_in, bytes_out); the last frame wins.
+    """
+    out: dict[int, tuple[int, int]] = {}
+    header: list[str] | None = None
+    for record in csv.reader(io.StringIO(text)):
+        if "bytes_in" in record and "bytes_out" in record:
+            header = record
+            out = {}
+            continue
+        if header is None or len(record) < len(header):
+            continue
+        shift = len(record) - len(header)  # commas inside a process name
+        label = ",".join(record[header.index(""):header.index("") + 1 + shift]) if "" in header else record[0]
+        name, _, pid = label.rpartition(".")
+        try:
+            out[int(pid)] = (int(record[header.index("bytes_in") + shift]),
+                             int(record[header.index("bytes_out") + shift]))
+        except ValueError:
+            continue
+    return out
+
+
+# --- the check ---------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class AppPids:
+    app: str
+    pids: list[int]
+    is_self: bool = False
+
+
+class SelfCheck:
+    """Runs the comparison. Every outside dependency is injectable; the defaults are the real machine."""
+
+    def __init__(self, source: ProcessSource, namer: Namer, *, max_apps: int = 500,
+                 psutil_reference: PsutilReference | None = None, ps_reference: PsReference | None = None,
+                 nettop: Callable[[], str] | None = None, exporter_nettop: Callable[[], str] | None = None,
+                 report_folders: Callable[[], list[tuple[Path, Path | None]]] | None = None,
+                 darwin: bool = sys.platform == "darwin", interval_seconds: float = DEFAULT_INTERVAL_SECONDS,
+                 top: int = DEFAULT_TOP_APPS, sleep: Callable[[float], None] = time.sleep,
+                 own_pid: int | None = None, include: Iterable[str] = ()) -> None:
+        self.source = source
+        self.resolver = AppResolver(source, namer, max_apps)
+        self.psutil_reference = psutil_reference
+        self.ps_reference = ps_reference
+        self.nettop = nettop
+        self.exporter_nettop = exporter_nettop or nettop
+        self.report_folders = report_folders
+        self.darwin = darwin
+        self.interval_seconds = interval_seconds
+        self.top = top
+        self.sleep = sleep
+        self.own_pid = os.getpid() if own_pid is None else own_pid
+        self.include = tuple(include)  # apps compared whether or not they are among the top
+
+    # the exporter's side
+
+    def _by_app(self, scan: ProcessScan) -> dict[str, list[ProcSample]]:
+        apps: dict[str, list[ProcSample]] = {}
+        for sample in scan.samples:
+            app = self.resolver.app_for(sample)
+            if app is not None:
+                apps.setdefault(app, []).append(sample)
+        return apps
+
+    def choose(self, first: ProcessScan, second: ProcessScan) -> list[AppPids]:
+        """The `top` apps by CPU used between two scans (among readable processes), the `include`d ones,
+        then this process's app."""
+        before = {s.id: (s.cpu_user_seconds or 0.0) + (s.cpu_system_seconds or 0.0) for s in first.samples}
+        used: dict[str, float] = {}
+        apps = self._by_app(second)
+        for app, samples in apps.items():
+            for s in samples:
+                if s.cpu_user_seconds is None and s.cpu_system_seconds is None:
+                    continue
+                now = (s.cpu_user_seconds or 0.0) + (s.cpu_system_seconds or 0.0)
+                used[app] = used.get(app, 0.0) + max(0.0, now - before.get(s.id, now))
+        own = next((app for app, samples in apps.items() if any(s.id.pid == self.own_pid for s in samples)), None)
+        chosen = [a for a in sorted(used, key=lambda a: (-used[a], a)) if a != own][: self.top]
+        chosen += [a for a in self.include if a in apps and a not in chosen and a != own]
+        result = []
+        for app in chosen:
+            samples = sorted(apps[app], key=lambda s: -(s.resident_bytes or 0))[:MAX_PIDS_PER_APP]
+            result.append(AppPids(app, [s.id.pid for s in samples]))
+        if own is not None:
+            result.append(AppPids(own, [s.id.pid for s in apps[own]][:MAX_PIDS_PER_APP], is_self=True))
+        return result
+
+    def run(self) -> Result:
+        result = Result()
+        try:
+            first = self.source.scan()
+            self.sleep(self.interval_seconds)
+            second = self.source.scan()
+        except OSError as err:
+            result.errors.append(f"cannot read the process table: {err}")
+            return result
+        statuses = "; ".join(f"{s.name}: {'active' if s.active else 'off'} as {s.privilege or '?'}"
+                             + (f" ({s.reason})" if s.reason else "") for s in self.source.statuses())
+        result.sources.append(SourceLine("exporter process source", True,
+                                         f"{len(second.samples)} processes read; {statuses}"))
+        chosen = self.choose(first, second)
+        pids = sorted({p for a in chosen for p in a.pids})
+        references = [r for r in (self.psutil_reference, self.ps_reference) if r is not None]
+        before: dict[str, dict[int, Reading]] = {}
+        failed: dict[str, str] = {}
+        for ref in references:
+            try:
+                before[ref.name] = ref.read(pids)
+            except OSError as err:
+                failed[ref.name] = str(err)
+        try:
+            third = self.source.scan()
+        except OSError as err:
+            result.errors.append(f"cannot read the process table: {err}")
+            return result
+        after: dict[str, dict[int, Reading]] = {}
+        for ref in references:
+            if ref.name in failed:
+                continue
+            try:
+                after[ref.name] = ref.read(pids)
+            except OSError as err:
+                failed[ref.name] = str(err)
+        samples = {s.id.pid: s for s in third.samples}
+        for ref in references:
+            if ref.name in failed:
+                result.sources.append(SourceLine(ref.name, False, failed[ref.name]))
+            else:
+                detail = f"version {ref.version}" if ref.name == "psutil" else getattr(ref, "ps", "")
+                result.sources.append(SourceLine(ref.name, True, detail))
+        if self.psutil_reference is None:
+            result.sources.append(SourceLine("psutil", False, "not installed"))
+        for app in chosen:
+            label = f"{app.app} (self)" if app.is_self else app.app
+            if "ps" in before:
+                result.rows.append(self._processes_row(label, app.pids, samples, before["ps"], after["ps"]))
+            for ref_name, quantities in (
+                ("psutil", ("cpu_seconds", "resident_bytes", "threads", "open_fds",
+                            *(() if self.darwin else ("disk_read_bytes",)))),
+                ("ps", ("cpu_seconds", "resident_bytes", "threads")),
+            ):
+                if ref_name not in before:
+                    continue
+                for quantity in quantities:
+                    row = self._compare(label, quantity, ref_name, app.pids, samples, before[ref_name],
+                                        after[ref_name])
+                    if row is not None:
+                        result.rows.append(row)
+        if self.darwin:
+            self._network(chosen, result)
+            self._reports(result)
+        else:
+            result.sources.append(SourceLine("nettop", False, "macOS only; Linux network bytes come from sock_diag "
+                                             "and have no independent per-process reference"))
+            result.sources.append(SourceLine("DiagnosticReports", False, "macOS only"))
+        return result
+
+    def _processes_row(self, label: str, pids: list[int], samples: dict[int, ProcSample],
+                       before: dict[int, Reading], after: dict[int, Reading]) -> Row:
+        counted = [p for p in pids if p in samples]
+        alive = sum(1 for p in counted if p in before or p in after)
+        return Row(label, "processes (ps)", len(counted), alive, alive, alive, TOLERANCES["processes"])
+
+    def _compare(self, label: str, quantity: str, ref_name: str, pids: list[int], samples: dict[int, ProcSample],
+                 before: dict[int, Reading], after: dict[int, Reading]) -> Row | None:
+        exporter = low = high = 0.0
+        compared = absent = 0
+        for pid in pids:
+            sample = samples.get(pid)
+            b, a = before.get(pid), after.get(pid)
+            if sample is None or b is None or a is None:
+                continue  # started or ended during the check
+            rb, ra = getattr(b, quantity), getattr(a, quantity)
+            if rb is None or ra is None:
+                continue  # the reference cannot read it either
+            value = exporter_value(sample, quantity)
+            if value is None:
+                absent += 1
+                continue
+            compared += 1
+            exporter += value
+            low += min(rb, ra)
+            high += max(rb, ra)
+        if not compared and not absent:
+            return None
+        key = "cpu_seconds_ps" if quantity == "cpu_seconds" and ref_name == "ps" else quantity
+        name = f"{quantity} ({ref_name})"
+        if absent:
+            return Row(label, name, None, (low + high) / 2, low, high, TOLERANCES[key],
+                       note=f"absent from the exporter for {absent} process(es) {ref_name} can read")
+        return Row(label, name, exporter, (low + high) / 2, low, high, TOLERANCES[key], processes=compared)
+
+    def _network(self, chosen: list[AppPids], result: Result) -> None:
+        if self.nettop is None or self.exporter_nettop is None:
+            result.sources.append(SourceLine("nettop", False, "not found"))
+            return
+        from atlas_exporter.sources.network_darwin import parse_nettop_csv
+
+        try:
+            ref_before = parse_nettop_reference(self.nettop())
+            frame = parse_nettop_csv(self.exporter_nettop())
+            ref_after = parse_nettop_reference(self.nettop())
+        except OSError as err:
+            result.sources.append(SourceLine("nettop", False, str(err)))
+            return
+        if frame is None:
+            result.sources.append(SourceLine("nettop", False, "no bytes_in/bytes_out header in its output"))
+            return
+        result.sources.append(SourceLine("nettop", True, f"{len(frame.rows)} processes with network rows"))
+        for app in chosen:
+            label = f"{app.app} (self)" if app.is_self else app.app
+            for index, direction in ((0, "receive"), (1, "transmit")):
+                pids = [p for p in app.pids if p in frame.rows and p in ref_before and p in ref_after]
+                if not pids:
+                    continue
+                exporter = sum((frame.rows[p].bytes_in, frame.rows[p].bytes_out)[index] for p in pids)
+                low = sum(min(ref_before[p][index], ref_after[p][index]) for p in pids)
+                high = sum(max(ref_before[p][index], ref_after[p][index]) for p in pids)
+                result.rows.append(Row(label, f"network_{direction}_bytes (nettop)", exporter, (low + high) / 2, low,
+                                       high, TOLERANCES["network_bytes"]))
+
+    def _reports(self, result: Result) -> None:
+        if self.report_folders is None:
+            result.sources.append(SourceLine("DiagnosticReports", False, "no folders to check"))
+            return
+        from atlas_exporter.sources.crash_darwin import ReportError, read_report
+
+        listed = 0
+        denied: list[str] = []
+        for folder, _home in self.report_folders():
+            try:
+                names = sorted(os.listdir(folder))
+            except FileNotFoundError:
+                continue
+            except OSError as err:
+                denied.append(f"{folder}: {err.strerror or err}")
+                continue
+            listed += 1
+            reference = parsed = 0
+            for name in names:
+                path = folder / name
+                kind = reference_report_kind(path)
+                if kind is None:
+                    continue
+                reference += 1
+                try:
+                    read_report(path)
+                    parsed += 1
+                except (ReportError, OSError):
+                    pass
+            if reference or parsed:
+                result.rows.append(Row(str(folder), "crash and hang reports", parsed, reference, reference, reference,
+                                       TOLERANCES["reports"]))
+        detail = f"{listed} folders listed"
+        if denied:
+            detail += "; cannot list " + ", ".join(denied)
+        result.sources.append(SourceLine("DiagnosticReports", listed > 0, detail))
+
+
+def exporter_value(sample: ProcSample, quantity: str) -> float | None:
+    """The exporter's reading of one quantity from one process sample."""
+    if quantity == "cpu_seconds":
+        if sample.cpu_user_seconds is None and sample.cpu_system_seconds is None:
+            return None
+        return (sample.cpu_user_seconds or 0.0) + (sample.cpu_system_seconds or 0.0)
+    if quantity == "resident_bytes":
+        return sample.resident_bytes
+    if quantity == "threads":
+        return sample.threads
+    if quantity == "open_fds":
+        return sample.open_fds
+    if quantity == "disk_read_bytes":
+        return sample.read_bytes
+    raise KeyError(quantity)
+
+
+_COUNTED_BUG_TYPES = ("309", "409")
+
+
+def reference_report_kind(path: Path) -> str | None:
+    """What a report file is, by a plain reading: crash (.ips 309/409, .crash), hang (.hang), or None."""
+    name = path.name.lower()
+    if name.startswith(".") or path.is_symlink() or not path.is_file() or not os.access(path, os.R_OK):
+        return None  # neither side can read it
+    if name.endswith(".crash"):
+        return "crash"
+    if name.endswith(".hang"):
+        return "hang"
+    if not name.endswith(".ips"):
+        return None
+    try:
+        with path.open("rb") as handle:
+            header = json.loads(handle.readline(64 * 1024))
+    except OSError:
+        return None
+    except ValueError:
+        return "crash?"  # a header that is not JSON: shows up as a report the exporter cannot parse
+    return "crash" if isinstance(header, dict) and str(header.get("bug_type")) in _COUNTED_BUG_TYPES else None
+
+
+# --- output ------------------------------------------------------------------------------------
+
+
+def _number(value: float | None, quantity: str) -> str:
+    if value is None:
+        return "absent"
+    if quantity.startswith("cpu_seconds"):
+        return f"{value:.2f}"
+    return f"{value:.0f}" if abs(value - round(value)) < 1e-9 or abs(value) >= 100 else f"{value:.1f}"
+
+
+def render(result: Result, out: TextIO, *, platform_name: str, privilege: str) -> None:
+    """The table, the data source lines, the tolerances and a one-line verdict."""
+    print(f"atlas-exporter self-check on {platform_name}, as {privilege}", file=out)
+    header = ("app", "quantity", "exporter", "reference", "difference", "verdict")
+    table = [header]
+    for row in result.rows:
+        diff = row.difference
+        verdict = "ok" if row.ok else "DIFFERS"
+        if row.note:
+            verdict += f" ({row.note})"
+        table.append((row.app, row.quantity, _number(row.exporter, row.quantity),
+                      _number(row.reference, row.quantity), "" if diff is None else _number(diff, row.quantity),
+                      verdict))
+    widths = [max(len(r[i]) for r in table) for i in range(len(header) - 1)]
+    for r in table:
+        print("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=False)))
+              + "  " + r[-1], file=out)
+    print("", file=out)
+    print("data sources:", file=out)
+    for line in result.sources:
+        state = "active" if line.active else "not used"
+        print(f"  {line.name}: {state}" + (f" ({line.detail})" if line.detail else ""), file=out)
+    used = sorted({r.quantity.split(" ")[0] for r in result.rows})
+    keys = {q: ("cpu_seconds" if q == "cpu_seconds" else q) for q in used}
+    print("tolerances (beyond the reference's before/after range): " + "; ".join(
+        f"{q} {TOLERANCES[keys[q]].why}" for q in used if keys[q] in TOLERANCES)
+        + ("; cpu_seconds vs ps " + TOLERANCES["cpu_seconds_ps"].why if "cpu_seconds" in used else ""), file=out)
+    for err in result.errors:
+        print(f"error: {err}", file=out)
+    bad = [r for r in result.rows if not r.ok]
+    if result.ok:
+        print(f"self-check: OK, all {len(result.rows)} comparisons agree", file=out)
+    elif not result.rows and not result.errors:
+        print("self-check: FAILED, nothing could be compared", file=out)
+    else:
+        print(f"self-check: FAILED, {len(bad)} of {len(result.rows)} comparisons disagree"
+              + (f", {len(result.errors)} errors" if result.errors else ""), file=out)
+
+
+def build(config: Config, procfs: Path, *, interval_seconds: float = DEFAULT_INTERVAL_SECONDS,
+          process_source: ProcessSource | None = None) -> SelfCheck:
+    """A self-check over this machine's real process source and reference tools."""
+    from atlas_exporter import platform
+
+    darwin = platform.IS_DARWIN
+    source = process_source or platform.build_process_source(procfs)
+    try:
+        psutil_ref: PsutilReference | None = PsutilReference(darwin)
+    except ImportError:
+        psutil_ref = None
+    nettop = exporter_nettop = folders = None
+    if darwin:
+        from atlas_exporter.sources.crash_darwin import DarwinCrashSource, report_folders
+        from atlas_exporter.sources.network_darwin import NETTOP, NETTOP_ARGS
+
+        command = NETTOP if os.path.exists(NETTOP) else shutil.which("nettop")
+        if command:
+            def nettop() -> str:
+                return run_command([command, *NETTOP_ARGS], timeout=config.network.nettop_timeout_seconds * 2)
+            exporter_nettop = nettop
+        crash = DarwinCrashSource(Namer(config.apps).name, folders=report_folders(config.crash.report_dirs),
+                                  state_file=None)
+        folders = crash.current_folders
+    return SelfCheck(source, Namer(config.apps), max_apps=config.max_apps, psutil_reference=psutil_ref,
+                     ps_reference=PsReference(darwin=darwin), nettop=nettop, exporter_nettop=exporter_nettop,
+                     report_folders=folders, darwin=darwin, interval_seconds=interval_seconds)
+
+
+def privilege_word() -> str:
+    return "root" if os.geteuid() == 0 else f"uid {os.geteuid()} (unprivileged)"
+
+
+def main(config: Config, procfs: Path, out: TextIO | None = None, *,
+         interval_seconds: float | None = None) -> int:
+    """Run the self-check on this machine and print its report; 0 when everything agrees."""
+    from atlas_exporter import platform
+
+    check = build(config, procfs, interval_seconds=DEFAULT_INTERVAL_SECONDS if interval_seconds is None
+                  else interval_seconds)
+    result = check.run()
+    render(result, out or sys.stdout, platform_name=platform.PLATFORM_NAME, privilege=privilege_word())
+    return 0 if result.ok else 1
+
+
+__all__ = ["SelfCheck", "Result", "Row", "Reading", "TOLERANCES", "main", "render", "parse_ps_rows", "parse_ps_time",
+           "parse_ps_threads", "parse_nettop_reference"]
