@@ -5,8 +5,8 @@ the parsers expect. The self-check reads the process table the way the exporter 
 same process source and naming rules), picks the apps that used the most CPU over a few
 seconds plus the app of its own process, and compares their readings with:
 
-- psutil (both platforms): CPU seconds, resident bytes, threads, open fds, and on Linux
-  storage read bytes;
+- psutil (both platforms): CPU seconds, resident and virtual bytes, threads, open fds, and
+  on Linux storage read and written bytes;
 - `ps -o pid=,rss=,time=` (and `nlwp` on Linux, `ps -M` thread lines on macOS): the
   processes of each app, resident bytes, CPU seconds, threads;
 - on macOS, a second `nettop` run parsed by a separate plain CSV reader (the app's byte
@@ -72,7 +72,9 @@ TOLERANCES: dict[str, Tolerance] = {
     "resident_bytes": Tolerance(1 * MIB, 0.05, "1 MiB + 5 %"),
     "threads": Tolerance(2, 0.0, "2 threads"),
     "open_fds": Tolerance(2, 0.0, "2 fds (the reference opens one to count them)"),
+    "virtual_bytes": Tolerance(4 * MIB, 0.05, "4 MiB + 5 %"),
     "disk_read_bytes": Tolerance(64 * 1024, 0.05, "64 KiB + 5 %"),
+    "disk_written_bytes": Tolerance(64 * 1024, 0.05, "64 KiB + 5 %"),
     "network_bytes": Tolerance(64 * 1024, 0.05, "64 KiB + 5 % (sockets can close between runs)"),
     "reports": Tolerance(0, 0.0, "exact"),
 }
@@ -87,6 +89,8 @@ class Reading:
     threads: int | None = None
     open_fds: int | None = None
     disk_read_bytes: int | None = None
+    disk_written_bytes: int | None = None
+    virtual_bytes: int | None = None
 
 
 @dataclass(slots=True)
@@ -166,7 +170,9 @@ class PsutilReference:
                     ("resident_bytes", lambda p: p.memory_info().rss),
                     ("threads", lambda p: p.num_threads()),
                     ("open_fds", lambda p: p.num_fds()),
+                    ("virtual_bytes", lambda p: p.memory_info().vms),
                     ("disk_read_bytes", None if self.darwin else (lambda p: p.io_counters().read_bytes)),
+                    ("disk_written_bytes", None if self.darwin else (lambda p: p.io_counters().write_bytes)),
                 ):
                     if get is None:
                         continue
@@ -407,8 +413,8 @@ class SelfCheck:
             if "ps" in before:
                 result.rows.append(self._processes_row(label, app.pids, samples, before["ps"], after["ps"]))
             for ref_name, quantities in (
-                ("psutil", ("cpu_seconds", "resident_bytes", "threads", "open_fds",
-                            *(() if self.darwin else ("disk_read_bytes",)))),
+                ("psutil", ("cpu_seconds", "resident_bytes", "virtual_bytes", "threads", "open_fds",
+                            *(() if self.darwin else ("disk_read_bytes", "disk_written_bytes")))),
                 ("ps", ("cpu_seconds", "resident_bytes", "threads")),
             ):
                 if ref_name not in before:
@@ -541,8 +547,12 @@ def exporter_value(sample: ProcSample, quantity: str) -> float | None:
         return sample.threads
     if quantity == "open_fds":
         return sample.open_fds
+    if quantity == "virtual_bytes":
+        return sample.virtual_bytes
     if quantity == "disk_read_bytes":
         return sample.read_bytes
+    if quantity == "disk_written_bytes":
+        return sample.written_bytes
     raise KeyError(quantity)
 
 

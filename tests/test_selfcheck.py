@@ -57,7 +57,8 @@ def test_self_check_agrees_on_this_linux_machine(burner) -> None:
     assert "  nettop: not used (macOS only" in out and "  DiagnosticReports: not used (macOS only)" in out
     assert "(self)" in out  # the check compares itself too
     for quantity in ("cpu_seconds (psutil)", "resident_bytes (ps)", "threads (ps)", "open_fds (psutil)",
-                     "processes (ps)", "disk_read_bytes (psutil)"):
+                     "processes (ps)", "disk_read_bytes (psutil)", "disk_written_bytes (psutil)",
+                     "virtual_bytes (psutil)"):
         assert quantity in out
     assert out.rstrip().endswith("comparisons agree") and "self-check: OK" in out
     assert "Traceback" not in done.stderr
@@ -183,7 +184,7 @@ class FakeDarwinPsutil:
             p = self.table.procs.get(pid)
             if p is not None and p.status != "zombie":
                 out[pid] = sc.Reading(cpu_seconds=p.user_seconds + p.system_seconds, resident_bytes=p.resident,
-                                      threads=p.threads, open_fds=p.fds)
+                                      threads=p.threads, open_fds=p.fds, virtual_bytes=None)
         return out
 
 
