@@ -225,13 +225,13 @@ def parse_ps_threads(text: str) -> int | None:
 Runner = Callable[[Sequence[str]], str]
 
 
-def run_command(argv: Sequence[str], timeout: float = 15.0) -> str:
-    """Run a command without a shell and return its stdout; OSError when it cannot run or fails."""
+def run_command(argv: Sequence[str], timeout: float = 15.0, accept: tuple[int, ...] = (0,)) -> str:
+    """Run a command without a shell and return its stdout; OSError when it cannot run or exits otherwise."""
     try:
         done = subprocess.run(list(argv), stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
         raise OSError(f"{argv[0]} did not finish within {timeout:g} s") from None
-    if done.returncode != 0:
+    if done.returncode not in accept:
         first = done.stderr.decode("utf-8", "replace").strip().splitlines()[:1]
         raise OSError(f"{argv[0]} exited with status {done.returncode}" + (f": {first[0]}" if first else ""))
     return done.stdout.decode("utf-8", "replace")
@@ -242,9 +242,10 @@ class PsReference:
 
     name = "ps"
 
-    def __init__(self, run: Runner = run_command, darwin: bool = sys.platform == "darwin",
+    def __init__(self, run: Runner | None = None, darwin: bool = sys.platform == "darwin",
                  ps: str | None = None) -> None:
-        self.run = run
+        # ps exits 1 when a listed pid is gone (procps: when none matched) and still prints the others
+        self.run = run or (lambda argv: run_command(argv, accept=(0, 1)))
         self.darwin = darwin
         self.ps = ps or ("/bin/ps" if os.path.exists("/bin/ps") else (shutil.which("ps") or "ps"))
 
@@ -253,13 +254,8 @@ class PsReference:
         if not pid_list:
             return {}
         fields = "pid=,rss=,time=" if self.darwin else "pid=,rss=,time=,nlwp="
-        try:
-            text = self.run([self.ps, "-o", fields, "-p", ",".join(map(str, pid_list))])
-        except OSError as err:
-            if "status 1" in str(err):  # procps and BSD ps exit 1 when some pid is gone: read what is there
-                text = ""
-            else:
-                raise
+        selection = [arg for pid in pid_list for arg in ("-p", str(pid))]  # repeated -p: both ps accept it
+        text = self.run([self.ps, "-o", fields, *selection])
         rows = parse_ps_rows(text, with_threads=not self.darwin)
         if self.darwin:
             for pid, row in list(rows.items()):

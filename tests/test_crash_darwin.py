@@ -421,3 +421,13 @@ def test_unredact():
     assert cd.unredact("/Applications/A.app/Contents/MacOS/A", Path("/Users/alice")) == \
         "/Applications/A.app/Contents/MacOS/A"
     assert cd.unredact("/Users/USER/x", None) == "/Users/USER/x"
+
+
+def test_report_paths_with_dot_dot_are_not_read(tmp_path):
+    """A report's procPath is its writer's text: root does not read an Info.plist it points outside with '..'."""
+    reads = []
+    bundles = BundleNamer(read=lambda path: reads.append(path) or b"")
+    source = cd.DarwinCrashSource(NAMING, folders=[], state_file=None, all_users=False, bundles=bundles)
+    report = cd.Report(kind="crash", report_id="x", proc_name="Secret", bundle_id=None, pid=1, reason="other",
+                       time=None, proc_path="/Users/USER/../../private/var/root/Secret.app/Contents/MacOS/Secret")
+    assert source.identity(report, Path("/Users/alice")).bundle is None and reads == []

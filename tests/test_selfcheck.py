@@ -4,6 +4,7 @@ wrong reading injected, and on the macOS backend over fakes (ps, nettop, Diagnos
 from __future__ import annotations
 
 import dataclasses
+import logging
 import shutil
 import subprocess
 import sys
@@ -126,6 +127,9 @@ def test_self_check_cli_exit_status_when_it_disagrees(monkeypatch, capsys) -> No
 
     monkeypatch.setattr(sc, "build", wrong_build)
     monkeypatch.setattr(sc, "DEFAULT_INTERVAL_SECONDS", 0.2)
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", list(root.handlers))  # cli.main installs a stderr handler
+    monkeypatch.setattr(root, "level", root.level)
     assert cli.main(["--self-check"]) == 1
     out = capsys.readouterr().out
     assert "threads (psutil)" in out and "DIFFERS" in out and "self-check: FAILED" in out
@@ -195,8 +199,9 @@ def fake_ps(table: FakeTable, threads_off: int = 0):
             p = table.procs[int(argv[-1])]
             return "USER PID TT %CPU STAT PRI STIME UTIME COMMAND\n" + "ann x\n" * (p.threads + threads_off)
         assert argv[1:3] == ["-o", "pid=,rss=,time="]
+        assert set(argv[3::2]) == {"-p"}
         lines = []
-        for pid in map(int, argv[-1].split(",")):
+        for pid in map(int, argv[4::2]):
             p = table.procs.get(pid)
             if p is None:
                 continue

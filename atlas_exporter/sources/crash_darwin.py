@@ -556,7 +556,7 @@ class DarwinCrashSource:
         """
         exe = unredact(report.proc_path, home)
         bundle = self.bundles.name_for_bundle_id(report.bundle_id) if report.bundle_id else None
-        if bundle is None and exe:
+        if bundle is None and exe and ".." not in exe.split("/"):  # the path is the report writer's text
             bundle = self.bundles.name_for_exe(exe)
         return ProcIdentity(comm=report.proc_name, exe=exe, bundle=bundle)
 
