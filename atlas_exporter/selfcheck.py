@@ -91,6 +91,7 @@ class Reading:
     disk_read_bytes: int | None = None
     disk_written_bytes: int | None = None
     virtual_bytes: int | None = None
+    start_time: float | None = None  # psutil's create_time: the same before and after means the same process
 
 
 @dataclass(slots=True)
@@ -166,6 +167,7 @@ class PsutilReference:
             values: dict[str, Any] = {}
             with proc.oneshot():
                 for key, get in (
+                    ("start_time", lambda p: p.create_time()),
                     ("cpu_seconds", lambda p: p.cpu_times().user + p.cpu_times().system),
                     ("resident_bytes", lambda p: p.memory_info().rss),
                     ("threads", lambda p: p.num_threads()),
@@ -396,6 +398,13 @@ class SelfCheck:
             except OSError as err:
                 failed[ref.name] = str(err)
         samples = {s.id.pid: s for s in third.samples}
+        if "psutil" in before:
+            # pids are reused quickly on a busy machine: compare only processes psutil saw with the same
+            # start time before and after the exporter's reading (so the exporter read that process too)
+            same = {pid for pid, b in before["psutil"].items()
+                    if b.start_time is not None and pid in after["psutil"]
+                    and after["psutil"][pid].start_time == b.start_time}
+            samples = {pid: s for pid, s in samples.items() if pid in same}
         for ref in references:
             if ref.name in failed:
                 result.sources.append(SourceLine(ref.name, False, failed[ref.name]))
