@@ -431,3 +431,48 @@ def test_report_paths_with_dot_dot_are_not_read(tmp_path):
     report = cd.Report(kind="crash", report_id="x", proc_name="Secret", bundle_id=None, pid=1, reason="other",
                        time=None, proc_path="/Users/USER/../../private/var/root/Secret.app/Contents/MacOS/Secret")
     assert source.identity(report, Path("/Users/alice")).bundle is None and reads == []
+
+
+def test_status_page_lists_the_watched_folders(tmp_path, users):
+    from atlas_exporter.exporter.status import StatusPage
+
+    root, system = users
+    source = _daemon(tmp_path, root, system, state_file=None)
+    source.start()
+    try:
+        page = StatusPage(lambda: Snapshot(wall_time=0.0, monotonic=0.0), source.statuses,
+                          platform_name="darwin").render()
+    finally:
+        source.stop()
+    for folder in (system, root / "alice" / cd.USER_FOLDER, root / "bob" / cd.USER_FOLDER / "Retired"):
+        assert f"watching {folder}" in page
+    assert "watching " + str(root / "Shared") not in page
+
+
+def test_crash_and_cpu_series_join_on_app_through_the_resolver(tmp_path):
+    """The live process (macOS source over fakes) and its redacted crash report get the same `app` label."""
+    from test_darwin_process import FakeLibProc, FakeProc, FakeTable
+
+    from atlas_exporter.apps.naming import Namer
+    from atlas_exporter.apps.resolver import AppResolver
+    from atlas_exporter.sources.process_darwin import DarwinProcessSource
+
+    exe = _bundle(tmp_path / "Users" / "alice" / "Applications")
+    table = FakeTable([FakeProc(pid=4321, name="ViewerPro", exe=str(exe))])
+    bundles = BundleNamer()
+    source = DarwinProcessSource(table, FakeLibProc(table), bundles=bundles, euid=lambda: 501,
+                                 user_name=lambda uid: "alice")
+    resolver = AppResolver(source, Namer(()), 500)
+    (sample,) = source.scan().samples
+    live_app = resolver.app_for(sample)
+    assert live_app is not None and "Viewer" in live_app and live_app != "ViewerPro"
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    shutil.copy(FIXTURES / "ips_redacted_display_name.ips", reports / "ViewerPro-2025-06-02-140310.ips")
+    watcher = cd.DarwinCrashSource(resolver.app_for_identity, folders=[reports], state_file=None,
+                                   poll_interval_seconds=3600, all_users=False, bundles=bundles)
+    watcher.start()
+    try:
+        assert watcher.book.crashes() == {(live_app, "SIGABRT"): 1}
+    finally:
+        watcher.stop()
