@@ -92,6 +92,7 @@ class Reading:
     disk_written_bytes: int | None = None
     virtual_bytes: int | None = None
     start_time: float | None = None  # psutil's create_time: the same before and after means the same process
+    name: str | None = None  # psutil's name: the same before and after means it did not exec in between
 
 
 @dataclass(slots=True)
@@ -168,6 +169,7 @@ class PsutilReference:
             with proc.oneshot():
                 for key, get in (
                     ("start_time", lambda p: p.create_time()),
+                    ("name", lambda p: p.name()),
                     ("cpu_seconds", lambda p: p.cpu_times().user + p.cpu_times().system),
                     ("resident_bytes", lambda p: p.memory_info().rss),
                     ("threads", lambda p: p.num_threads()),
@@ -400,10 +402,11 @@ class SelfCheck:
         samples = {s.id.pid: s for s in third.samples}
         if "psutil" in before:
             # pids are reused quickly on a busy machine: compare only processes psutil saw with the same
-            # start time before and after the exporter's reading (so the exporter read that process too)
+            # start time before and after the exporter's reading (so the exporter read that process too),
+            # and under the same name (a process in the middle of an exec is briefly unreadable)
             same = {pid for pid, b in before["psutil"].items()
                     if b.start_time is not None and pid in after["psutil"]
-                    and after["psutil"][pid].start_time == b.start_time}
+                    and (after["psutil"][pid].start_time, after["psutil"][pid].name) == (b.start_time, b.name)}
             samples = {pid: s for pid, s in samples.items() if pid in same}
         for ref in references:
             if ref.name in failed:

@@ -8,6 +8,7 @@ import logging
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,9 @@ def burner():
     """A CPU-burning workload started the way people do (sh -c 'exec ...'), kept alive for the check."""
     proc = subprocess.Popen(["sh", "-c", f"exec {sys.executable} {WORKLOAD} selfcheck-burn-q7 cpu 600"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{proc.pid}/comm").read_text().strip() == "sh" and time.monotonic() < deadline:
+        time.sleep(0.05)  # until sh has exec'd the workload
     yield proc
     proc.kill()
     proc.wait(timeout=10)
@@ -98,17 +102,22 @@ class WrongReadings:
     ("open_fds", lambda v: None, "open_fds"),  # absent where psutil can read it
 ])
 def test_self_check_disagrees_when_a_reading_is_wrong(burner, field, change, quantity) -> None:
+    """A wrong reading injected into the real process source is caught on the burner and on the check itself."""
     real = make_process_source(Path("/proc"))
-    check = sc.SelfCheck(WrongReadings(real, field, change), Namer(()), psutil_reference=sc.PsutilReference(False),
-                         ps_reference=sc.PsReference(darwin=False), darwin=False, interval_seconds=0.5, top=2)
-    result = check.run()
+
+    def check_over(source) -> sc.SelfCheck:
+        check = sc.SelfCheck(source, Namer(()), psutil_reference=sc.PsutilReference(False),
+                             ps_reference=sc.PsReference(darwin=False), darwin=False, interval_seconds=0.5, top=0)
+        check.include = (check.resolver.app_of_pid(burner.pid),)
+        return check
+
+    result = check_over(WrongReadings(real, field, change)).run()
+    assert len({r.app for r in result.rows}) == 2  # the burner and the check itself
     assert not result.ok
     bad = {row.quantity.split(" ")[0] for row in result.rows if not row.ok}
     assert bad == {quantity}, [(r.app, r.quantity, r.exporter, r.low, r.high, r.note) for r in result.rows if not r.ok]
     # and the same check over the untouched source agrees
-    good = sc.SelfCheck(real, Namer(()), psutil_reference=sc.PsutilReference(False),
-                        ps_reference=sc.PsReference(darwin=False), darwin=False, interval_seconds=0.5, top=0)
-    again = good.run()
+    again = check_over(real).run()
     assert again.ok, [(r.app, r.quantity, r.exporter, r.low, r.high, r.note) for r in again.rows if not r.ok]
     out = __import__("io").StringIO()
     sc.render(result, out, platform_name="linux", privilege="root")
