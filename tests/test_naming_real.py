@@ -92,11 +92,12 @@ class World:
 
     def stop(self) -> None:
         for proc in self.procs:
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)  # its own session: the scenario's whole tree
-                except ProcessLookupError:
-                    pass
+            # each scenario is a session of its own: its whole tree, and what it orphaned (the
+            # detached crash handler), is in its process group even after its leader exited
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             proc.wait(timeout=30)
 
 
