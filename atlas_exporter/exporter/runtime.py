@@ -81,7 +81,8 @@ class Exporter:
         self.registry.register(ProcessCollector(namespace="", registry=None))
         self.renderer = TextRenderer()
         self.status_page = StatusPage(self.snapshotter.get, self.statuses, telemetry_path=telemetry_path,
-                                      platform_name=self.platform_name, notes=NOTES, folded=self.resolver.folded)
+                                      platform_name=self.platform_name, notes=NOTES, folded=self.resolver.folded,
+                                      counters=self.collector.collect)
         self._started: list[Source] = []
 
     def statuses(self) -> list[SourceStatus]:
@@ -98,8 +99,10 @@ class Exporter:
                 log.error("collector %s failed to start: %s", source.name, err)
                 continue
             self._started.append(source)
+        self.status_page.start()
 
     def stop(self) -> None:
+        self.status_page.stop()
         for source in reversed(self._started):
             try:
                 source.stop()
