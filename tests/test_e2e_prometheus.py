@@ -36,17 +36,18 @@ REPO = Path(__file__).resolve().parent.parent
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 ALERTS = REPO / "deploy" / "prometheus" / "alerts.yml"
 RECORDING = REPO / "deploy" / "prometheus" / "recording.yml"
-CRASHER_APP = "e2e-crasher"
-HANGER_APP = "e2e-hanger"
-CRASHER_MARK = "atlas-e2e-crasher-marker"
+# Names unique to this run: other runs of this test on the same machine must not be counted here.
+CRASHER_APP = f"e2e-crasher-{os.getpid()}"
+HANGER_APP = f"e2e-hanger-{os.getpid()}"
+CRASHER_MARK = f"atlas-e2e-crasher-marker-{os.getpid()}"
 ONE_CRASH_APP = f"e2e-onecrash-{os.getpid()}"
 ONE_CRASH_MARK = f"atlas-e2e-onecrash-marker-{os.getpid()}"
-FAILER_APP = "e2e-failer"
-FAILER_MARK = "atlas-e2e-failer-marker"
+FAILER_APP = f"e2e-failer-{os.getpid()}"
+FAILER_MARK = f"atlas-e2e-failer-marker-{os.getpid()}"
 FLEET_DASHBOARD = "atlas-fleet.json"
 CRASH_COUNTERS = ("atlas_app_crashes_total", "instance_app_reason:atlas_app_crashes_total:sum",
                   "instance_app:atlas_app_crashes:increase1h", "app:atlas_app_crashes:increase1h")
-HANGER_COMM = "atlas-e2e-hang"
+HANGER_COMM = f"e2ehang{os.getpid()}"[:15]  # a comm has 15 characters at most
 
 VFORK_C = r"""
 #include <stdlib.h>
