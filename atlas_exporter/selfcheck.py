@@ -399,7 +399,7 @@ class SelfCheck:
                 after[ref.name] = ref.read(pids)
             except OSError as err:
                 failed[ref.name] = str(err)
-        samples = {s.id.pid: s for s in third.samples}
+        samples = scanned = {s.id.pid: s for s in third.samples}
         if "psutil" in before:
             # pids are reused quickly on a busy machine: compare only processes psutil saw with the same
             # start time before and after the exporter's reading (so the exporter read that process too),
@@ -419,7 +419,8 @@ class SelfCheck:
         for app in chosen:
             label = f"{app.app} (self)" if app.is_self else app.app
             if "ps" in before:
-                result.rows.append(self._processes_row(label, app.pids, samples, before["ps"], after["ps"]))
+                # chosen pids were alive at the second scan: one the third scan has must be in ps before or after
+                result.rows.append(self._processes_row(label, app.pids, scanned, before["ps"], after["ps"]))
             for ref_name, quantities in (
                 ("psutil", ("cpu_seconds", "resident_bytes", "virtual_bytes", "threads", "open_fds",
                             *(() if self.darwin else ("disk_read_bytes", "disk_written_bytes")))),

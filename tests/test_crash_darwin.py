@@ -477,3 +477,24 @@ def test_crash_and_cpu_series_join_on_app_through_the_resolver(tmp_path):
         assert watcher.book.crashes() == {(live_app, "SIGABRT"): 1}
     finally:
         watcher.stop()
+
+
+def test_a_naming_failure_still_names_through_the_naming_callable(tmp_path):
+    """When naming the full identity fails, the report is named from its process name, still by the resolver."""
+    seen = []
+
+    def naming(ident: ProcIdentity) -> str:
+        seen.append(ident)
+        if ident.exe:
+            raise RuntimeError("a broken rule")
+        return "resolved-" + ident.comm
+
+    reports = tmp_path / "r"
+    reports.mkdir()
+    shutil.copy(FIXTURES / "ips_macos12_segv.ips", reports / "CrashingTest-1.ips")
+    source = cd.DarwinCrashSource(naming, folders=[reports], state_file=None, all_users=False, bundles=BundleNamer())
+    source.start()
+    try:
+        assert source.book.crashes() == {("resolved-CrashingTest", "SIGSEGV"): 1}
+    finally:
+        source.stop()

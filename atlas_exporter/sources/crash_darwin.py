@@ -563,9 +563,13 @@ class DarwinCrashSource:
     def _count(self, report: Report, home: Path | None = None) -> bool:
         try:
             app = self.naming(self.identity(report, home))
-        except Exception:  # a naming failure must not lose the report
+        except Exception:  # a naming failure (a bundle, a rule) must not lose the report
             log.debug("naming failed for %s", report.proc_name, exc_info=True)
-            app = report.proc_name
+            try:
+                app = self.naming(ProcIdentity(comm=report.proc_name))  # still through the one resolver
+            except Exception:
+                log.debug("naming failed again for %s", report.proc_name, exc_info=True)
+                app = OTHER
         if report.kind == "hang":
             self.book.record_hang(app)
             log.info("hang report: app=%s pid=%s", app, report.pid)
