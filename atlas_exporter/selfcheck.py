@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 DEFAULT_INTERVAL_SECONDS = 3.0
 DEFAULT_TOP_APPS = 5
 MAX_PIDS_PER_APP = 64  # a browser with hundreds of helpers is compared on its 64 biggest
+MAX_PS_THREAD_CALLS = 48  # macOS: one `ps -M` per process; the threads of further processes are not compared
 MIB = 1024 * 1024
 
 
@@ -262,7 +263,7 @@ class PsReference:
         text = self.run([self.ps, "-o", fields, *selection])
         rows = parse_ps_rows(text, with_threads=not self.darwin)
         if self.darwin:
-            for pid, row in list(rows.items()):
+            for pid, row in list(rows.items())[:MAX_PS_THREAD_CALLS]:
                 try:
                     threads = parse_ps_threads(self.run([self.ps, "-M", "-p", str(pid)]))
                 except OSError:
@@ -538,7 +539,7 @@ class SelfCheck:
             if reference or parsed:
                 result.rows.append(Row(str(folder), "crash and hang reports", parsed, reference, reference, reference,
                                        TOLERANCES["reports"]))
-        detail = f"{listed} folders listed"
+        detail = f"{listed} folder(s) listed"
         if denied:
             detail += "; cannot list " + ", ".join(denied)
         result.sources.append(SourceLine("DiagnosticReports", listed > 0, detail))
