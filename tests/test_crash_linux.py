@@ -120,7 +120,7 @@ def test_fallback_folders_count_new_reports_only(folders, tmp_path):
     boot = "9a350d932b254a8d880f502cd4a2ae66"
     (coredump / f"core.old.0.{boot}.10.1700000000000000.zst").write_bytes(b"")  # before start: not counted
     source = LinuxCrashSource(marker_app, coredump_dir=coredump, report_dirs=[crash], kmsg=tmp_path / "no-kmsg",
-                              use_connector=False, poll_interval_seconds=0.1)
+                              use_connector=False, cgroup_roots=[], poll_interval_seconds=0.1)
     source.start()
     try:
         statuses = {s.name: s for s in source.statuses()}
@@ -136,7 +136,9 @@ def test_fallback_folders_count_new_reports_only(folders, tmp_path):
         assert source.skipped["malformed"] == 1
         families = {m.name: m for m in source.collect(None)}
         active = {s.labels["source"]: s.value for s in families["atlas_crash_source_active"].samples}
-        assert active == {"proc_connector": 0.0, "systemd_coredump": 1.0, "apport": 1.0, "kernel_log": 0.0}
+        assert active == {"proc_connector": 0.0, "systemd_coredump": 1.0, "apport": 1.0, "kernel_log": 0.0,
+                          "cgroup_oom": 0.0}
+        assert "atlas_app_exits_total" not in families  # no source that sees every exit: absent
     finally:
         source.stop()
 

@@ -6,6 +6,7 @@ The crash and hang sources feed this module and read back what they export:
     atlas_app_last_crash_timestamp_seconds{app="nginx"} 1.7641212e+09
     atlas_app_hung_processes{app="backup"} 1.0
     atlas_app_hangs_total{app="backup"} 1.0
+    atlas_app_exits_total{app="etl",outcome="error"} 3.0
 
 `CrashBook` dedups one crash seen by several sources (same pid within a time window, or
 the same app within the window when a source has no pid) in constant time per event,
@@ -38,6 +39,8 @@ CRASH_SIGNALS: dict[int, str] = {
     int(signal.SIGTRAP): "SIGTRAP",
 }
 OTHER = "other"
+OOM_KILL = "oom_kill"  # the reason of a death by the kernel's OOM killer
+OUTCOMES = ("success", "error", "signal")
 
 # Signal names as crash reports spell them; macOS numbers differ from Linux, so names win.
 _NAME_ALIASES = {"SIGIOT": "SIGABRT", "SIGEMT": OTHER}
@@ -81,6 +84,15 @@ def decode_wait_status(status: int) -> ExitStatus:
     return ExitStatus(signal=low, core_dumped=bool(status & 0x80), exit_code=None)
 
 
+def exit_outcome(status: ExitStatus) -> str | None:
+    """`success` (exit 0), `error` (a non-zero exit code), `signal` (killed by any signal); None: no exit."""
+    if status.signal is not None:
+        return "signal"
+    if status.exit_code is None:
+        return None
+    return "success" if status.exit_code == 0 else "error"
+
+
 def crash_reason(status: ExitStatus) -> str | None:
     """The crash reason for an exit, or None when the exit is not a crash.
 
@@ -106,9 +118,16 @@ class CrashEvent:
     comm: str | None = None
 
 
+def _app_key(event: CrashEvent) -> tuple[str, bool]:
+    """How events without a pid are matched: by app, and an OOM kill (a cgroup counter rise,
+    which has no pid) only ever with another OOM kill, never with a crash of another reason."""
+    return (event.app, event.reason == OOM_KILL)
+
+
 @dataclass(slots=True)
 class _AppCounts:
     by_reason: dict[str, int] = field(default_factory=dict)
+    exits: dict[str, int] = field(default_factory=dict)
     last_crash: float | None = None
     hangs: int = 0
 
@@ -203,11 +222,12 @@ class CrashBook:
                 index.pop(slot, None)
 
     def _is_duplicate(self, event: CrashEvent, bucket: int) -> bool:
+        app = _app_key(event)
         if event.pid is not None:
             return (self._near(self._by_pid, event.pid, event.time, bucket, event.source,
                                event.source not in DISTINCT_SOURCES)
-                    or self._near(self._by_app_without_pid, event.app, event.time, bucket, event.source, False))
-        return self._near(self._by_app, event.app, event.time, bucket, event.source, False)
+                    or self._near(self._by_app_without_pid, app, event.time, bucket, event.source, False))
+        return self._near(self._by_app, app, event.time, bucket, event.source, False)
 
     def record_crash(self, event: CrashEvent) -> bool:
         """Count `event` unless another source already reported it; True when counted."""
@@ -223,8 +243,8 @@ class CrashBook:
             if event.pid is not None:
                 self._index(self._by_pid, event.pid, event.time, bucket, event.source)
             else:
-                self._index(self._by_app_without_pid, event.app, event.time, bucket, event.source)
-            self._index(self._by_app, event.app, event.time, bucket, event.source)
+                self._index(self._by_app_without_pid, _app_key(event), event.time, bucket, event.source)
+            self._index(self._by_app, _app_key(event), event.time, bucket, event.source)
             counts = self._app(event.app)
             counts.by_reason[event.reason] = counts.by_reason.get(event.reason, 0) + 1
             if counts.last_crash is None or event.time > counts.last_crash:
@@ -235,6 +255,17 @@ class CrashBook:
         """How many (key, bucket) entries the dedup index holds (bounded by the crash rate x 5 windows)."""
         with self._lock:
             return len(self._by_pid) + len(self._by_app) + len(self._by_app_without_pid)
+
+    def record_exit(self, app: str, outcome: str) -> None:
+        """Count one process exit of `app` by outcome (`OUTCOMES`)."""
+        with self._lock:
+            exits = self._app(app).exits
+            exits[outcome] = exits.get(outcome, 0) + 1
+
+    def exits(self) -> dict[tuple[str, str], int]:
+        """(app, outcome) -> exits so far."""
+        with self._lock:
+            return {(app, outcome): n for app, c in self._apps.items() for outcome, n in c.exits.items()}
 
     def record_hang(self, app: str, count: int = 1) -> None:
         """Count `count` hang episodes that started for `app`."""
@@ -325,6 +356,8 @@ CRASH_METRICS = (
     ("atlas_crash_source_active", "gauge",
      "Whether a crash source is in use (1) or unavailable at this privilege (0)."),
     ("atlas_crash_reports_skipped_total", "counter", "Crash reports or events that could not be used, by reason."),
+    ("atlas_app_exits_total", "counter",
+     "Exits of the app's processes by outcome: success (code 0), error (a non-zero code), signal (killed)."),
 )
 
 
@@ -341,12 +374,15 @@ def crash_metric_families(
     skipped: Mapping[str, int],
     *,
     hang_apps: Iterable[str] | None = None,
+    exits_active: bool = False,
 ) -> list[Metric]:
     """The `crash` sub-collector's families from its book, source statuses and skip counts.
 
     With `hang_apps` (a source that reads hang reports), `atlas_app_hangs_total` is emitted for
     those apps and every app with a hang, but only while one of the sources is active: a
-    count nobody can measure is absent, not 0.
+    count nobody can measure is absent, not 0. `atlas_app_exits_total` is emitted only while
+    a source that sees every exit (`exits_active`) runs, with every outcome of each app that
+    exited.
     """
     statuses = list(statuses)
     crashes = _family(0, ["app", "reason"])
@@ -369,4 +405,11 @@ def crash_metric_families(
     skips = _family(4, ["reason"])
     for reason, count in sorted(skipped.items()):
         skips.add_metric([reason], count)
+    if exits_active:
+        exits = _family(5, ["app", "outcome"])
+        counts = book.exits()
+        for app in sorted({app for app, _ in counts}):
+            for outcome in OUTCOMES:
+                exits.add_metric([app, outcome], counts.get((app, outcome), 0))
+        families.append(exits)
     return [*families, active, skips]

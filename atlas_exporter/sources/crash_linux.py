@@ -14,8 +14,16 @@ several of them counts once (same pid within a time window):
 - `systemd_coredump`: new file names in /var/lib/systemd/coredump (any user may list).
 - `apport`: new or rewritten `*.crash` files in /var/crash (names for anyone, headers
   when readable).
-- `kernel_log`: `segfault at` / `traps:` lines in /dev/kmsg (CAP_SYSLOG when
-  kernel.dmesg_restrict=1).
+- `kernel_log`: `segfault at` / `traps:` lines, and the OOM killer's `Out of memory: Killed
+  process N` / `oom-kill:...,pid=N` lines, in /dev/kmsg (CAP_SYSLOG when kernel.dmesg_restrict=1).
+- `cgroup_oom`: the `oom_kill` count of each memory cgroup that holds one app's processes
+  (`memory.events.local` / `memory.events` on v2, `memory.oom_control` on v1; anyone may read).
+An OOM kill is `reason="oom_kill"`, counted once whichever of the last two sources saw it.
+
+Every process exit the proc connector reports is also counted by outcome (only while the proc
+connector runs, the one source that sees every exit):
+
+    atlas_app_exits_total{app="etl",outcome="error"} 3.0
 Parsers (`parse_proc_events`, `parse_core_pattern`, `parse_coredump_name`,
 `parse_apport_headers`, `parse_kmsg_record`) are pure.
 
@@ -49,21 +57,24 @@ from pathlib import Path
 from prometheus_client.metrics_core import Metric
 
 from atlas_exporter.apps.crashes import (
+    OOM_KILL,
     CrashBook,
     CrashEvent,
     crash_metric_families,
     crash_reason,
     decode_wait_status,
+    exit_outcome,
     reason_of_signal,
 )
 from atlas_exporter.apps.resolver import AppNaming, as_naming
 from atlas_exporter.config import Config
 from atlas_exporter.model import AppOfPid, Snapshot, Source, SourceStatus, clean_label
+from atlas_exporter.sources.oom_linux import CgroupOomWatcher, MemoryRoot
 from atlas_exporter.sources.process_linux import CAP_NET_ADMIN, parse_capabilities, privilege_of
 
 log = logging.getLogger(__name__)
 
-SOURCE_NAMES = ("proc_connector", "systemd_coredump", "apport", "kernel_log")
+SOURCE_NAMES = ("proc_connector", "systemd_coredump", "apport", "kernel_log", "cgroup_oom")
 # No `too_large` here: an apport report is never skipped for its size, only its head is read.
 # `ambiguous`: a kernel crash line whose comm and pid can be read two ways; `comm_mismatch`: a
 # kernel crash line whose pid is alive under another comm; `untrusted_owner`: a report file
@@ -346,10 +357,17 @@ class KernelCrash:
 _SEGFAULT_TAIL = r"\[(?P<pid>\d+)\]: segfault at [0-9a-f]+ ip [0-9a-f]+ sp [0-9a-f]+ error [0-9a-f]+(?: .*)?$"
 _TRAPS_TAIL = r"\[(?P<pid>\d+)\] (?P<what>[a-z][a-z0-9 ]*?) ip:[0-9a-f]+ sp:[0-9a-f]+ error:[0-9a-f]+(?: .*)?$"
 _FATAL_TAIL = r"\[(?P<pid>\d+)\]: potentially unexpected fatal signal (?P<sig>\d+)\.$"
+# the OOM killer: "Out of memory: Killed process 4242 (python3) total-vm:..." (or "Memory cgroup out
+# of memory: ...") and "oom-kill:constraint=...,task=python3,pid=4242,uid=0"; the comm is in the middle
+_OOM_KILLED_HEAD = r"^(?:Memory cgroup out of memory|Out of memory): Killed process (?P<pid>\d+) \("
+_OOM_KILLED_TAIL = r"\)(?: total-vm:.*)?$"
+_OOM_KILL_HEAD = r"^oom-kill:.*?,task="
+_OOM_KILL_TAIL = r",pid=(?P<pid>\d+),uid=\d+.*$"
 _KMSG_PATTERNS = tuple(
     (kind, re.compile(prefix + "(?P<comm>.+?)" + tail), re.compile(prefix + "(?P<comm>.+)" + tail))
     for kind, prefix, tail in (("segfault", "^", _SEGFAULT_TAIL), ("traps", "^traps: ", _TRAPS_TAIL),
-                               ("fatal", "^", _FATAL_TAIL)))
+                               ("fatal", "^", _FATAL_TAIL), ("oom", _OOM_KILLED_HEAD, _OOM_KILLED_TAIL),
+                               ("oom", _OOM_KILL_HEAD, _OOM_KILL_TAIL)))
 MAX_KMSG_COMM = 16 * 4  # TASK_COMM_LEN bytes, each at most 4 characters once escaped (\xNN)
 _KMSG_ESCAPE = re.compile(r"\\x([0-9a-f]{2})")
 
@@ -416,6 +434,8 @@ def parse_kmsg_record(record: str) -> KernelCrash | None:
         elif kind == "traps":
             what = match["what"]
             reason = next((r for key, r in _TRAP_REASONS if key in what), "other")
+        elif kind == "oom":
+            reason = OOM_KILL
         else:
             reason = reason_of_signal(int(match["sig"]))
         return KernelCrash(comm=match["comm"], pid=int(match["pid"]), reason=reason,
@@ -624,6 +644,7 @@ class LinuxCrashSource:
         report_dirs: Iterable[Path] = (APPORT_DIR,),
         kmsg: Path = KMSG,
         use_connector: bool = True,
+        cgroup_roots: list[MemoryRoot] | None = None,
         poll_interval_seconds: float = 2.0,
         rescan_interval_seconds: float = 10.0,
         dedup_window_seconds: float = 30.0,
@@ -651,6 +672,8 @@ class LinuxCrashSource:
         self._status: dict[str, SourceStatus] = {}
         self._connector: ProcConnector | None = None
         self._kmsg_fd: int | None = None
+        self._cgroup_roots = cgroup_roots
+        self._oom: CgroupOomWatcher | None = None
         self._files: dict[Path, _FileState] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -739,6 +762,20 @@ class LinuxCrashSource:
             reason = f"cannot read {self.kmsg_path}: {err.strerror or err}"
         status["kernel_log"] = SourceStatus("kernel_log", self._kmsg_fd is not None,
                                             privilege if self._kmsg_fd is not None else "none", reason)
+
+        oom = CgroupOomWatcher(self._resolve, procfs=self.procfs, roots=self._cgroup_roots, clock=self.monotonic,
+                               app_of_cgroup=self._app_of_cgroup)
+        reason = ""
+        if not oom.available:
+            reason = "no memory cgroup hierarchy is mounted"
+        else:
+            try:
+                oom.poll()  # the baseline: kills before the start are not counted
+                self._oom = oom
+            except OSError as err:
+                reason = f"cannot read the memory cgroups: {err.strerror or err}"
+        status["cgroup_oom"] = SourceStatus("cgroup_oom", self._oom is not None,
+                                            privilege if self._oom is not None else "none", reason)
         self._status = status
         for item in status.values():
             if item.active:
@@ -805,6 +842,7 @@ class LinuxCrashSource:
         if not ready or now_mono - self._last_poll >= self.poll_interval_seconds:
             self._last_poll = now_mono
             self._poll_folders()
+            self._poll_cgroups()
             if self._connector is None and now_mono - self._last_rescan >= self.rescan_interval_seconds:
                 self._rescan()
             self.pids.prune(now_mono)
@@ -865,13 +903,45 @@ class LinuxCrashSource:
             if event.pid != event.tgid:  # a thread, not the process
                 self.pids.died(event.pid, now)
                 return
-            reason = crash_reason(decode_wait_status(event.exit_code))
-            if reason is not None:
-                # named at its exec (or its parent's if it never exec'd), else what the zombie shows
-                app = self.pids.app(event.pid) or self._resolve(event.pid) or self._comm(event.pid)
-                when = self.clock() - max(0.0, now - event.timestamp_ns / 1e9)
-                self._record(CrashEvent(source="proc_connector", time=when, reason=reason, app=app, pid=event.pid))
+            status = decode_wait_status(event.exit_code)
+            reason = crash_reason(status)
+            outcome = exit_outcome(status)
+            if reason is not None or outcome is not None:
+                app = self._app_at_exit(event.pid, crashed=reason is not None)
+                if outcome is not None:  # a series now: its app takes a `max_apps` slot, as a crash's does
+                    self.book.record_exit(self.naming.export(app), outcome)
+                if reason is not None:
+                    when = self.clock() - max(0.0, now - event.timestamp_ns / 1e9)
+                    self._record(CrashEvent(source="proc_connector", time=when, reason=reason, app=app,
+                                            pid=event.pid))
             self.pids.died(event.pid, now)
+
+    def _app_at_exit(self, pid: int, *, crashed: bool) -> str:
+        """The app of a process that just exited: named at its exec (or its parent's if it never
+        exec'd), else what the zombie shows.
+
+        A plain exit is named only while the naming budget lasts (an exit storm falls back to
+        the comm); a crash is always named.
+        """
+        app = self.pids.app(pid)
+        if app is None and (crashed or self._take_name_budget()):
+            app = self._resolve(pid)
+        return app or self._comm(pid)
+
+    def _app_of_cgroup(self, cgroup: str) -> str | None:
+        try:
+            return self.naming.app_of_cgroup(cgroup)
+        except Exception:  # a naming failure must not stop the watcher
+            log.debug("naming cgroup %s failed", cgroup, exc_info=True)
+            return None
+
+    def _poll_cgroups(self) -> None:
+        if self._oom is None:
+            return
+        now = self.clock()
+        for app, kills in self._oom.poll():
+            for _ in range(kills):
+                self._record(CrashEvent(source="cgroup_oom", time=now, reason=OOM_KILL, app=app))
 
     def _take_name_budget(self) -> bool:
         now = self.monotonic()
@@ -1077,7 +1147,7 @@ class LinuxCrashSource:
             raise RuntimeError("the crash watcher thread has ended: crashes are no longer counted")
         with self._lock:
             skipped = dict(self.skipped)
-        return crash_metric_families(self.book, self.statuses(), skipped)
+        return crash_metric_families(self.book, self.statuses(), skipped, exits_active=self._connector is not None)
 
 
 def make_crash_source(config: Config, procfs: Path, naming: AppNaming) -> Source | None:

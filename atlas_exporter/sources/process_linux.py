@@ -365,8 +365,9 @@ class LinuxProcessSource:
         self._fd_size_is_count = self._probe_fd_size()
         self._users: dict[int, str] = {}
         self._io_available = self._probe_io()
-        # pid -> (stat text, status counters) of the previous pass: status is re-read only on change
-        self._status_cache: dict[int, tuple[bytes, StatusCounters]] = {}
+        # pid -> (hash of the stat text, status counters) of the previous pass: status is re-read
+        # only when stat changed (a hash collision would keep one pass's switches and swap stale)
+        self._status_cache: dict[int, tuple[int, StatusCounters]] = {}
         # pid -> (start time, soft RLIMIT_NOFILE, when read)
         self._limits_cache: dict[int, tuple[int, int | None, float]] = {}
         self.status_reads = 0  # status files read so far (the rest came from the cache)
@@ -487,7 +488,7 @@ class LinuxProcessSource:
         skipped: set[int] = set()
         listed = 0
         previous_status = self._status_cache
-        status_cache: dict[int, tuple[bytes, StatusCounters]] = {}
+        status_cache: dict[int, tuple[int, StatusCounters]] = {}
         limits = self._limits_cache
         limits_seen: set[int] = set()
         now = self.clock()
@@ -511,8 +512,9 @@ class LinuxProcessSource:
                 continue
             if sample is None:  # a kernel thread
                 continue
+            stat_key = hash(stat_text)
             cached = previous_status.get(pid)
-            if cached is not None and cached[0] == stat_text:
+            if cached is not None and cached[0] == stat_key:
                 counters = cached[1]
             else:
                 try:
@@ -524,7 +526,7 @@ class LinuxProcessSource:
                 except (OSError, ParseError):
                     counters = None
             if counters is not None:
-                status_cache[pid] = (stat_text, counters)
+                status_cache[pid] = (stat_key, counters)
                 sample.voluntary_switches, sample.involuntary_switches, sample.swap_bytes = counters
             if sample.state == "Z":  # exited, not yet reaped: no files, no fds
                 append(sample)
