@@ -140,3 +140,29 @@ def test_smaps_collector_sums_pss(tmp_path: Path) -> None:
     assert v['atlas_app_proportional_memory_bytes{app="nginx"}'] == 7000 * 1024
     assert 'atlas_app_proportional_memory_bytes{app="systemd"}' not in v  # no smaps_rollup: absent
     assert v['atlas_scrape_collector_success{collector="smaps"}'] == 1
+
+
+def test_status_is_reread_only_when_stat_changes_and_limits_when_due(tmp_path: Path) -> None:
+    procfs = fake_proc(tmp_path / "proc")
+    now = [0.0]
+    source = LinuxProcessSource(procfs, limits_ttl_seconds=600, clock=lambda: now[0])
+
+    def nginx_master() -> object:
+        return next(s for s in source.scan().samples if s.id.pid == 410)
+
+    first = nginx_master()
+    reads = source.status_reads
+    assert (first.voluntary_switches, first.fd_limit) == (40, 1024)
+    status = procfs / "410" / "status"
+    status.write_text(status.read_text().replace("voluntary_ctxt_switches:\t40", "voluntary_ctxt_switches:\t41"))
+    (procfs / "410" / "limits").write_text("Max open files            2048                 2048          files\n")
+    idle = nginx_master()
+    assert idle.voluntary_switches == 40 and idle.fd_limit == 1024  # stat unchanged: nothing re-read
+    assert source.status_reads == reads
+    stat = procfs / "410" / "stat"
+    stat.write_text(stat.read_text().replace(" 20 10 ", " 21 10 ", 1))  # it ran: utime moved
+    busy = nginx_master()
+    assert busy.voluntary_switches == 41 and source.status_reads == reads + 1
+    assert busy.fd_limit == 1024  # limits are cached per process for limits_ttl_seconds
+    now[0] = 601.0
+    assert nginx_master().fd_limit == 2048

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from atlas_exporter.apps.tracker import Tracker
 from atlas_exporter.model import ProcessId, ProcSample
 
@@ -202,7 +204,7 @@ def test_orphan_reaped_by_a_subreaper_is_not_counted_again() -> None:
     ])
     burner, supervisor = a[2]["burner"], a[2]["supervisor"]
     assert burner.cpu_user_seconds_total == 4.0 and burner.written_bytes_total == 3000
-    assert supervisor.cpu_user_seconds_total == 0.1  # neither 40's nor 50's CPU again
+    assert supervisor.cpu_user_seconds_total == pytest.approx(0.1)  # neither 40's nor 50's CPU again
     assert supervisor.minor_faults_total == 100
     assert supervisor.written_bytes_total == 0
 
@@ -249,3 +251,20 @@ def test_unknown_state_is_not_a_state() -> None:
     sample = proc(10, state="?")
     (apps,) = run(t, [[(sample, "locked")]])
     assert apps["locked"].states is None
+
+
+def test_orphan_credit_goes_to_the_nearest_live_ancestor_before_the_pool() -> None:
+    # 60 reaps its own unseen child with a lot of CPU in the same pass as the subreaper 30 reaps
+    # the orphan 50: the orphan's credit belongs to 30 (its grandparent), not to whoever comes first
+    t = Tracker()
+    a = run(t, [
+        [(reaping(60, cpu=0.0, reaped=0.0), "builder"), (reaping(30, cpu=0.1, reaped=0.0), "supervisor"),
+         (reaping(40, cpu=0.0, reaped=0.0, ppid=30), "launcher"), (proc(50, cpu=2.0, ppid=40, faults=500), "burner")],
+        [(reaping(60, cpu=0.0, reaped=0.0), "builder"), (reaping(30, cpu=0.1, reaped=0.0), "supervisor"),
+         (proc(50, cpu=2.0, ppid=40, faults=500), "burner")],  # 40 gone (reaped next pass, with 50)
+        [(proc(60, reaped_cpu=9.0, reaped_faults=5000), "builder"),
+         (proc(30, cpu=0.1, reaped_cpu=2.0, reaped_faults=600), "supervisor")],
+    ])
+    assert a[2]["builder"].cpu_user_seconds_total == 9.0
+    assert a[2]["supervisor"].cpu_user_seconds_total == pytest.approx(0.1)
+    assert a[2]["burner"].cpu_user_seconds_total == 2.0

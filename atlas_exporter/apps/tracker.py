@@ -16,9 +16,11 @@ child it had seen is not counted twice:
   least the child's CPU and faults: that growth is the reap. A child that nobody waited for
   (SIGCHLD ignored, auto-reaped) moves no counter, so its credit is never used and expires
   without touching the parent's own I/O;
-- the credit goes to the child's parent at its last pass; when that parent is gone too (an
-  orphan reparented to a subreaper or init after its last pass), any process whose
-  reaped-children growth covers the credit uses it.
+- the credit goes to the child's parent at its last pass. When that parent is gone too (an
+  orphan reparented to a subreaper or init after its last pass), it goes to the nearest live
+  ancestor (the subreaper, when there is one), and also to a pool: after every process has
+  used its own credits, a process whose remaining reaped-children growth covers a pooled
+  credit uses it (init, or a subreaper further up).
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ class _Credit:
 
     values: list[float]  # indexed like the counter vector; only IO_FIELDS and REAPED are set
     passes: int = 0
+    used: bool = False  # an orphan's credit sits with an ancestor and in the pool: used once
 
 
 @dataclass(slots=True)
@@ -94,6 +97,7 @@ class Tracker:
         self._procs: dict[ProcessId, _Proc] = {}
         self._apps: dict[str, _App] = {}
         self._orphans: list[_Credit] = []  # credits of children whose parent was gone too
+        self._gone_parents: dict[int, tuple[int, int]] = {}  # pid of a recently gone process -> (ppid, passes)
 
     def update(self, named: Iterable[tuple[ProcSample, str]], now: float,
                keep: frozenset[int] = frozenset()) -> TrackerUpdate:
@@ -108,24 +112,30 @@ class Tracker:
         gone = [pid for pid in procs if pid not in current and pid.pid not in keep]
         if gone:
             live_by_pid = {pid.pid: pid for pid in current}
-            for pid in gone:
-                child = procs.pop(pid)
+            gone_procs = [(pid, procs.pop(pid)) for pid in gone]
+            for pid, child in gone_procs:
+                self._gone_parents[pid.pid] = (child.ppid, 0)
+            gone_parent = {pid: ppid for pid, (ppid, _) in self._gone_parents.items()}
+            for _pid, child in gone_procs:
                 credit = _credit_of(child.last, self.reaped_io_in_parent)
                 if credit is None:
                     continue
-                parent_id = live_by_pid.get(child.ppid)
+                ancestor, orphan, hops = child.ppid, False, 0
+                while ancestor not in live_by_pid and ancestor in gone_parent and hops < 64:
+                    ancestor, orphan, hops = gone_parent[ancestor], True, hops + 1
+                parent_id = live_by_pid.get(ancestor)
                 parent = procs.get(parent_id) if parent_id is not None else None
                 if parent is not None:
                     if parent.credits is None:
                         parent.credits = []
                     parent.credits.append(credit)
-                else:
+                if parent is None or orphan:
                     self._orphans.append(credit)
 
         views: dict[str, AppView] = {}
         known_state: set[str] = set()
         apps = self._apps
-        orphans = self._orphans
+        leftover: list[tuple[_Proc, _App, list[float]]] = []  # reaped growth no own credit explained
         for sample, app in named:
             now_values = counters_of(sample)
             proc = procs.get(sample.id)
@@ -144,8 +154,9 @@ class Tracker:
                 if proc.io_pending is not None:
                     _use_io(proc.io_pending, delta)
                     proc.io_pending = None
-                if proc.credits or orphans:
-                    _use_credits(proc, delta, orphans)
+                if proc.credits:
+                    _use_credits(proc, delta, proc.credits)
+                    proc.credits = [c for c in proc.credits if not c.used] or None
                 proc.last = tuple(now if now is not None else prev for now, prev in zip(now_values, proc.last,
                                                                                          strict=True))
                 proc.ppid = sample.ppid
@@ -155,6 +166,8 @@ class Tracker:
                 state = apps[app] = _App()
             state.last_seen = now
             if delta is not None:
+                if self._orphans and any(delta[i] > EPSILON for i in REAPED):
+                    leftover.append((proc, state, list(delta)))
                 for reaped, into in FOLDS_INTO:
                     delta[into] += delta[reaped]
                 totals = state.totals
@@ -197,6 +210,9 @@ class Tracker:
                 view.oldest_start_time_seconds = sample.start_time_seconds
                 view.oldest_pid = sample.id.pid
 
+        for proc, state, delta in leftover:  # after every process used its own credits
+            self._use_pool(proc, state, delta)
+
         retired = [name for name, state in apps.items()
                    if name not in views and now - state.last_seen > self.retention_seconds]
         for name in retired:
@@ -223,16 +239,33 @@ class Tracker:
         self._age_credits()
         return TrackerUpdate(apps=views, gone=gone, retired=retired)
 
+    def _use_pool(self, proc: _Proc, state: _App, delta: list[float]) -> None:
+        """Take pooled orphan credits out of growth this pass already added to the app's totals."""
+        self._orphans = [c for c in self._orphans if not c.used]
+        if not self._orphans:
+            return
+        before = list(delta)
+        _use_credits(proc, delta, self._orphans)
+        totals = state.totals
+        for i in (*IO_FIELDS, *REAPED):
+            taken = before[i] - delta[i]
+            if taken > 0:
+                into = dict(FOLDS_INTO).get(i, i)
+                totals[into] = max((totals[into] or 0.0) - taken, 0.0)
+
     def _age_credits(self) -> None:
+        if self._gone_parents:
+            self._gone_parents = {pid: (ppid, passes + 1) for pid, (ppid, passes) in self._gone_parents.items()
+                                  if passes < CREDIT_PASSES}
         for proc in self._procs.values():
             if proc.credits:
                 for credit in proc.credits:
                     credit.passes += 1
-                proc.credits = [c for c in proc.credits if c.passes <= CREDIT_PASSES] or None
+                proc.credits = [c for c in proc.credits if c.passes <= CREDIT_PASSES and not c.used] or None
         if self._orphans:
             for credit in self._orphans:
                 credit.passes += 1
-            self._orphans = [c for c in self._orphans if c.passes <= CREDIT_PASSES]
+            self._orphans = [c for c in self._orphans if c.passes <= CREDIT_PASSES and not c.used]
 
 
 def _credit_of(child: tuple[float | None, ...], with_io: bool) -> _Credit | None:
@@ -257,35 +290,32 @@ def _covers(growth_left: list[float], credit: _Credit) -> bool:
     return all(growth_left[k] + EPSILON >= values[i] for k, i in enumerate(REAPED))
 
 
-def _use_credits(proc: _Proc, delta: list[float], orphans: list[_Credit]) -> None:
-    """Take the reaps seen in this pass's reaped-children growth out of `delta`."""
+def _use_credits(proc: _Proc, delta: list[float], pool: list[_Credit]) -> None:
+    """Take the reaps of `pool`'s children seen in this pass's reaped-children growth out of `delta`."""
     growth = [delta[i] for i in REAPED]
     if not any(g > EPSILON for g in growth):
         return  # nothing was reaped: the parent's own I/O is all its own
-    for pool in (proc.credits or [], orphans):
-        for credit in list(pool):
-            if not _covers(growth, credit):
-                continue
-            pool.remove(credit)
-            values = credit.values
-            for k, i in enumerate(REAPED):
-                used = min(values[i], delta[i])
-                delta[i] -= used
-                growth[k] -= used
-            pending = [0.0] * len(values)
-            for i in IO_FIELDS:
-                used = min(values[i], delta[i])
-                delta[i] -= used
-                pending[i] = values[i] - used
-            if any(pending[i] > EPSILON for i in IO_FIELDS):
-                # the reap fell between the stat and io reads: the I/O shows up next pass
-                if proc.io_pending is None:
-                    proc.io_pending = pending
-                else:
-                    for i in IO_FIELDS:
-                        proc.io_pending[i] += pending[i]
-    if proc.credits is not None and not proc.credits:
-        proc.credits = None
+    for credit in pool:
+        if credit.used or not _covers(growth, credit):
+            continue
+        credit.used = True
+        values = credit.values
+        for k, i in enumerate(REAPED):
+            used = min(values[i], delta[i])
+            delta[i] -= used
+            growth[k] -= used
+        pending = [0.0] * len(values)
+        for i in IO_FIELDS:
+            used = min(values[i], delta[i])
+            delta[i] -= used
+            pending[i] = values[i] - used
+        if any(pending[i] > EPSILON for i in IO_FIELDS):
+            # the reap fell between the stat and io reads: the I/O shows up next pass
+            if proc.io_pending is None:
+                proc.io_pending = pending
+            else:
+                for i in IO_FIELDS:
+                    proc.io_pending[i] += pending[i]
 
 
 def _use_io(pending: list[float], delta: list[float]) -> None:
