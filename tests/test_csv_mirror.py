@@ -629,3 +629,18 @@ def test_interval_bigger_than_max_bytes_gets_a_file_of_its_own(tmp_path: Path) -
     files = [path] + [path.with_name(f"a.csv.{i}") for i in (1, 2)]
     assert [len(all_lines_complete(f)) for f in files] == [21, 21, 21]
     assert not path.with_name("a.csv.3").exists()
+
+
+def test_first_interval_of_network_bytes_is_not_dropped() -> None:
+    # "web" existed before its first connection: no network total at the previous snapshot yet
+    prev = snap(0, app("web", network_receive_bytes_total=None, network_transmit_bytes_total=None),
+                app("db", network_receive_bytes_total=100.0, network_transmit_bytes_total=100.0))
+    cur = snap(10, app("web", cpu=1, network_receive_bytes_total=5000.0, network_transmit_bytes_total=2000.0),
+               app("db", cpu=1, network_receive_bytes_total=100.0, network_transmit_bytes_total=100.0))
+    rows = {r.app_name: r for r in build_rows(prev, cur, top=10)}
+    assert rows["web"].network_bytes_recv == pytest.approx(500.0)
+    assert rows["web"].network_bytes_sent == pytest.approx(200.0)
+    # no network totals at all before (the source was not counting yet): no baseline, no fake jump
+    prev = snap(0, app("web", network_receive_bytes_total=None, network_transmit_bytes_total=None))
+    rows = {r.app_name: r for r in build_rows(prev, cur, top=10)}
+    assert rows["web"].network_bytes_recv is None

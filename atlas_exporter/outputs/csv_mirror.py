@@ -28,7 +28,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -118,8 +118,17 @@ def _per_second(now: float | None, before: float | None, seconds: float) -> floa
     return None if change is None else change / seconds
 
 
-def app_row(app: AppView, before: AppView | None, seconds: float, timestamp: str) -> CsvRow:
-    """One row for `app` over the `seconds` since `before` (None: the app is new since then)."""
+def app_row(app: AppView, before: AppView | None, seconds: float, timestamp: str, *,
+            network_before: bool = False) -> CsvRow:
+    """One row for `app` over the `seconds` since `before` (None: the app is new since then).
+
+    `network_before`: network totals were being kept at `before` (some app had one). An app
+    whose network total first appears now then sent and received all of it in this interval:
+    the network source keeps a total only from an app's first byte on.
+    """
+    if before is not None and network_before and before.network_receive_bytes_total is None and \
+            before.network_transmit_bytes_total is None:
+        before = replace(before, network_receive_bytes_total=0.0, network_transmit_bytes_total=0.0)
     if before is None:
         # Everything the app has accumulated happened after the previous snapshot.
         before = AppView(name=app.name, cpu_user_seconds_total=0.0, cpu_system_seconds_total=0.0,
@@ -151,7 +160,8 @@ def build_rows(previous: Snapshot, current: Snapshot, top: int) -> list[CsvRow]:
     if seconds <= 0:
         return []
     timestamp = format_timestamp(current.wall_time)
-    rows = [app_row(app, previous.apps.get(name), seconds, timestamp)
+    network_before = any(app.network_receive_bytes_total is not None for app in previous.apps.values())
+    rows = [app_row(app, previous.apps.get(name), seconds, timestamp, network_before=network_before)
             for name, app in current.apps.items() if app.processes > 0]
     rows.sort(key=lambda r: (-(r.cpu_percent or 0.0), -(r.memory_mb or 0.0), r.app_name))
     return [row for i, row in enumerate(rows) if i < top or (row.cpu_percent or 0.0) >= CORE_BURNER_PERCENT]
