@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Side-by-side scrape benchmark: atlas-exporter vs process-exporter vs the C lower bound,
+# Side-by-side scrape benchmark: atlas-exporter (default collectors, and with --collector.smaps)
+# vs process-exporter vs the C lower bound,
 # with N extra processes over M apps (defaults 1000 over 50), in one run.
 #   sudo bench/compare.sh [--procs 1000 --apps 50 --scrapes 30]
 # Needs: gcc, prometheus-process-exporter (apt-get install prometheus-process-exporter).
@@ -19,4 +20,5 @@ pe=$(command -v prometheus-process-exporter || command -v process-exporter)
 python3 bench/scrape_bench.py "$@" \
     --target "process-exporter=$pe -config.path CFG -web.listen-address 127.0.0.1:19256@http://127.0.0.1:19256/metrics" \
     --target "atlas=$work/venv/bin/atlas-exporter --config.file $work/atlas.yml --web.listen-address 127.0.0.1:19900@http://127.0.0.1:19900/metrics" \
+    --target "atlas-smaps=$work/venv/bin/atlas-exporter --collector.smaps --config.file $work/atlas.yml --web.listen-address 127.0.0.1:19901@http://127.0.0.1:19901/metrics" \
     --floor "$work/procscan"
