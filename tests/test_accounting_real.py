@@ -137,3 +137,61 @@ def test_writes_deleted_before_writeback_are_counted_as_cancelled(tmp_path: Path
         proc.stdin.close()
         proc.wait(timeout=30)
         data.unlink(missing_ok=True)
+
+
+PARENT_IGNORING_SIGCHLD = r"""
+import json, os, signal, subprocess, sys
+def write_bytes():
+    return int(next(l for l in open("/proc/self/io") if l.startswith("write_bytes:")).split()[1])
+tag, path = sys.argv[1], sys.argv[2]
+signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel, never by us
+child_code = ("import os, sys\n"
+              "with open(sys.argv[1], 'wb') as f:\n"
+              "    f.write(os.urandom(8 << 20)); f.flush(); os.fsync(f.fileno())\n"
+              "print('written', flush=True)\n"
+              "sys.stdin.read()\n")
+child = subprocess.Popen([sys.executable, "-c", child_code, path + ".child", tag + "-child"], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+child.stdout.readline()
+print("child written", flush=True)
+sys.stdin.readline()  # the test has seen the child alive
+child.stdin.close()
+while os.path.exists(f"/proc/{child.pid}"):  # auto-reaped: gone without a wait()
+    os.sched_yield()
+sys.stdin.readline()  # the test has seen the child gone
+with open(path, "wb") as f:
+    f.write(os.urandom(4 << 20)); f.flush(); os.fsync(f.fileno())
+print(json.dumps({"own_write_bytes": write_bytes()}), flush=True)
+sys.stdin.read()
+"""
+
+
+def test_auto_reaped_child_never_swallows_the_parents_own_writes() -> None:
+    tag = f"atlas-acct-{uuid.uuid4().hex[:8]}"
+    exporter = Exporter(parse_config({"apps": [{"name": "{1}", "cmdline": rf"({tag}-[a-z]+)"}],
+                                      "snapshot_max_age_seconds": 0}), enabled={"process"}, sources=[])
+    data = Path(__file__).resolve().parent.parent / f".{tag}.tmp"
+    proc = subprocess.Popen([sys.executable, "-c", PARENT_IGNORING_SIGCHLD, tag, str(data), f"{tag}-parent"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        assert proc.stdout.readline().strip() == "child written"
+        seen = parse_exposition(exporter.render_metrics()[0].decode())
+        assert seen[f'atlas_app_disk_written_bytes_total{{app="{tag}-child"}}'] >= 8 * MIB
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        time.sleep(0.5)
+        exporter.render_metrics()  # the child is gone: a reap credit for the parent
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        truth = json.loads(proc.stdout.readline())
+        m = parse_exposition(exporter.render_metrics()[0].decode())
+        parent = m[f'atlas_app_disk_written_bytes_total{{app="{tag}-parent"}}']
+        assert truth["own_write_bytes"] >= 4 * MIB
+        assert parent == pytest.approx(truth["own_write_bytes"], abs=MIB)  # its own 4 MiB, not eaten
+        assert m[f'atlas_app_disk_written_bytes_total{{app="{tag}-child"}}'] >= 8 * MIB
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=30)
+        for leftover in (data, Path(f"{data}.child")):
+            leftover.unlink(missing_ok=True)
