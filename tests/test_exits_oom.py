@@ -130,21 +130,36 @@ def _metrics(exp: object) -> dict[str, float]:
 @pytest.mark.skipif(not IS_ROOT, reason="the proc connector needs root or CAP_NET_ADMIN")
 def test_exits_are_counted_by_outcome(exporter: object) -> None:
     tag = f"atlas-death-{uuid.uuid4().hex[:8]}"
-    code = "import sys, time; time.sleep(0.3); sys.exit(int(sys.argv[1]))"
+    code = "import sys; sys.stdin.read(); sys.exit(int(sys.argv[1]))"
     runs = [
-        ([sys.executable, "-c", code, "0", f"{tag}-ok"], f"{tag}-ok", 0),
-        ([sys.executable, "-c", code, "3", f"{tag}-fail"], f"{tag}-fail", 3),
-        (["sh", "-c", f"exec {sys.executable} -c '{code}' 3 {tag}-shfail"], f"{tag}-shfail", 3),
-        (["sh", "-c", f"{sys.executable} -c '{code}' 0 {tag}-shok; exit 0"], f"{tag}-shok", 0),
-        ([sys.executable, "-c", "import os, time; time.sleep(0.3); os.kill(os.getpid(), 15)", f"{tag}-killed"],
-         f"{tag}-killed", -15),
+        ([sys.executable, "-c", code, "0", f"{tag}-ok"], 0),
+        ([sys.executable, "-c", code, "3", f"{tag}-fail"], 3),
+        (["sh", "-c", f"exec {sys.executable} -c '{code}' 3 {tag}-shfail"], 3),
+        (["sh", "-c", f"{sys.executable} -c '{code}' 0 {tag}-shok; exit 0"], 0),
+        ([sys.executable, "-c", "import os, sys; sys.stdin.read(); os.kill(os.getpid(), 15)", f"{tag}-killed"], -15),
     ]
-    for argv, _, expected in runs:
-        assert subprocess.run(argv, timeout=60).returncode == expected
+    procs = [(subprocess.Popen(argv, stdin=subprocess.PIPE), expected) for argv, expected in runs]
+    try:  # scraped while alive: each app has its series before it exits
+        def named() -> bool:
+            m = _metrics(exporter)
+            return all(f'atlas_app_processes{{app="{tag}-{name}"}}' in m
+                       for name in ("ok", "fail", "shfail", "shok", "killed"))
+
+        wait_for(named, message="every process named")
+    finally:
+        for proc, _ in procs:
+            assert proc.stdin is not None
+            proc.stdin.close()
+    for proc, expected in procs:
+        assert proc.wait(timeout=60) == expected
+    # never scanned: a short command that succeeds takes no series of its own; one that fails does
+    assert subprocess.run([sys.executable, "-c", "pass", f"{tag}-quick"]).returncode == 0
+    assert subprocess.run([sys.executable, "-c", "raise SystemExit(2)", f"{tag}-quickfail"]).returncode == 2
 
     # the shell of -shok forks the child and exits 0 itself: its command line names the same app
     expected_exits = {f"{tag}-ok": ("success", 1), f"{tag}-fail": ("error", 1), f"{tag}-shfail": ("error", 1),
-                      f"{tag}-shok": ("success", 2), f"{tag}-killed": ("signal", 1)}
+                      f"{tag}-shok": ("success", 2), f"{tag}-killed": ("signal", 1),
+                      f"{tag}-quickfail": ("error", 1)}
 
     def counted() -> dict[str, float] | None:
         m = _metrics(exporter)
@@ -156,11 +171,13 @@ def test_exits_are_counted_by_outcome(exporter: object) -> None:
     try:
         m = wait_for(counted, timeout=30, message="every exit counted")
     except AssertionError:
-        seen = {k: v for k, v in _metrics(exporter).items() if k.startswith("atlas_app_exits_total") and v}
+        seen = {k: v for k, v in _metrics(exporter).items() if k.startswith("atlas_app_exits_total") and tag in k}
         raise AssertionError(f"exits seen: {seen}") from None
     for app, (outcome, _) in expected_exits.items():
         others = [o for o in ("success", "error", "signal") if o != outcome]
         assert all(m[f'atlas_app_exits_total{{app="{app}",outcome="{o}"}}'] == 0 for o in others), app
+    assert not any(f'app="{tag}-quick"' in key for key in m)  # counted under "other"
+    assert m['atlas_app_exits_total{app="other",outcome="success"}'] >= 1
     assert not any(key.startswith("atlas_app_crashes_total") and tag in key for key in m)  # exits, not crashes
 
 

@@ -170,6 +170,9 @@ class PidNaming:
     def export(self, name: str) -> str:
         return name
 
+    def label_if_exported(self, name: str) -> str | None:
+        return name
+
 
 def as_naming(naming: AppNaming | Callable[[int], str | None]) -> AppNaming:
     """An `AppNaming` for a resolver or for a plain `pid -> name` function."""
@@ -303,6 +306,13 @@ class AppResolver:
         """The label a watcher's series for `name` gets: `name`, or `other` beyond `max_apps` (sticky)."""
         with self._lock:
             return self.fold(name)
+
+    def label_if_exported(self, name: str) -> str | None:
+        """`name`'s label when it already has a series (`name`, or `other` when folded), taking no slot; else None."""
+        with self._lock:
+            if self.fold.is_admitted(name):
+                return name
+            return OTHER if name == OTHER or name in self.fold._folded else None
 
     def exported_app_of_pid(self, pid: int) -> str | None:
         """`export(app_of_pid(pid))`: for a source that creates a series as soon as it names a pid."""

@@ -82,6 +82,7 @@ SOURCE_NAMES = ("proc_connector", "systemd_coredump", "apport", "kernel_log", "c
 # the kernel dropped (counted from gaps in its per-CPU sequence numbers).
 SKIP_REASONS = ("malformed", "unreadable", "lost_events", "ambiguous", "comm_mismatch", "untrusted_owner")
 UNKNOWN_APP = "unknown"
+OTHER_APP = "other"  # the label of what has no series of its own (the `max_apps` fold's too)
 COREDUMP_DIR = Path("/var/lib/systemd/coredump")
 APPORT_DIR = Path("/var/crash")
 KMSG = Path("/dev/kmsg")
@@ -908,8 +909,8 @@ class LinuxCrashSource:
             outcome = exit_outcome(status)
             if reason is not None or outcome is not None:
                 app = self._app_at_exit(event.pid, crashed=reason is not None)
-                if outcome is not None:  # a series now: its app takes a `max_apps` slot, as a crash's does
-                    self.book.record_exit(self.naming.export(app), outcome)
+                if outcome is not None:
+                    self.book.record_exit(self._exit_label(app, outcome), outcome)
                 if reason is not None:
                     when = self.clock() - max(0.0, now - event.timestamp_ns / 1e9)
                     self._record(CrashEvent(source="proc_connector", time=when, reason=reason, app=app,
@@ -920,13 +921,27 @@ class LinuxCrashSource:
         """The app of a process that just exited: named at its exec (or its parent's if it never
         exec'd), else what the zombie shows.
 
-        A plain exit is named only while the naming budget lasts (an exit storm falls back to
-        the comm); a crash is always named.
+        Only a crash is named now when the watcher never learned the process: a plain exit takes
+        its comm, so exit storms spend none of the naming budget that exec events need.
         """
         app = self.pids.app(pid)
-        if app is None and (crashed or self._take_name_budget()):
+        if app is None and crashed:
             app = self._resolve(pid)
         return app or self._comm(pid)
+
+    def _exit_label(self, app: str, outcome: str) -> str:
+        """The `app` label of an exit.
+
+        A failure (`error`, `signal`) gives the app a series of its own, taking a `max_apps` slot
+        as a crash does. A successful exit is counted under its app only when the app already has
+        a series (the process scan saw it, or it failed before); else under `other`, so that a
+        host's many short-lived commands (sh, grep, sed) take no slots.
+        """
+        if outcome != "success":
+            return self.naming.export(app)
+        label_if_exported = getattr(self.naming, "label_if_exported", None)
+        label = label_if_exported(app) if label_if_exported is not None else self.naming.export(app)
+        return label or OTHER_APP
 
     def _app_of_cgroup(self, cgroup: str) -> str | None:
         try:
