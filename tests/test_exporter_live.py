@@ -111,5 +111,14 @@ def test_unprivileged_run_serves_and_marks_what_it_cannot_read(nobody_python: tu
         readable = {k.split('"')[1] for k in values if k.startswith("atlas_app_disk_read_bytes_total{")}
         assert "atlas_exporter" in readable  # its own process is readable
         assert set(root_apps) - readable, "some root apps should have no disk series"
+        # stat, status and limits are world-readable: faults, switches, sizes and states for every app;
+        # the fd-limit ratio needs the fd count, so only apps whose fds could be read have one
+        live_apps = {k.split('"')[1] for k, v in values.items() if k.startswith("atlas_app_processes{") and v > 0}
+        for name in ("atlas_app_minor_page_faults_total{", "atlas_app_virtual_memory_bytes{",
+                     "atlas_app_swap_bytes{", "atlas_app_process_states{", "atlas_app_context_switches_total{"):
+            assert {k.split('"')[1] for k in values if k.startswith(name)} >= live_apps, name
+        ratio = {k.split('"')[1] for k in values if k.startswith("atlas_app_open_fds_limit_ratio{")}
+        fds = {k.split('"')[1] for k in values if k.startswith("atlas_app_open_fds{")}
+        assert "atlas_exporter" in ratio and ratio <= fds
         _, page = get(base + "/")
         assert "unprivileged" in page

@@ -902,6 +902,9 @@ class LinuxCrashSource:
         elif event.what == "exit":
             now = self.monotonic()
             if event.pid != event.tgid:  # a thread, not the process
+                # its process is known now, even for a thread made before the watcher started: a
+                # kernel-log line about the thread, read after it is gone, still counts for the process
+                self.pids.learn_thread(event.pid, event.tgid)
                 self.pids.died(event.pid, now)
                 return
             status = decode_wait_status(event.exit_code)
