@@ -263,6 +263,9 @@ def test_prometheus_scrapes_the_exporter(stack: dict[str, Any]) -> None:
     assert [t["health"] for t in targets] == ["up"], targets
     # two scrapes at least, so that rates have data
     wait_for_series(prom, 'count_over_time(atlas_exporter_build_info[1m]) >= 3')
+    # what CPU as % of the host divides by
+    cpus = wait_for_series(prom, f'atlas_host_cpus{{instance="{stack["instance"]}"}}')
+    assert float(cpus[0]["value"][1]) == os.cpu_count()
 
 
 SELECTOR = re.compile(r"(?<![\w:$.])([a-zA-Z_:][\w:]*)(\{[^}]*\})?(?=\s*(\[|\)|$|\s|\*|/|\+|-|>|<|=|!|offset|@))")
