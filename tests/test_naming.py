@@ -201,6 +201,13 @@ def test_node_package_json_name_wins() -> None:
         assert default_name(P("node", exe=node, cmdline=("node", "index.js"), cwd=f"/srv/{folder}",
                               read_file=read)) == folder
     assert default_name(P("node", exe=node, cmdline=("node", "/opt/tools/report.js"), read_file=read)) == "report"
+    # a dependency's executable (npm runs `next start` through node_modules/.bin): the project's name
+    read_deps = files({"/srv/shop/package.json": '{"name": "shop"}',
+                       "/srv/shop/node_modules/next/package.json": '{"name": "next"}'})
+    for script in ("/srv/shop/node_modules/.bin/next", "/srv/shop/node_modules/next/dist/bin/next"):
+        assert default_name(P("node", exe=node, cmdline=("node", script, "start"), read_file=read_deps)) == "shop"
+    assert default_name(P("node", exe=node, cmdline=("node", "/usr/lib/node_modules/typescript/bin/tsc"),
+                          read_file=read_deps)) == "tsc"
     # npm retitles itself "npm start": named by the package it runs, or "npm", never with a space
     npm = P("npm start", exe=node, cmdline=("npm start",), cwd="/srv/shop/src", read_file=read)
     assert default_name(npm) == "shop-api"

@@ -263,13 +263,16 @@ def script_of(interpreter: str, args: Sequence[str], cwd: str | None = None) -> 
 def package_name(ident: ProcIdentity, folder: str | None) -> str | None:
     """The `name` in the nearest package.json at or above `folder`, scope dropped; None if none.
 
-    The search stops at the first package.json found, named or not.
+    The search starts above any `node_modules` (code of a dependency belongs to the project
+    that installed it) and stops at the first package.json found, named or not.
     """
     read = ident.read_file
     if read is None or not folder or not folder.startswith("/"):
         return None
     import json  # only node processes need it
     folder = os.path.normpath(folder)
+    if "/node_modules/" in folder + "/":  # a dependency's code: the app is the project that holds it
+        folder = folder[: (folder + "/").index("/node_modules/")] or "/"
     for _ in range(MAX_PACKAGE_LEVELS):
         data = read(folder.rstrip("/") + "/package.json")
         if data is not None:
