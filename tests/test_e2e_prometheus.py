@@ -128,13 +128,19 @@ def _rules_copy(tmp: Path, prefix: str) -> list[str]:
     return out
 
 
+def _agent_flag() -> str:
+    """Prometheus 3 has `--agent`; 2.x (Debian 12 ships 2.42) has `--enable-feature=agent`."""
+    usage = subprocess.run([PROMETHEUS, "--help"], capture_output=True, text=True, timeout=30)
+    return "--agent" if re.search(r"^\s+--agent\b", usage.stdout + usage.stderr, re.M) else "--enable-feature=agent"
+
+
 def _start_prometheus(tmp: Path, name: str, config: dict[str, Any],
                       *flags: str) -> tuple[subprocess.Popen[bytes], Prom]:
     port = free_port()
     path = tmp / f"{name}.yml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     log = (tmp / f"{name}.log").open("wb")
-    storage = (f"--storage.agent.path={tmp / (name + '-data')}" if "--enable-feature=agent" in flags
+    storage = (f"--storage.agent.path={tmp / (name + '-data')}" if {"--agent", "--enable-feature=agent"} & set(flags)
                else f"--storage.tsdb.path={tmp / (name + '-data')}")
     proc = subprocess.Popen([PROMETHEUS, f"--config.file={path}", storage, f"--web.listen-address=127.0.0.1:{port}",
                              "--log.level=warn", *flags], stdout=log, stderr=subprocess.STDOUT)
@@ -223,7 +229,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             "global": {"scrape_interval": "1s", "scrape_timeout": "1s"}, "scrape_configs": [target],
             "remote_write": [{"url": f"{central_prom.base}/api/v1/write",
                               "queue_config": {"batch_send_deadline": "1s", "min_backoff": "100ms"}}]},
-            "--enable-feature=agent")
+            _agent_flag())
         procs.append((agent, False))
 
         for proc, name, client in ((prometheus, "prometheus", prom), (central, "central", central_prom),
@@ -243,7 +249,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                                preexec_fn=no_core_dumps, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         assert one.wait(timeout=30) == -signal.SIGSEGV
         crashed_at = time.time()
-        yield {"prom": prom, "central": central_prom, "instance": f"127.0.0.1:{exporter_port}", "start": start,
+        yield {"prom": prom, "central": central_prom, "agent": agent_prom, "instance": f"127.0.0.1:{exporter_port}", "start": start,
                "tmp": tmp, "hanger": hanger_bin is not None, "crashed_at": crashed_at}
     finally:
         for proc, group in reversed(procs):
@@ -251,7 +257,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         exporter_log.close()
 
 
-def wait_for_series(prom: Prom, expr: str, timeout: float = 40.0) -> list[dict[str, Any]]:
+def wait_for_series(prom: Prom, expr: str, timeout: float = 90.0) -> list[dict[str, Any]]:
     return wait_for(lambda: prom.query(expr), timeout=timeout, interval=0.5, message=f"data for {expr}")
 
 
@@ -266,6 +272,19 @@ def test_prometheus_scrapes_the_exporter(stack: dict[str, Any]) -> None:
     # what CPU as % of the host divides by
     cpus = wait_for_series(prom, f'atlas_host_cpus{{instance="{stack["instance"]}"}}')
     assert float(cpus[0]["value"][1]) == os.cpu_count()
+
+
+def test_the_central_store_is_fed_by_an_agent(stack: dict[str, Any]) -> None:
+    """The agent stores nothing queryable; the central Prometheus has the exporter's series through it,
+    and the recorded series it computes itself."""
+    with pytest.raises(urllib.error.HTTPError):
+        stack["agent"].query("up")
+    central: Prom = stack["central"]
+    up = wait_for_series(central, f'up{{instance="{stack["instance"]}"}} == 1')
+    assert up[0]["metric"]["job"] == "atlas-exporter"
+    assert central.get("/api/v1/targets")["activeTargets"] == []  # it scrapes nothing itself
+    wait_for_series(central, f'instance:atlas_exporter_build_info:count{{instance="{stack["instance"]}"}}')
+    wait_for_series(central, "app:atlas_app_cpu_seconds:rate5m")
 
 
 SELECTOR = re.compile(r"(?<![\w:$.])([a-zA-Z_:][\w:]*)(\{[^}]*\})?(?=\s*(\[|\)|$|\s|\*|/|\+|-|>|<|=|!|offset|@))")
@@ -314,7 +333,7 @@ def _settle(stack: dict[str, Any]) -> None:
     """Wait until both stores have the crash loop's, the one crash's and the hanger's series."""
     for client in (stack["prom"], stack["central"]):
         wait_for_series(client, f'atlas_app_crashes_total{{app="{CRASHER_APP}"}}')
-        wait_for_series(client, f'atlas_app_crashes_total{{app="{ONE_CRASH_APP}"}}', timeout=60)
+        wait_for_series(client, f'atlas_app_crashes_total{{app="{ONE_CRASH_APP}"}}')
         if stack["hanger"]:
             wait_for_series(client, f'atlas_app_hangs_total{{app="{HANGER_APP}"}}')
     wait_for_series(stack["central"], f'instance_app_reason:atlas_app_crashes_total:sum{{app="{ONE_CRASH_APP}"}}')
@@ -411,7 +430,7 @@ def _alert_names(path: str, metrics: tuple[str, ...]) -> set[str]:
             if "alert" in r and any(m in r["expr"] for m in metrics)}
 
 
-def _wait_for_alert(prom: Prom, names: set[str], app: str, timeout: float = 40.0) -> dict[str, Any]:
+def _wait_for_alert(prom: Prom, names: set[str], app: str, timeout: float = 90.0) -> dict[str, Any]:
     def active() -> dict[str, Any] | None:
         for alert in prom.get("/api/v1/alerts")["alerts"]:
             if (alert["labels"].get("alertname") in names and alert["labels"].get("app") == app
