@@ -323,7 +323,7 @@ def _queries(dashboard: dict[str, Any]) -> list[tuple[str, str, bool, str | None
 def _values(instance: str, window: str, app: str | None) -> dict[str, str]:
     # as Grafana formats a regex variable inside a PromQL string: regex-escaped, backslashes doubled
     values = {"$job": "atlas-exporter", "$instance": re.escape(instance).replace("\\", "\\\\"),
-              "$__rate_interval": "5s", "$__interval": "1s", "$__range": window}
+              "$__rate_interval": "15s", "$__interval": "1s", "$__range": window}
     if app is not None:
         values["$app"] = app
     return values
