@@ -98,6 +98,10 @@ BAD_INPUT = {
                                                   "    Content-Security-Policy: default-src \u2018self\u2019\n"},
                                           ["--check-config", "--web.config.file", "{web}"],
                                           "http_server_config.headers.Content-Security-Policy: character"),
+    "web config header outside Latin-1 at start": ({"web": "http_server_config:\n  headers:\n"
+                                                           "    X-XSS-Protection: \"1; report=\u201cx\u201d\"\n"},
+                                                   ["--web.config.file", "{web}"],
+                                                   "http_server_config.headers.X-XSS-Protection: character"),
     "unknown flag": ({}, ["--web.listen-adress", "127.0.0.1:0"], "unrecognized arguments: --web.listen-adress"),
     "bad flag value": ({}, ["--log.level", "loud"], "--log.level"),
     "listen address without port": ({}, ["--web.listen-address", "localhost"], "missing port in address"),

@@ -508,3 +508,23 @@ def test_a_render_that_hangs_answers_503_and_frees_the_connection(monkeypatch):
 ])
 def test_client_key_groups_ipv6_by_64(peer, key):
     assert server_module.client_key(peer) == key
+
+
+def test_at_the_cap_a_client_that_stopped_reading_makes_room():
+    big = b"x" * (32 << 20)
+    with serving(render_metrics=lambda: (big, "text/plain")) as srv, ExitStack() as stack:
+        srv.cap = 2
+        port = srv.address[1]
+        stuck = []
+        for count in (1, 2):
+            sock = stack.enter_context(_connect(port))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")  # and never reads the answer
+            stuck.append(sock)
+            assert _poll(lambda count=count: len(srv._stalled) == count)
+        with _connect(port) as scraper:
+            scraper.sendall(b"HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            scraper.settimeout(10)
+            assert scraper.recv(65536).startswith(b"HTTP/1.1 200 ")
+        assert srv.evicted_connections == 1 and srv.rejected_connections == 0
+        assert _poll(lambda: len(srv._stalled) == 1)  # the oldest stalled one was closed, not the newer

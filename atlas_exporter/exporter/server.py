@@ -247,9 +247,11 @@ class _Closed(Exception):
 class _Connection:
     """One accepted socket: non-blocking reads and writes, plain or TLS, driven by the event loop."""
 
-    __slots__ = ("sock", "fd", "peer", "client", "loop", "task", "closed", "buffer", "waiting")
+    __slots__ = ("sock", "fd", "peer", "client", "loop", "task", "closed", "buffer", "waiting", "deadline",
+                 "stalled")
 
-    def __init__(self, sock: socket.socket, peer: Any, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, sock: socket.socket, peer: Any, loop: asyncio.AbstractEventLoop,
+                 stalled: dict[_Connection, None] | None = None) -> None:
         self.sock: socket.socket = sock
         self.fd = sock.fileno()
         self.peer = peer
@@ -259,6 +261,8 @@ class _Connection:
         self.closed = False
         self.buffer = bytearray()
         self.waiting: str | None = None  # "r" or "w" while registered with the loop
+        self.deadline = 0.0  # loop time by which the current request must have arrived
+        self.stalled = stalled  # while a write waits for the client to read, this connection is in it
 
     def address(self) -> str:
         peer = self.peer
@@ -280,10 +284,14 @@ class _Connection:
         else:
             self.loop.add_writer(self.fd, ready)
         self.waiting = mode
+        if mode == "w" and self.stalled is not None:
+            self.stalled[self] = None
         try:
             await future
         finally:
             self._unregister()
+            if self.stalled is not None:
+                self.stalled.pop(self, None)
         if self.closed:
             raise _Closed("closed")
 
@@ -471,6 +479,7 @@ class RunningServer:
         self._connections: dict[_Connection, None] = {}
         self._idle: dict[_Connection, None] = {}  # waiting for a request, oldest first
         self._handshaking: dict[_Connection, None] = {}  # in a TLS handshake, oldest first
+        self._stalled: dict[_Connection, None] = {}  # answering, blocked until the client reads; oldest first
         self._pool = WorkerPool(RENDER_THREADS, "atlas-render")
         self._rendering: dict[tuple[Any, bool], asyncio.Future[tuple[bytes, str]]] = {}
         self._accept = sock.accept
@@ -614,7 +623,7 @@ class RunningServer:
             except OSError:
                 sock.close()
                 continue
-            conn = _Connection(sock, peer, loop)
+            conn = _Connection(sock, peer, loop, self._stalled)
             self._connections[conn] = None
             self._idle[conn] = None
             conn.task = loop.create_task(self._serve_connection(conn))
@@ -628,17 +637,21 @@ class RunningServer:
                         self.accept_errors, len(self._connections))
 
     def _evict_oldest_idle(self) -> bool:
-        for conn in self._idle:
-            self.evicted_connections += 1
-            log.debug("closing idle connection from %s to make room", conn.address())
-            self._drop(conn)
-            return True
+        """Close the connection idle for longest or, when none is idle, the one that has waited
+        longest for its client to read an answer; False when every connection is busy otherwise."""
+        for waiting, what in ((self._idle, "idle"), (self._stalled, "stalled")):
+            for conn in waiting:
+                self.evicted_connections += 1
+                log.debug("closing %s connection from %s to make room", what, conn.address())
+                self._drop(conn)
+                return True
         return False
 
     def _drop(self, conn: _Connection) -> None:
         conn.close()
         self._idle.pop(conn, None)
         self._handshaking.pop(conn, None)
+        self._stalled.pop(conn, None)
         self._connections.pop(conn, None)
         if conn.task is not None and asyncio.current_task() is not conn.task:
             conn.task.cancel()
@@ -709,7 +722,8 @@ class RunningServer:
                         return None
                     buf += data
         limit = MAX_REQUEST_LINE + MAX_HEADER_BYTES
-        async with asyncio.timeout(HEAD_TIMEOUT):
+        conn.deadline = asyncio.get_running_loop().time() + HEAD_TIMEOUT  # head and body together
+        async with asyncio.timeout_at(conn.deadline):
             while True:
                 while buf[:1] in (b"\r", b"\n"):  # empty lines before a request are ignored
                     del buf[:1]
@@ -732,7 +746,7 @@ class RunningServer:
 
     async def _discard(self, conn: _Connection, length: int) -> None:
         buf = conn.buffer
-        async with asyncio.timeout(HEAD_TIMEOUT):
+        async with asyncio.timeout_at(conn.deadline):
             while len(buf) < length:
                 length -= len(buf)
                 buf.clear()
