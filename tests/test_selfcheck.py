@@ -318,3 +318,28 @@ def test_config_naming_rules_apply(tmp_path, burner) -> None:
     result = check.run()
     assert any(r.app == "burner-q7" for r in result.rows)
     assert all(r.ok for r in result.rows if r.app == "burner-q7"), [dataclasses.astuple(r)[:4] for r in result.rows]
+
+
+def test_self_check_skips_a_pid_reused_during_the_check(tmp_path) -> None:
+    """A pid psutil sees with another start time (or name) after the exporter's reading is not compared."""
+    check, _ = darwin_check(tmp_path)
+    real = check.psutil_reference
+    calls = []
+
+    class Reused:
+        name, version = "psutil", "7.2.2"
+
+        def read(self, pids):
+            calls.append(1)
+            out = real.read(pids)
+            if len(calls) == 2 and 510 in out:  # after the exporter's reading, pid 510 is another process
+                out[510] = dataclasses.replace(out[510], start_time=out[510].start_time + 5, resident_bytes=1)
+            return out
+
+    check.psutil_reference = Reused()
+    result = check.run()
+    assert result.ok
+    safari = {r.quantity for r in result.rows if r.app == "Safari"}  # pid 510 is Safari's only process
+    assert "processes (ps)" in safari and not any(q.endswith(("(psutil)", "(ps)")) and not q.startswith("processes")
+                                                  for q in safari)
+    assert any(r.quantity == "resident_bytes (psutil)" for r in result.rows if r.app == "redis-server")
