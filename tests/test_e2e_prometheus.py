@@ -215,9 +215,20 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             procs.append((hanger, True))
 
         target = {"job_name": "atlas-exporter", "static_configs": [{"targets": [f"127.0.0.1:{exporter_port}"]}]}
+        # Beside it, what must page: an exporter that is down (nothing listens on its port) and one with
+        # crash and hang detection switched off.
+        dead_port = free_port()
+        blind_port = free_port()
+        blind = subprocess.Popen(
+            [sys.executable, "-m", "atlas_exporter", "--web.listen-address", f"127.0.0.1:{blind_port}",
+             "--no-collector.process", "--no-collector.crash", "--no-collector.hang", "--no-collector.network",
+             "--log.level", "warn"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append((blind, False))
+        scraped = {"job_name": "atlas-exporter", "static_configs": [{"targets": [
+            f"127.0.0.1:{exporter_port}", f"127.0.0.1:{dead_port}", f"127.0.0.1:{blind_port}"]}]}
         timing = {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"}
         prometheus, prom = _start_prometheus(tmp, "prometheus", {
-            "global": timing, "rule_files": _rules_copy(tmp, "scraper"), "scrape_configs": [target]})
+            "global": timing, "rule_files": _rules_copy(tmp, "scraper"), "scrape_configs": [scraped]})
         procs.append((prometheus, False))
         # The fleet: an agent scrapes and remote-writes every raw series to a central Prometheus,
         # which runs the recording and alert rules.
@@ -249,7 +260,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                                preexec_fn=no_core_dumps, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         assert one.wait(timeout=30) == -signal.SIGSEGV
         crashed_at = time.time()
-        yield {"prom": prom, "central": central_prom, "agent": agent_prom, "instance": f"127.0.0.1:{exporter_port}", "start": start,
+        yield {"prom": prom, "central": central_prom, "agent": agent_prom, "instance": f"127.0.0.1:{exporter_port}",
+               "dead": f"127.0.0.1:{dead_port}", "blind": f"127.0.0.1:{blind_port}", "start": start,
                "tmp": tmp, "hanger": hanger_bin is not None, "crashed_at": crashed_at}
     finally:
         for proc, group in reversed(procs):
@@ -265,8 +277,8 @@ def test_prometheus_scrapes_the_exporter(stack: dict[str, Any]) -> None:
     prom: Prom = stack["prom"]
     up = wait_for_series(prom, f'up{{instance="{stack["instance"]}"}} == 1')
     assert up[0]["metric"]["job"] == "atlas-exporter"
-    targets = prom.get("/api/v1/targets")["activeTargets"]
-    assert [t["health"] for t in targets] == ["up"], targets
+    targets = {t["labels"]["instance"]: t["health"] for t in prom.get("/api/v1/targets")["activeTargets"]}
+    assert targets[stack["instance"]] == "up", targets
     # two scrapes at least, so that rates have data
     wait_for_series(prom, 'count_over_time(atlas_exporter_build_info[1m]) >= 3')
     # what CPU as % of the host divides by
@@ -430,15 +442,31 @@ def _alert_names(path: str, metrics: tuple[str, ...]) -> set[str]:
             if "alert" in r and any(m in r["expr"] for m in metrics)}
 
 
-def _wait_for_alert(prom: Prom, names: set[str], app: str, timeout: float = 90.0) -> dict[str, Any]:
+def _wait_for_alert(prom: Prom, names: set[str], app: str | None, timeout: float = 90.0,
+                    **labels: str) -> dict[str, Any]:
     def active() -> dict[str, Any] | None:
         for alert in prom.get("/api/v1/alerts")["alerts"]:
             if (alert["labels"].get("alertname") in names and alert["labels"].get("app") == app
+                    and all(alert["labels"].get(k) == v for k, v in labels.items())
                     and alert["state"] in ("pending", "firing")):
                 return alert
         return None
 
-    return wait_for(active, timeout=timeout, interval=0.5, message=f"an alert of {sorted(names)} for {app}")
+    return wait_for(active, timeout=timeout, interval=0.5, message=f"an alert of {sorted(names)} for {app} {labels}")
+
+
+def test_a_dead_exporter_and_switched_off_detection_raise_alerts(stack: dict[str, Any]) -> None:
+    """Pending at once, firing after their `for` (5 and 30 minutes): the rules match real series."""
+    prom: Prom = stack["prom"]
+    down = _wait_for_alert(prom, {"AtlasExporterDown"}, None, instance=stack["dead"])
+    assert down["labels"]["severity"] == "critical"
+    for detection in ("crash", "hang"):
+        off = _wait_for_alert(prom, {"AtlasDetectionOff"}, None, instance=stack["blind"], detection=detection)
+        assert off["labels"]["severity"] == "critical"
+    # the healthy exporter raises neither
+    alerts = prom.get("/api/v1/alerts")["alerts"]
+    assert not [a for a in alerts if a["labels"].get("instance") == stack["instance"]
+                and a["labels"]["alertname"] in ("AtlasExporterDown", "AtlasDetectionOff")], alerts
 
 
 def test_crash_loop_raises_the_crash_alert(stack: dict[str, Any]) -> None:
