@@ -27,7 +27,7 @@ import yaml
 from atlas_exporter.config import parse_config
 from atlas_exporter.exporter.runtime import Exporter
 from atlas_exporter.sources.network_linux import find_cgroup2_root
-from tests.conftest import NOBODY, free_port, parse_exposition, wait_for
+from conftest import NOBODY, free_port, parse_exposition, wait_for
 
 pytestmark = [pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux /proc"), pytest.mark.slow]
 
@@ -355,3 +355,70 @@ def test_short_lived_programs_leave_slots_for_a_new_daemon(user: str, nobody_or_
         assert values["atlas_app_names_folded_total"] == 0
         assert not any(k.startswith("atlas_app_processes{") and "short-" in k for k in values)
         daemon.kill()
+
+
+FIRST = """\
+import os, socket, sys
+sock = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+sock.sendall(b"a" * int(sys.argv[2]))
+print("sent", flush=True)
+sys.stdin.readline()
+os.set_inheritable(sock.fileno(), True)
+python = os.path.realpath(sys.executable)  # python3 -> python3.11: the comm changes, as with most execs
+os.execv(python, [python, sys.argv[4], str(sock.fileno()), sys.argv[3]])
+"""
+SECOND = """\
+import socket, sys
+sock = socket.socket(fileno=int(sys.argv[1]))
+print("ready", flush=True)
+sys.stdin.readline()
+sock.sendall(b"b" * int(sys.argv[2]))
+sock.close()
+print("done", flush=True)
+sys.stdin.readline()
+"""
+
+
+@pytest.mark.parametrize("user", ["root", "nobody"])
+def test_a_socket_follows_its_owner_across_an_exec(user: str, nobody_or_none, shared_dir: Path,
+                                                   procs: Procs) -> None:
+    """A connection opened by a wrapper that then execs the real program: later bytes go to the program."""
+    first_app, second_app, server_app = f"atlas_wrap_{TAG}", f"atlas_prog_{TAG}", f"atlas_sink_{TAG}"
+    (shared_dir / f"{first_app}.py").write_text(FIRST)
+    (shared_dir / f"{second_app}.py").write_text(SECOND)
+    shutil.copy(PEER, shared_dir / f"{server_app}.py")
+    for path in shared_dir.glob("*.py"):
+        os.chmod(path, 0o644)
+    python, prefix = python_for(user), as_user(user)
+    before, after = 2_000_000, 6_000_000
+    # every collector: as root the proc connector's exec event renames the process at once; as nobody
+    # the next scan does, from its changed comm
+    with exporter_as(user, {}, nobody_or_none, shared_dir) as scraper:
+        server = procs.start([*prefix, python, str(shared_dir / f"{server_app}.py"), "recv", f"k{TAG}", "2"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd="/")
+        assert server.stdout is not None
+        port = server.stdout.readline().strip()
+        client = procs.start([*prefix, python, str(shared_dir / f"{first_app}.py"), port, str(before), str(after),
+                              str(shared_dir / f"{second_app}.py")],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd="/")
+        assert client.stdout is not None and client.stdin is not None
+        assert client.stdout.readline().strip() == "sent"
+        first_key = f'atlas_app_network_transmit_bytes_total{{app="{first_app}"}}'
+        second_key = f'atlas_app_network_transmit_bytes_total{{app="{second_app}"}}'
+        wait_for(lambda: abs(scraper.values().get(first_key, 0) - before) <= 0.01 * before, timeout=30,
+                 message="the wrapper's bytes")
+        client.stdin.write("go\n")
+        client.stdin.flush()
+        assert client.stdout.readline().strip() == "ready"  # exec'd: the same pid, the same socket
+        wait_for(lambda: f'atlas_app_processes{{app="{second_app}"}}' in scraper.values(), timeout=30,
+                 message="the program seen by a scan")
+        client.stdin.write("go\n")
+        client.stdin.flush()
+        assert client.stdout.readline().strip() == "done"
+
+        def settled() -> dict[str, float] | None:
+            values = scraper.values()
+            return values if abs(values.get(second_key, 0) - after) <= 0.01 * after else None
+
+        values = wait_for(settled, timeout=40, message=f"{after} bytes credited to {second_app}")
+        assert abs(values[first_key] - before) <= 0.01 * before

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -224,3 +225,105 @@ def test_a_gone_process_is_named_from_its_exec_never_from_its_parent() -> None:
     source._on_proc_event(ProcEvent("fork", 0, pid=502, tgid=502, parent_pid=500, parent_tgid=500))
     source._on_proc_event(ProcEvent("exit", 0, pid=502, tgid=502, exit_code=6))
     assert source.book.crashes() == {("crasher", "SIGSEGV"): 1, ("bash", "SIGABRT"): 1}
+
+
+# ----------------------------------------------------------------------------- network attribution
+
+class Owners:
+    """Socket owners by inode: a pid per inode, and each pid's current name (it may exec)."""
+
+    def __init__(self) -> None:
+        self.pid_of: dict[int, int] = {}
+        self.names: dict[int, str] = {}
+        self._last: int | None = None
+
+    def prepare(self, ns: int, sockets: list) -> None:
+        pass
+
+    def owner(self, ns: int, info) -> str | None:
+        self._last = self.pid_of.get(info.inode)
+        return self.names.get(self._last) if self._last is not None else None
+
+    def settled(self, ns: int, info) -> bool:
+        return True
+
+    def owner_id(self, ns: int, info) -> object | None:
+        return self._last
+
+    def name_of(self, owner: object) -> str | None:
+        return self.names.get(owner)  # type: ignore[call-overload]
+
+
+def tcp(cookie: int, acked: int, received: int, inode: int):
+    import socket as _socket
+
+    from atlas_exporter.sources.sockdiag_linux import TcpSocketInfo
+
+    return TcpSocketInfo(_socket.AF_INET, 1, 40000, 80, b"\x7f\0\0\1", 0, inode, cookie, acked, received, None)
+
+
+def test_a_socket_follows_its_owner_across_an_exec() -> None:
+    from atlas_exporter.sources.network_linux import SocketAccounts
+
+    owners = Owners()
+    owners.pid_of[9001] = 77
+    owners.names[77] = "sh"
+    acc = SocketAccounts(owners, lambda: 100.0)
+    acc.apply_dump(1, [tcp(1, 1000, 10, 9001)])
+    owners.names[77] = "server"  # exec'd, the socket inherited
+    acc.apply_dump(1, [tcp(1, 5000, 30, 9001)])
+    assert acc.totals() == {"sh": (10.0, 1000.0), "server": (20.0, 4000.0)}
+    del owners.names[77]  # the owner is gone, the socket lingers: its last name keeps it
+    acc.apply_dump(1, [tcp(1, 6000, 30, 9001)])
+    assert acc.totals()["server"] == (20.0, 5000.0)
+
+
+def test_network_apps_take_a_slot_when_first_credited() -> None:
+    from atlas_exporter.sources.network_linux import SocketAccounts
+
+    res = resolver(World(), max_apps=1)
+    owners = Owners()
+    owners.pid_of.update({9001: 1, 9002: 2, 9003: 3})
+    owners.names.update({1: "a", 2: "idle", 3: "b"})
+    acc = SocketAccounts(owners, lambda: 100.0, export=res.export)
+    acc.apply_dump(1, [tcp(1, 10, 0, 9001), tcp(2, 0, 0, 9002)])  # "idle" moved no byte: no slot
+    acc.apply_dump(1, [tcp(1, 10, 0, 9001), tcp(2, 0, 0, 9002), tcp(3, 5, 0, 9003)])
+    assert acc.totals() == {"a": (0.0, 10.0), OTHER: (0.0, 5.0)}
+    assert res.folded() == (1, 1)
+
+
+def test_a_cgroup_whose_processes_are_gone_still_names_its_app(tmp_path: Path) -> None:
+    from atlas_exporter.sources.network_linux import CgroupApps
+
+    world = World()
+    res = resolver(world)
+    root = tmp_path / "cgroup"
+    scope = root / "system.slice" / "backup.service"
+    scope.mkdir(parents=True)
+    (scope / "cgroup.procs").write_text("")  # the short job already exited
+    (root / "user.slice").mkdir()
+    (root / "user.slice" / "cgroup.procs").write_text("")
+    apps = CgroupApps(root, res)
+    assert apps.app_of(os.stat(scope).st_ino) == "backup"
+    assert apps.app_of(os.stat(root / "user.slice").st_ino) is None  # not an app's cgroup
+
+
+def test_tcp_opens_counter() -> None:
+    from atlas_exporter.sources.network_linux import parse_tcp_opens
+
+    snmp = ("Ip: Forwarding DefaultTTL\nIp: 1 64\n"
+            "Tcp: RtoAlgorithm RtoMin RtoMax MaxConn ActiveOpens PassiveOpens AttemptFails EstabResets CurrEstab "
+            "InSegs\nTcp: 1 200 120000 -1 120 31 2 4 6 9876\n")
+    assert parse_tcp_opens(snmp) == 151
+    assert parse_tcp_opens("Tcp: A B\nTcp: 1 2\n") is None
+
+
+def test_the_status_page_shows_the_fold() -> None:
+    from atlas_exporter.exporter.status import StatusPage
+    from atlas_exporter.model import Snapshot
+
+    res = resolver(World(), max_apps=2)
+    for name in ("a", "b", "c", "d"):
+        res.export(name)
+    page = StatusPage(lambda: Snapshot(wall_time=0.0, monotonic=1.0), list, folded=res.folded).render()
+    assert 'max_apps 2: 2 app names folded into "other"' in page

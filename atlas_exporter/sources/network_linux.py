@@ -60,6 +60,9 @@ PENDING_MAX_SECONDS = 30.0  # how long a socket's bytes wait for its owner to be
 NAMESPACE_RESCAN_SECONDS = 15.0
 YOUNG_PROCESS_SECONDS = 2.0
 CGROUP_CACHE_SECONDS = 30.0
+CGROUP_WALK_SECONDS = 1.0  # an unknown cgroup id walks the cgroup tree at most this often
+NEW_SOCKET_CHECK_SECONDS = 0.05  # between samples, how often the TCP open counters are read (one pread)
+EXTRA_DUMP_SHARE = 0.05  # the extra dumps for new connections use at most this share of the sampler's time
 
 
 class _Sock:
@@ -274,6 +277,8 @@ class SocketAccounts:
             elif st.pending:
                 st.pending = False
                 st.app = self._fallback(ns, info)
+            elif st.owner is not None:
+                self._follow(st)  # its last bytes go to its owner's name now
             self._credit(st, info.bytes_acked, info.bytes_received)
 
     def forget_namespace(self, ns: int) -> None:
@@ -338,6 +343,7 @@ class SocketInodeMap:
         self._fd_counts: dict[int, int] = {}
         self._first_seen: dict[int, float] = {}
         self._unresolvable: set[int] = set()
+        self._listed: set[int] = set()  # the pids of the last listing
         self.partial_walks = 0
         self.full_walks = 0
         self.denied = 0
@@ -345,11 +351,26 @@ class SocketInodeMap:
     def lookup(self, inode: int) -> int | None:
         return self._pid_of.get(inode)
 
-    def refresh(self, wanted: Iterable[int]) -> None:
+    def refresh(self, wanted: Iterable[int], *, new_processes_only: bool = False) -> None:
+        """Find the pids of the `wanted` inodes (see the class docstring).
+
+        `new_processes_only` reads only the fd folders of processes that appeared since the last
+        refresh or are still young: what the quick dumps for new connections can afford.
+        """
         missing = {i for i in wanted if i and i not in self._pid_of and i not in self._unresolvable}
         if not missing:
             return
         pids = self._pids()
+        if new_processes_only:
+            now = self._clock()
+            listed, first = self._listed, not self._listed
+            for pid in pids:
+                if pid not in listed:
+                    self._first_seen.setdefault(pid, float("-inf") if first else now)
+                if now - self._first_seen.get(pid, float("-inf")) < YOUNG_PROCESS_SECONDS:
+                    self._read_fds(pid, missing)
+            self._listed = set(pids)
+            return
         now = self._clock()
         counts: dict[int, int] = {}
         first_seen: dict[int, float] = {}
@@ -367,6 +388,7 @@ class SocketInodeMap:
                 changed.append(pid)
         self._fd_counts = counts
         self._first_seen = first_seen
+        self._listed = set(pids)
         self.partial_walks += 1
         for pid in changed:
             self._read_fds(pid, missing)
@@ -472,7 +494,7 @@ class CgroupApps:
         if cached is not None and now - cached[1] < CGROUP_CACHE_SECONDS:
             return cached[0]
         path = self._paths.get(cgroup_id)
-        if path is None and now - self._walked >= CGROUP_CACHE_SECONDS:
+        if path is None and now - self._walked >= CGROUP_WALK_SECONDS:
             self._walk(now)
             self._walked = now
             path = self._paths.get(cgroup_id)
@@ -526,8 +548,8 @@ class _Owners:
         self._app_of_id = getattr(naming, "app_of_id", None)
         self._last_pid: int | None = None
 
-    def prepare(self, ns: int, sockets: list[TcpSocketInfo]) -> None:
-        self._inodes.refresh(info.inode for info in sockets)
+    def prepare(self, ns: int, sockets: list[TcpSocketInfo], *, quick: bool = False) -> None:
+        self._inodes.refresh((info.inode for info in sockets), new_processes_only=quick)
 
     def owner(self, ns: int, info: TcpSocketInfo) -> str | None:
         self._last_pid = None
@@ -573,6 +595,8 @@ class _Namespace:
         self.diag = open_diag()
         self.destroy = destroy
         self.last_key: tuple[object, ...] | None = None
+        self.opens: int | None = None  # TCP ActiveOpens + PassiveOpens at the last change_key()
+        self.dumped_opens: int | None = None  # ... at the last dump
         self._key_fds: list[int] | None = None
 
     def change_key(self) -> tuple[object, ...] | None:
@@ -587,8 +611,20 @@ class _Namespace:
             texts = [os.pread(fd, 16384, 0).decode("ascii", "replace") for fd in self._key_fds]
         except OSError:
             self._close_key_fds()
+            self.opens = None
             return None
+        self.opens = parse_tcp_opens(texts[0])
         return change_key(texts[0], texts[1], texts[2] if len(texts) > 2 else "")
+
+    def opens_now(self) -> int | None:
+        """TCP connections ever opened in this namespace, from `snmp` alone (one pread)."""
+        if self._key_fds is None:
+            self.change_key()
+        try:
+            return parse_tcp_opens(os.pread(self._key_fds[0], 16384, 0).decode("ascii", "replace")) \
+                if self._key_fds else None
+        except OSError:
+            return None
 
     def _close_key_fds(self) -> None:
         for fd in self._key_fds or ():
@@ -620,6 +656,23 @@ def parse_tcp_in_segs(snmp: str) -> int | None:
             continue
         try:
             return int(fields[header.index("InSegs")])
+        except (ValueError, IndexError):
+            return None
+    return None
+
+
+def parse_tcp_opens(snmp: str) -> int | None:
+    """`ActiveOpens` + `PassiveOpens` of `/proc/net/snmp`: TCP connections ever opened in the namespace."""
+    header: list[str] | None = None
+    for line in snmp.splitlines():
+        if not line.startswith("Tcp:"):
+            continue
+        fields = line.split()[1:]
+        if header is None:
+            header = fields
+            continue
+        try:
+            return int(fields[header.index("ActiveOpens")]) + int(fields[header.index("PassiveOpens")])
         except (ValueError, IndexError):
             return None
     return None
@@ -702,6 +755,8 @@ class LinuxNetworkSource:
         self._namespaces_scanned = float("-inf")
         self._clock = clock
         self.lost_events = 0
+        self.extra_dumps = 0
+        self._next_extra = float("-inf")
         self.samples = 0
         self.dumps = 0
         self.errors = 0
@@ -757,26 +812,49 @@ class LinuxNetworkSource:
     # --- sampling --------------------------------------------------------------------------------
 
     def _sampler(self) -> None:
-        while not self._stop.wait(self._interval):
+        check = min(NEW_SOCKET_CHECK_SECONDS, self._interval)
+        next_sample = time.monotonic() + self._interval
+        while not self._stop.wait(check):
             try:
-                self.sample()
+                now = time.monotonic()
+                if now >= next_sample:
+                    next_sample = now + self._interval
+                    self.sample()
+                elif now >= self._next_extra:
+                    self.sample(new_connections_only=True)
             except Exception:  # a thread boundary: log with context and keep sampling
                 self.errors += 1
                 log.exception("network: sampling failed")
 
-    def sample(self) -> None:
-        """Dump every namespace whose TCP InSegs moved since its last dump and apply the results."""
+    def sample(self, *, new_connections_only: bool = False) -> None:
+        """Dump every namespace whose TCP InSegs moved since its last dump and apply the results.
+
+        With `new_connections_only` (the sampler's checks between samples), only namespaces where
+        a TCP connection was opened since their last dump are dumped, so that short-lived
+        connections are seen alive (inode, cgroup id) before they close. These extra dumps take
+        at most `EXTRA_DUMP_SHARE` of the sampler's time: after one that took d seconds, the next
+        waits d / EXTRA_DUMP_SHARE.
+        """
         with self._sample_lock:
-            self.samples += 1
+            if not new_connections_only:
+                self.samples += 1
             if self._all_namespaces and self._clock() - self._namespaces_scanned >= NAMESPACE_RESCAN_SECONDS:
                 self._namespaces_scanned = self._clock()
                 self._scan_namespaces()
             with self._lock:
                 spaces = list(self._namespaces.values())
+            started = time.perf_counter()
             for space in spaces:
+                if new_connections_only:
+                    opens = space.opens_now()
+                    if opens is None or opens == space.dumped_opens:
+                        continue
                 key = space.change_key()
-                if key is not None and key == space.last_key:
+                if not new_connections_only and key is not None and key == space.last_key:
                     continue
+                space.dumped_opens = space.opens
+                if new_connections_only:
+                    self.extra_dumps += 1
                 try:
                     sockets = space.diag.dump_tcp()
                 except OSError as err:
@@ -799,13 +877,15 @@ class LinuxNetworkSource:
                 with self._lock:
                     need = self.accounts.needing_owner(space.ns, sockets)
                 if need:  # the fd walks run outside the lock, so scrapes never wait for them
-                    self._owners.prepare(space.ns, need)
+                    self._owners.prepare(space.ns, need, quick=new_connections_only)
                 with self._lock:
                     self.accounts.apply_dump(space.ns, sockets, prepare=False)
                     self.malformed = sum(s.diag.malformed + (s.destroy.malformed if s.destroy else 0)
                                          for s in self._namespaces.values())
                     if self.inodes.size() > 2 * self.accounts.live_count() + 1024:
                         self.inodes.retain(self.accounts.live_inodes())
+            if new_connections_only:
+                self._next_extra = time.monotonic() + (time.perf_counter() - started) / EXTRA_DUMP_SHARE
 
     def _scan_namespaces(self) -> None:
         """Open sockets in every network namespace some process is in; close vanished ones (root)."""
