@@ -327,3 +327,27 @@ def test_the_status_page_shows_the_fold() -> None:
         res.export(name)
     page = StatusPage(lambda: Snapshot(wall_time=0.0, monotonic=1.0), list, folded=res.folded).render()
     assert 'max_apps 2: 2 app names folded into "other"' in page
+
+
+def test_a_gone_thread_waits_for_its_exit_event_to_find_its_process(tmp_path: Path) -> None:
+    from atlas_exporter.sources.crash_linux import ProcEvent
+
+    now = [100.0]
+    source = LinuxCrashSource({4242: "server"}.get, procfs=tmp_path, use_connector=False, clock=lambda: 5000.0,
+                              monotonic=lambda: now[0])
+    source._connector = object()  # type: ignore[assignment]  # events are fed by hand below
+    # the thread (born before the exporter started) and its process are gone when the line is read
+    source._on_kmsg("6,1234,99000000,-;worker-thr[4250]: segfault at 0 ip 00007f sp 00007ffd error 4 in x[1+2]")
+    assert source.book.crashes() == {}
+    source._on_proc_event(ProcEvent("exit", 99_000_000_000, pid=4250, tgid=4242, exit_code=11))
+    source._on_proc_event(ProcEvent("exit", 99_000_000_000, pid=4242, tgid=4242, exit_code=11))
+    source._count_waiting_kmsg()
+    assert source.book.crashes() == {("server", "SIGSEGV"): 1}
+    # a line no event ever maps is counted under its own comm once it has waited long enough
+    source._on_kmsg("6,1240,99000100,-;lonely[7777]: segfault at 0 ip 00007f sp 00007ffd error 4 in x[1+2]")
+    source._count_waiting_kmsg()
+    assert ("lonely", "SIGSEGV") not in source.book.crashes()
+    now[0] += 5
+    source._count_waiting_kmsg()
+    assert source.book.crashes()[("lonely", "SIGSEGV")] == 1
+    source._connector = None

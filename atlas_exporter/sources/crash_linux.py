@@ -86,6 +86,8 @@ OTHER_APP = "other"  # the label of what has no series of its own (the `max_apps
 COREDUMP_DIR = Path("/var/lib/systemd/coredump")
 APPORT_DIR = Path("/var/crash")
 KMSG = Path("/dev/kmsg")
+KMSG_WAIT_SECONDS = 1.0  # how long a gone thread's kernel-log crash waits for its exit event
+MAX_KMSG_WAITING = 1024
 MAX_REPORT_BYTES = 1024 * 1024  # apport headers are read up to here; a core dump is never read
 
 # --- netlink / proc connector constants (linux/netlink.h, linux/connector.h, linux/cn_proc.h)
@@ -681,6 +683,8 @@ class LinuxCrashSource:
         self._wake_r, self._wake_w = -1, -1
         self._thread: threading.Thread | None = None
         self._last_rescan = float("-inf")
+        # kernel-log crashes of threads already gone, waiting for the exit events that map them
+        self._kmsg_waiting: list[tuple[float, KernelCrash]] = []
         self._last_poll = float("-inf")
         # naming at exec costs ~0.3 ms; in an exec storm the budget runs out and the
         # rest are named at exit (resolver cache, else the zombie's comm)
@@ -830,7 +834,8 @@ class LinuxCrashSource:
             fds.append(self._connector.fileno())
         if self._kmsg_fd is not None:
             fds.append(self._kmsg_fd)
-        ready, _, _ = select.select(fds, [], [], self.poll_interval_seconds)
+        timeout = KMSG_WAIT_SECONDS / 4 if self._kmsg_waiting else self.poll_interval_seconds
+        ready, _, _ = select.select(fds, [], [], timeout)
         if self._stop.is_set():
             return
         if self._connector is not None and self._connector.fileno() in ready:
@@ -839,6 +844,8 @@ class LinuxCrashSource:
         if self._kmsg_fd is not None and self._kmsg_fd in ready:
             for record in read_kmsg(self._kmsg_fd):
                 self._on_kmsg(record)
+        if self._kmsg_waiting:
+            self._count_waiting_kmsg()
         now_mono = self.monotonic()
         if not ready or now_mono - self._last_poll >= self.poll_interval_seconds:
             self._last_poll = now_mono
@@ -988,15 +995,18 @@ class LinuxCrashSource:
         """The app of a process known only by its comm now, else `unknown` (through the resolver)."""
         return self.naming.app_for_name(self._comm_bytes(pid) or UNKNOWN_APP)
 
-    def _tgid(self, tid: int) -> int:
-        """The process of a thread id: the fork event's answer, else `/proc/<tid>/status`, else tid."""
+    def _tgid(self, tid: int) -> int | None:
+        """The process of a thread id: the fork or exit event's answer, else `/proc/<tid>/status`.
+
+        None when neither knows (the thread is gone and no event named it).
+        """
         known = self.pids.tgid_known(tid)
         if known is not None:
             return known
         tgid = read_tgid(self.procfs, tid)
         if tgid is not None and tgid != tid:
             self.pids.learn_thread(tid, tgid)
-        return tgid or tid
+        return tgid
 
     def _on_kmsg(self, record: str) -> None:
         try:
@@ -1016,6 +1026,23 @@ class LinuxCrashSource:
                      crash.pid, live_comm, crash.comm)
             return
         pid = self._tgid(crash.pid)  # a thread's line counts for its process
+        if pid is None and self._connector is not None and len(self._kmsg_waiting) < MAX_KMSG_WAITING:
+            # gone already: the exit events of its threads, read next, will say whose thread it was
+            self._kmsg_waiting.append((self.monotonic() + KMSG_WAIT_SECONDS, crash))
+            return
+        self._count_kmsg(crash, pid if pid is not None else crash.pid)
+
+    def _count_waiting_kmsg(self) -> None:
+        now = self.monotonic()
+        waiting, self._kmsg_waiting = self._kmsg_waiting, []
+        for deadline, crash in waiting:
+            pid = self.pids.tgid_known(crash.pid)
+            if pid is not None or now >= deadline:
+                self._count_kmsg(crash, pid if pid is not None else crash.pid)
+            else:
+                self._kmsg_waiting.append((deadline, crash))
+
+    def _count_kmsg(self, crash: KernelCrash, pid: int) -> None:
         app = self.pids.app(pid) or self._resolve(pid) or self.naming.app_for_name(kmsg_unescape(crash.comm))
         when = self.clock() - max(0.0, self.monotonic() - crash.monotonic_seconds)
         self._record(CrashEvent(source="kernel_log", time=when, reason=crash.reason, app=app, pid=pid,
