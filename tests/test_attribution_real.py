@@ -187,7 +187,7 @@ def test_exec_chain_crashes_count_under_the_program(shared_dir: Path) -> None:
             proc = subprocess.Popen(argv, preexec_fn=_no_core, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             assert proc.wait(timeout=60) == -signal.SIGSEGV
         wait_for(lambda: crash.book.crashes().get((app, "SIGSEGV"), 0) >= len(runs), timeout=30,
-                 message=f"{len(runs)} crashes of {app}")
+                 message=f"{len(runs)} crashes of {app} (crashes now: {crash.book.crashes()})")
         time.sleep(1.5)  # a kernel-log copy of the same crashes must not add to them
         after = crash.book.crashes()
         assert after[(app, "SIGSEGV")] == len(runs)

@@ -351,3 +351,22 @@ def test_a_gone_thread_waits_for_its_exit_event_to_find_its_process(tmp_path: Pa
     source._count_waiting_kmsg()
     assert source.book.crashes()[("lonely", "SIGSEGV")] == 1
     source._connector = None
+
+
+def test_over_the_naming_budget_an_exec_is_captured_and_named_only_if_it_crashes() -> None:
+    from atlas_exporter.sources.crash_linux import ProcEvent
+
+    world = World()
+    res = resolver(world)
+    source = LinuxCrashSource(res, use_connector=False, clock=lambda: 5000.0, monotonic=lambda: 100.0,
+                              names_per_second=1.0)
+    named_before = world.reads
+    for pid in range(600, 606):  # an exec storm: one name a second, five captures
+        world.add(pid, "python3", cmdline=("python3", f"/srv/job{pid}.py"))
+        source._on_proc_event(ProcEvent("exec", 0, pid=pid, tgid=pid))
+    assert world.reads - named_before == 6  # one named, five captured: identities read, not named
+    for pid in range(600, 606):
+        del world.idents[ProcessId(pid, 1)]  # all reaped before their exits are read
+        source._on_proc_event(ProcEvent("exit", 0, pid=pid, tgid=pid, exit_code=11 if pid == 603 else 0))
+    assert source.book.crashes() == {("job603", "SIGSEGV"): 1}
+    assert source.pids.captured(601) is None  # nothing kept after the exits

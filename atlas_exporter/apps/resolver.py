@@ -274,6 +274,15 @@ class AppResolver:
         entry = self._resolve(pid, None, scanned=False)
         return entry.name if entry is not None else None
 
+    def capture(self, pid: int) -> ProcIdentity | None:
+        """The identity of a live pid, read now and named later (`app_for_identity`), not cached.
+
+        For exec storms: reading costs a fraction of naming, so a watcher can keep what only a live
+        process shows (cmdline, exe) and name it only if it crashes.
+        """
+        token, _comm = self._token(pid)
+        return self.source.identity(token) if token is not None else None
+
     def token_of(self, pid: int) -> ProcessId | None:
         """The identity of a live pid (None when gone or a kernel thread)."""
         return self._token(pid)[0]
@@ -294,8 +303,8 @@ class AppResolver:
         return self.app_for_identity(ProcIdentity(comm=comm, exe=exe or None))
 
     def app_for_identity(self, ident: ProcIdentity) -> str:
-        """The folded app of an identity read from a report rather than from a live process."""
-        return self.export(clean_name(self.namer.name(ident)))
+        """The folded app of an identity read from a report (or captured earlier), not from a live process."""
+        return self.export(clean_name(self.namer.name(ident, self.parent_app(ident))))
 
     def app_of_cgroup(self, cgroup: str) -> str | None:
         """The name of the app a cgroup path stands for (its processes are gone), not folded."""

@@ -68,7 +68,7 @@ from atlas_exporter.apps.crashes import (
 )
 from atlas_exporter.apps.resolver import AppNaming, as_naming
 from atlas_exporter.config import Config
-from atlas_exporter.model import AppOfPid, Snapshot, Source, SourceStatus, clean_label
+from atlas_exporter.model import AppOfPid, ProcIdentity, Snapshot, Source, SourceStatus, clean_label
 from atlas_exporter.sources.oom_linux import CgroupOomWatcher, MemoryRoot
 from atlas_exporter.sources.process_linux import CAP_NET_ADMIN, parse_capabilities, privilege_of
 
@@ -86,6 +86,8 @@ OTHER_APP = "other"  # the label of what has no series of its own (the `max_apps
 COREDUMP_DIR = Path("/var/lib/systemd/coredump")
 APPORT_DIR = Path("/var/crash")
 KMSG = Path("/dev/kmsg")
+MAX_CAPTURED = 4096
+CAPTURES_PER_NAME = 5  # over the naming budget, this many times as many execs are read (not named)
 KMSG_WAIT_SECONDS = 1.0  # how long a gone thread's kernel-log crash waits for its exit event
 MAX_KMSG_WAITING = 1024
 MAX_REPORT_BYTES = 1024 * 1024  # apport headers are read up to here; a core dump is never read
@@ -461,6 +463,8 @@ class PidApps:
         self._apps: dict[int, str] = {}
         self._threads: dict[int, int] = {}
         self._dead: dict[int, float] = {}
+        # identities read at exec but not named (over the naming budget): named only if they crash
+        self._captured: dict[int, ProcIdentity] = {}
 
     def learn(self, pid: int, app: str) -> None:
         self._apps[pid] = app
@@ -472,7 +476,20 @@ class PidApps:
     def forget(self, pid: int) -> None:
         """The process changed (exec) and could not be named again: drop its old name."""
         self._apps.pop(pid, None)
+        self._captured.pop(pid, None)
         self._dead.pop(pid, None)
+
+    def capture(self, pid: int, ident: ProcIdentity) -> None:
+        self._captured[pid] = ident
+        if len(self._captured) > MAX_CAPTURED:  # exits lost in an overrun: the oldest go
+            del self._captured[next(iter(self._captured))]
+
+    def captured(self, pid: int) -> ProcIdentity | None:
+        return self._captured.get(pid)
+
+    def exited(self, pid: int) -> None:
+        """A process exit was handled: what was captured for it is not needed any more."""
+        self._captured.pop(pid, None)
 
     def learn_thread(self, tid: int, tgid: int) -> None:
         self._threads[tid] = tgid
@@ -691,6 +708,8 @@ class LinuxCrashSource:
         self.names_per_second = names_per_second
         self._name_budget = names_per_second
         self._budget_at = float("-inf")
+        self._capture_budget = CAPTURES_PER_NAME * names_per_second
+        self._capture_at = float("-inf")
 
     # -- lifecycle
 
@@ -902,6 +921,9 @@ class LinuxCrashSource:
             # the parent's name no longer applies, whether or not the new program can be named now
             self.pids.forget(event.pid)
             if not self._take_name_budget():
+                # an exec storm: keep what only the live process shows, name it if it crashes
+                if self._take_capture_budget():
+                    self._capture(event.pid)
                 return
             app = self._resolve(event.pid, exec_=True)
             if app is not None:
@@ -925,6 +947,7 @@ class LinuxCrashSource:
                     when = self.clock() - max(0.0, now - event.timestamp_ns / 1e9)
                     self._record(CrashEvent(source="proc_connector", time=when, reason=reason, app=app,
                                             pid=event.pid))
+            self.pids.exited(event.pid)
             self.pids.died(event.pid, now)
 
     def _app_at_exit(self, pid: int, *, crashed: bool) -> str:
@@ -936,8 +959,28 @@ class LinuxCrashSource:
         """
         app = self.pids.app(pid)
         if app is None and crashed:
-            app = self._resolve(pid)
+            captured = self.pids.captured(pid)
+            app = self._name_captured(captured) if captured is not None else self._resolve(pid)
         return app or self._comm(pid)
+
+    def _capture(self, pid: int) -> None:
+        capture = getattr(self.naming, "capture", None)
+        if capture is None:
+            return
+        try:
+            ident = capture(pid)
+        except Exception:  # a failed read must not stop the watcher
+            log.debug("capturing pid %d failed", pid, exc_info=True)
+            return
+        if ident is not None:
+            self.pids.capture(pid, ident)
+
+    def _name_captured(self, ident: ProcIdentity) -> str | None:
+        try:
+            return self.naming.app_for_identity(ident)  # type: ignore[attr-defined]
+        except Exception:  # a naming failure must not stop the watcher
+            log.debug("naming a captured identity failed", exc_info=True)
+            return None
 
     def _exit_label(self, app: str, outcome: str) -> str:
         """The `app` label of an exit.
@@ -967,6 +1010,16 @@ class LinuxCrashSource:
         for app, kills in self._oom.poll():
             for _ in range(kills):
                 self._record(CrashEvent(source="cgroup_oom", time=now, reason=OOM_KILL, app=app))
+
+    def _take_capture_budget(self) -> bool:
+        now = self.monotonic()
+        rate = CAPTURES_PER_NAME * self.names_per_second
+        self._capture_budget = min(rate, self._capture_budget + (now - self._capture_at) * rate)
+        self._capture_at = now
+        if self._capture_budget < 1.0:
+            return False
+        self._capture_budget -= 1.0
+        return True
 
     def _take_name_budget(self) -> bool:
         now = self.monotonic()
