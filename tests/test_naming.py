@@ -228,6 +228,7 @@ def test_node_package_json_name_wins() -> None:
     ("cd /srv/billing; exec env PYTHONUNBUFFERED=1 nohup nice -n 5 python3 -u main.py", "billing"),
     ("FOO=1 BAR=2 timeout -s KILL 300 /usr/local/bin/backup --all", "backup"),
     ("bash /opt/jobs/job.sh", "job"),
+    ("sudo -u app -E /usr/local/bin/reindex --all", "reindex"),
     ("/opt/jobs/job.sh 2>&1 | logger -t job", "job"),
     ("sleep 5; ./worker --queue mail", "worker"),
     ("set -e\nexport A=1\n. venv/bin/activate\npython3 -m celery -A proj worker", "celery"),

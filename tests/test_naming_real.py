@@ -99,6 +99,16 @@ class World:
             except ProcessLookupError:
                 pass
             proc.wait(timeout=30)
+        # and anything still running from the scenarios' folder (detached children, whatever
+        # became of their process groups)
+        marker = str(self.root).encode()
+        for name in os.listdir("/proc"):
+            if name.isdigit():
+                try:
+                    if marker in Path(f"/proc/{name}/cmdline").read_bytes():
+                        os.kill(int(name), signal.SIGKILL)
+                except OSError:
+                    pass
 
 
 def tree_size(pid: int) -> int:
@@ -185,6 +195,7 @@ def start_scenarios(w: World) -> None:
     w.write(f"mod/pkg{tag}/__init__.py", "")
     w.write(f"mod/pkg{tag}/svc.py", SLEEPER)
     w.start([*py, "-m", f"pkg{tag}.svc"], cwd=w.root / "mod")
+    w.start([*py, "-m", "http.server", "0", "--bind", "127.0.0.1"], cwd=w.root, ready=False)
     # main.py by a relative path, by an absolute one, and by ./ after a cd in a shell
     folder = w.root / f"svc{tag}"
     w.write(f"svc{tag}/main.py", SLEEPER)
@@ -240,6 +251,8 @@ def test_sh_c_wrapper_and_its_program_are_one_app(world: World) -> None:
 
 def test_python_m_is_named_by_its_module(world: World) -> None:
     assert world.processes(f"pkg{world.tag}.svc") == 1
+    assert world.processes("http.server") >= 1  # others on the machine may serve too
+    assert world.processes("http") == 0
 
 
 def test_main_py_by_relative_and_absolute_path_gives_one_app(world: World) -> None:

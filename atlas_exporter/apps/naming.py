@@ -101,6 +101,7 @@ _MP_HELPER_CODE = re.compile(r"^\s*from\s+(multiprocessing|billiard|joblib\.exte
                              r"\.\w+\s+import\b")
 _MP_HELPER_MODULES = ("joblib.externals.loky.backend.", "loky.backend.")  # loky starts its workers with -m
 
+
 def unit_of_cgroup(cgroup: str | None) -> str | None:
     """The deepest systemd unit in a cgroup path that names an application, else None."""
     if not cgroup or cgroup == "/":
@@ -134,8 +135,6 @@ def app_of_unit(unit: str) -> str | None:
         if name.count(".") >= 2:  # reverse-DNS application id: org.mozilla.firefox
             name = name.rsplit(".", 1)[1]
     return name or None
-
-
 
 
 def _has_short_flag(args: Sequence[str], flag: str) -> bool:
@@ -318,14 +317,15 @@ def _node_app(interpreter: str, ident: ProcIdentity) -> str | None:
 _PREFIX_COMMANDS = {"exec": set(), "nohup": set(), "setsid": set(), "env": {"-u", "--unset", "-C", "--chdir"},
                     "nice": {"-n", "--adjustment"}, "ionice": {"-c", "-n", "-p", "-t"}, "stdbuf": set(),
                     "chrt": set(), "taskset": set(), "time": set(), "command": set(), "builtin": set(),
-                    "timeout": {"-s", "--signal", "-k", "--kill-after"}, "flock": {"-w", "--timeout", "-E"}}
+                    "timeout": {"-s", "--signal", "-k", "--kill-after"}, "flock": {"-w", "--timeout", "-E"},
+                    "sudo": {"-u", "--user", "-g", "--group", "-C", "-D", "-h", "-p", "-r", "-t", "-U", "-T"}}
 _TAKES_ONE_OPERAND = {"timeout", "chrt", "taskset", "flock"}  # a duration, priority, cpu mask or lock file
 # commands that set things up and are not the program a wrapper runs
 _SETUP_COMMANDS = frozenset({"cd", "export", "set", "unset", "umask", "ulimit", ":", "true", "false", "trap",
                              "echo", "printf", "sleep", "test", "[", "[[", "wait", "read", "shift", "local",
                              "source", ".", "mkdir", "rm", "touch", "cp", "mv", "ln", "chmod", "chown", "date",
                              "cat", "tee", "logger", "!", "{", "}", "if", "then", "else", "elif", "fi", "while",
-                             "until", "do", "done", "alias", "declare", "typeset", "readonly", "cleanup"})
+                             "until", "do", "done", "alias", "declare", "typeset", "readonly"})
 _KEYWORDS = frozenset({"if", "then", "else", "elif", "while", "until", "do", "!", "{", "time"})
 _SEPARATORS = frozenset({";", "&&", "||", "|", "&", "(", ")", "((", "))", ";;", "|&", ";&"})
 _REDIRECTS = frozenset({">", ">>", "<", "<<", "<<<", ">&", "<&", "&>", "&>>", ">|", "<>"})
