@@ -104,6 +104,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as err:
         return _fail(f"{err} (see --help)", 2)
     setup_logging(args.log_level)
+    if hasattr(signal, "SIGHUP") and threading.current_thread() is threading.main_thread():
+        # Until serving starts, a SIGHUP is logged, never fatal.
+        signal.signal(signal.SIGHUP, lambda *_: log.info("SIGHUP while starting: ignored"))
     try:
         return run(args)
     except KeyboardInterrupt:
