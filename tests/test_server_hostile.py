@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import errno
+import http.client
 import logging
 import os
 import re
@@ -13,6 +14,7 @@ import resource
 import secrets
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -528,3 +530,29 @@ def test_at_the_cap_a_client_that_stopped_reading_makes_room():
             assert scraper.recv(65536).startswith(b"HTTP/1.1 200 ")
         assert srv.evicted_connections == 1 and srv.rejected_connections == 0
         assert _poll(lambda: len(srv._stalled) == 1)  # the oldest stalled one was closed, not the newer
+
+
+def test_reload_swaps_certificates_for_new_connections(certs, tmp_path):
+    from atlas_exporter.exporter.webconfig import WebConfigError
+
+    renewed = make_certs(tmp_path / "renewed")
+    first, second = tmp_path / "first.yml", tmp_path / "second.yml"
+    for path, pair in ((first, certs), (second, renewed)):
+        path.write_text(f"tls_server_config:\n  cert_file: {pair.server_cert}\n  key_file: {pair.server_key}\n")
+    with serving(web_config=load_web_config(first)) as srv:
+        port = srv.address[1]
+        before = http.client.HTTPSConnection("127.0.0.1", port, timeout=15, context=client_context(certs))
+        try:
+            before.request("GET", "/metrics")
+            assert before.getresponse().read() == METRICS_BODY
+            srv.reload(load_web_config(second))
+            assert request(port, context=client_context(renewed))[0] == 200
+            with pytest.raises(ssl.SSLError):
+                request(port, context=client_context(certs))
+            before.request("GET", "/metrics")  # a connection made before the reload goes on
+            assert before.getresponse().read() == METRICS_BODY
+        finally:
+            before.close()
+        with pytest.raises(WebConfigError, match="TLS cannot be turned on or off without a restart"):
+            srv.reload(None)
+        assert request(port, context=client_context(renewed))[0] == 200
