@@ -184,16 +184,24 @@ def test_vanished_namespace_gets_its_last_bytes_and_lost_events(tmp_path: Path) 
     assert source.lost_events == 2
 
 
+def apply_sample(source: LinuxNetworkSource, sockets: list) -> None:
+    """What the sampler does with one dump: apply it under the lock, then publish it to scrapes."""
+    with source._lock:
+        source._apply_retired()
+        source.accounts.apply_dump(NS, sockets)
+        source._publish()
+
+
 def test_retire_drops_an_apps_totals_and_a_returning_app_starts_from_zero(tmp_path: Path) -> None:
     for pid, inode in ((10, 1001), (20, 1002)):
         (tmp_path / str(pid) / "fd").mkdir(parents=True)
         os.symlink(f"socket:[{inode}]", tmp_path / str(pid) / "fd" / "3")
     names = {10: "web", 20: "db"}
     source = LinuxNetworkSource(names.get, procfs=tmp_path, euid=0)
-    source.accounts.apply_dump(NS, [sock(1, 100, 10, inode=1001), sock(2, 0, 5, inode=1002)])
+    apply_sample(source, [sock(1, 100, 10, inode=1001), sock(2, 0, 5, inode=1002)])
     assert source.app_totals() == {"web": (10.0, 100.0), "db": (5.0, 0.0)}
     source.retire(["web", "never-seen"])
     assert source.app_totals() == {"db": (5.0, 0.0)}
     assert source.unattributed() == (0.0, 0.0)  # retired bytes do not move elsewhere
-    source.accounts.apply_dump(NS, [sock(1, 150, 10, inode=1001), sock(2, 0, 5, inode=1002)])
+    apply_sample(source, [sock(1, 150, 10, inode=1001), sock(2, 0, 5, inode=1002)])
     assert source.app_totals() == {"web": (0.0, 50.0), "db": (5.0, 0.0)}

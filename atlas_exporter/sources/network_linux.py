@@ -549,7 +549,23 @@ class _Owners:
         self._last_pid: int | None = None
 
     def prepare(self, ns: int, sockets: list[TcpSocketInfo], *, quick: bool = False) -> None:
+        """Runs outside the accounts' lock: the fd walks, and the lookups `owner` will repeat.
+
+        Naming a pid (the resolver reads its identity once) and answering a cgroup id (a walk
+        of the cgroup tree, then `cgroup.procs`) are slow; done here, their answers are cached
+        and `owner`, called under the lock, only looks them up.
+        """
         self._inodes.refresh((info.inode for info in sockets), new_processes_only=quick)
+        for info in sockets:
+            pid = self._inodes.lookup(info.inode) if info.inode else None
+            if pid is not None:
+                try:
+                    if self._app_of_pid(pid) is not None:
+                        continue
+                except Exception:  # a naming failure is the owner lookup's to report, not this warm-up's
+                    log.debug("naming pid %d failed", pid, exc_info=True)
+            if self._cgroups is not None and info.cgroup_id:
+                self._cgroups.app_of(info.cgroup_id)
 
     def owner(self, ns: int, info: TcpSocketInfo) -> str | None:
         self._last_pid = None
@@ -754,6 +770,10 @@ class LinuxNetworkSource:
         self._netns_error = ""
         self._namespaces_scanned = float("-inf")
         self._clock = clock
+        # what scrapes read, replaced (never changed) under the lock after each change of the
+        # accounts: a scrape never waits for the sampler or the listener
+        self._published: tuple[dict[str, tuple[float, float]], tuple[float, float]] = ({}, (0.0, 0.0))
+        self._retired: list[str] = []  # apps to drop, applied by the sampler under its lock
         self.lost_events = 0
         self.extra_dumps = 0
         self._next_extra = float("-inf")
@@ -876,10 +896,12 @@ class LinuxNetworkSource:
                 space.last_key = key
                 with self._lock:
                     need = self.accounts.needing_owner(space.ns, sockets)
-                if need:  # the fd walks run outside the lock, so scrapes never wait for them
+                if need:  # the fd walks and owner lookups run outside the lock (`owner` then hits caches)
                     self._owners.prepare(space.ns, need, quick=new_connections_only)
                 with self._lock:
+                    self._apply_retired()
                     self.accounts.apply_dump(space.ns, sockets, prepare=False)
+                    self._publish()
                     self.malformed = sum(s.diag.malformed + (s.destroy.malformed if s.destroy else 0)
                                          for s in self._namespaces.values())
                     if self.inodes.size() > 2 * self.accounts.live_count() + 1024:
@@ -930,6 +952,7 @@ class LinuxNetworkSource:
                 finally:
                     space.close()
                     self.accounts.forget_namespace(ino)
+                    self._publish()
 
     def _listener(self) -> None:
         while not self._stop.is_set():
@@ -977,26 +1000,40 @@ class LinuxNetworkSource:
             self.lost_events += overflows
             if sockets:
                 self.accounts.apply_destroyed(space.ns, sockets)
+                self._publish()
 
     # --- reporting -------------------------------------------------------------------------------
 
+    def _publish(self) -> None:
+        """Replace what scrapes read (called with the lock held)."""
+        self._published = (self.accounts.totals(), (self.accounts.unattributed[0], self.accounts.unattributed[1]))
+
+    def _apply_retired(self) -> None:
+        """Drop the totals of retired apps (called with the lock held)."""
+        if self._retired:
+            retired, self._retired = self._retired, []
+            self.accounts.retire(retired)
+
     def app_totals(self) -> dict[str, tuple[float, float]]:
-        """app -> (receive_bytes_total, transmit_bytes_total)."""
-        with self._lock:
-            return self.accounts.totals()
+        """app -> (receive_bytes_total, transmit_bytes_total), as of the last sample or destroy event."""
+        return self._published[0]
 
     def unattributed(self) -> tuple[float, float]:
         """(receive_bytes_total, transmit_bytes_total) of sockets no app could be found for."""
-        with self._lock:
-            return self.accounts.unattributed[0], self.accounts.unattributed[1]
+        return self._published[1]
 
     def retire(self, apps: Iterable[str]) -> None:
         """Drop the totals of apps the tracker retired (no processes for `retention_seconds`).
 
         An app that comes back later starts again from 0, which Prometheus treats as a counter reset.
+        Called from a scrape: the accounts drop them at the next sample; scrapes stop seeing them now.
         """
-        with self._lock:
-            self.accounts.retire(apps)
+        gone = set(apps)
+        if not gone:
+            return
+        self._retired.extend(gone)
+        totals, unattributed = self._published
+        self._published = ({app: v for app, v in totals.items() if app not in gone}, unattributed)
 
     def collect(self, snapshot: Snapshot) -> Iterator[Metric]:
         if not self._opened:  # sock_diag never worked: nothing was measured, so no series
@@ -1014,14 +1051,12 @@ class LinuxNetworkSource:
         """True while some namespace has a destroy subscription and the listener thread reads it."""
         if self._listener_stopped():
             return False
-        with self._lock:
-            return any(s.destroy is not None for s in self._namespaces.values())
+        return any(s.destroy is not None for s in list(self._namespaces.values()))  # a copy: no lock needed
 
     def statuses(self) -> list[SourceStatus]:
         privilege = "root" if self._euid == 0 else "user"
-        with self._lock:
-            opened = bool(self._namespaces)
-            count = len(self._namespaces)
+        count = len(self._namespaces)  # read without the lock: a scrape never waits for the sampler
+        opened = bool(count)
         notes = [self._diag_error or ("" if opened else "not started")]
         if self._euid != 0:
             notes.append("sockets of other users' processes are attributed only through their cgroup or listener "

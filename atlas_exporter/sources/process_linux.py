@@ -22,7 +22,9 @@ import errno
 import logging
 import os
 import pwd
+import queue
 import stat
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -344,6 +346,61 @@ class ProcessFiles:
             os.close(rfd)
         return data if len(data) <= MAX_NAMING_FILE else None
 
+IDENTITY_DEADLINE_SECONDS = 0.25  # one process's identity reads, before it is left for the next pass
+IDENTITY_PASS_BUDGET_SECONDS = 0.5  # all waiting for identities in one scan pass
+IDENTITY_READER_THREADS = 8  # readers stuck on a blocking /proc file each hold one
+MAX_PENDING_IDENTITIES = 1024
+
+
+class _Job:
+    """One identity read handed to a reader thread."""
+
+    __slots__ = ("done", "result", "fn", "arg")
+
+    def __init__(self, fn: Callable[[ProcessId], ProcIdentity | None], arg: ProcessId) -> None:
+        self.fn = fn
+        self.arg = arg
+        self.done = threading.Event()
+        self.result: ProcIdentity | None = None
+
+    def run(self) -> None:
+        try:
+            self.result = self.fn(self.arg)
+        except Exception:  # a reader thread must survive anything one process does
+            log.debug("identity read of pid %d failed", self.arg.pid, exc_info=True)
+        finally:
+            self.done.set()
+
+
+class DeadlineReader:
+    """Runs reads that may block (cmdline, exe, cgroup of a process whose memory lock is held) on
+    daemon threads, so the caller can stop waiting. A thread stuck in a read stays stuck, so up to
+    `max_threads` are started; when all are stuck, new reads wait in the queue.
+    """
+
+    def __init__(self, max_threads: int = IDENTITY_READER_THREADS) -> None:
+        self.max_threads = max_threads
+        self._queue: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0
+        self._threads = 0
+
+    def submit(self, job: _Job) -> None:
+        with self._lock:
+            if self._idle == 0 and self._threads < self.max_threads:
+                self._threads += 1
+                threading.Thread(target=self._work, name="atlas-identity-reader", daemon=True).start()
+        self._queue.put(job)
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                self._idle += 1
+            job = self._queue.get()
+            with self._lock:
+                self._idle -= 1
+            job.run()
+
 
 class LinuxProcessSource:
     """Reads the process table under `procfs` (default `/proc`).
@@ -371,6 +428,13 @@ class LinuxProcessSource:
         # pid -> (start time, soft RLIMIT_NOFILE, when read)
         self._limits_cache: dict[int, tuple[int, int | None, float]] = {}
         self.status_reads = 0  # status files read so far (the rest came from the cache)
+        self.identity_deadline_seconds = IDENTITY_DEADLINE_SECONDS
+        self.identity_pass_budget_seconds = IDENTITY_PASS_BUDGET_SECONDS
+        self.identity_timeouts = 0  # processes not named in time (named in a later pass)
+        self._reader = DeadlineReader()
+        self._pending: dict[ProcessId, _Job] = {}
+        self._pending_lock = threading.Lock()
+        self._pass = threading.local()  # the scanning thread's deadline for identity reads
 
     def _probe_fd_size(self) -> bool:
         """True when st_size of a /proc/<pid>/fd folder is its entry count.
@@ -420,6 +484,40 @@ class LinuxProcessSource:
             return None
 
     def identity(self, pid: ProcessId) -> ProcIdentity | None:
+        """The identity of a process, or None when it is gone or could not be read in time.
+
+        The reads run on a reader thread (`DeadlineReader`): a read of /proc/<pid>/cmdline
+        blocks while the process's memory map lock is held, and the caller (a scrape holding
+        the snapshot lock, or a watcher) must not wait for it. The caller waits up to
+        `identity_deadline_seconds`, and in a scan pass at most `identity_pass_budget_seconds`
+        in all; a read still running then is not waited for again: the process is named in a
+        later pass, once the read has finished.
+        """
+        with self._pending_lock:
+            pending = self._pending.pop(pid, None)
+        if pending is not None and not pending.done.is_set():
+            with self._pending_lock:
+                self._pending[pid] = pending
+            return None
+        if pending is not None:
+            return pending.result
+        job = _Job(self._read_identity, pid)
+        self._reader.submit(job)
+        wait = self.identity_deadline_seconds
+        pass_deadline = getattr(self._pass, "deadline", None)
+        if pass_deadline is not None:
+            wait = max(0.0, min(wait, pass_deadline - time.monotonic()))
+        if job.done.wait(wait):
+            return job.result
+        self.identity_timeouts += 1
+        log.debug("pid %d could not be named within %.2fs: named in a later pass", pid.pid, wait)
+        with self._pending_lock:
+            self._pending[pid] = job
+            while len(self._pending) > MAX_PENDING_IDENTITIES:
+                self._pending.pop(next(iter(self._pending)))
+        return None
+
+    def _read_identity(self, pid: ProcessId) -> ProcIdentity | None:
         """Read comm, exe, cmdline, user and cgroup of a live or zombie process.
 
         None if it is gone or is a kernel thread (kernel threads belong to no application).
@@ -477,6 +575,8 @@ class LinuxProcessSource:
     def scan(self) -> ProcessScan:
         """One pass over every process: stat, io, the fd count, status when stat changed, limits when due."""
         started = time.monotonic()
+        # the identities this thread asks for after the scan share one waiting budget
+        self._pass.deadline = started + self.identity_pass_budget_seconds
         errors = ReadErrors()
         samples: list[ProcSample] = []
         root = self.procfs
@@ -596,6 +696,10 @@ class LinuxProcessSource:
                       "are absent (grant CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH, or run as root)")
         if not self._io_available:
             reason = "this kernel has no per-process I/O accounting (CONFIG_TASK_IO_ACCOUNTING): disk series absent"
+        if self.identity_timeouts:
+            note = (f"{self.identity_timeouts} times a process could not be named within "
+                    f"{self.identity_deadline_seconds:g}s (a blocked /proc read); it was named in a later pass")
+            reason = f"{reason}; {note}" if reason else note
         return [SourceStatus(name="procfs", active=True, privilege=privilege, reason=reason)]
 
 
