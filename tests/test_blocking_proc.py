@@ -154,4 +154,6 @@ def test_network_scrapes_do_not_wait_for_owner_lookups() -> None:
         source.stop()
         for sock in (server, *clients):
             sock.close()
-    assert len(waits) > 50 and max(waits) < 0.1, (len(waits), max(waits))
+    # before, a scrape waited for the whole dump's lookups (17 sockets x 0.3 s: about 5 s); the
+    # bound leaves room for a loaded machine's scheduling
+    assert len(waits) > 50 and max(waits) < 1.0, (len(waits), max(waits))
