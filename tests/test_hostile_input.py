@@ -215,9 +215,10 @@ def test_report_files_count_only_when_owned_by_root_or_the_crashed_user(tmp_path
     usec = int(time.time() * 1e6)
 
     def drop(path: Path, text: bytes, owner: int) -> None:
-        """Write as `owner` would: a real unprivileged process writes the file."""
+        """Write as `owner` would: a real unprivileged process writes the file, then renames it into place."""
+        temporary = path.parent / f".#{path.name}.tmp"
         subprocess.run(["setpriv", f"--reuid={owner}", f"--regid={owner}", "--clear-groups", "sh", "-c",
-                        f"cat > '{path}'"], input=text, check=True, timeout=30)
+                        f"cat > '{temporary}' && mv '{temporary}' '{path}'"], input=text, check=True, timeout=30)
 
     try:
         # nobody claims a crash of root's sshd (name and content), and of user 1000's editor: refused

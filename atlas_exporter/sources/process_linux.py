@@ -346,8 +346,8 @@ class ProcessFiles:
             os.close(rfd)
         return data if len(data) <= MAX_NAMING_FILE else None
 
-IDENTITY_DEADLINE_SECONDS = 0.25  # one process's identity reads, before it is left for the next pass
-IDENTITY_PASS_BUDGET_SECONDS = 0.5  # all waiting for identities in one scan pass
+IDENTITY_DEADLINE_SECONDS = 1.0  # one process's identity reads, before it is left for the next pass
+IDENTITY_PASS_BUDGET_SECONDS = 2.0  # all waiting for identities after one scan pass
 IDENTITY_READER_THREADS = 8  # readers stuck on a blocking /proc file each hold one
 MAX_PENDING_IDENTITIES = 1024
 
@@ -504,9 +504,11 @@ class LinuxProcessSource:
         job = _Job(self._read_identity, pid)
         self._reader.submit(job)
         wait = self.identity_deadline_seconds
-        pass_deadline = getattr(self._pass, "deadline", None)
-        if pass_deadline is not None:
-            wait = max(0.0, min(wait, pass_deadline - time.monotonic()))
+        if getattr(self._pass, "active", False):  # named by the thread that scanned: one budget per pass
+            now = time.monotonic()
+            if self._pass.deadline is None:
+                self._pass.deadline = now + self.identity_pass_budget_seconds
+            wait = max(0.0, min(wait, self._pass.deadline - now))
         if job.done.wait(wait):
             return job.result
         self.identity_timeouts += 1
@@ -575,8 +577,9 @@ class LinuxProcessSource:
     def scan(self) -> ProcessScan:
         """One pass over every process: stat, io, the fd count, status when stat changed, limits when due."""
         started = time.monotonic()
-        # the identities this thread asks for after the scan share one waiting budget
-        self._pass.deadline = started + self.identity_pass_budget_seconds
+        # the identities this thread asks for after the scan share one waiting budget, from the first
+        self._pass.active = True
+        self._pass.deadline = None
         errors = ReadErrors()
         samples: list[ProcSample] = []
         root = self.procfs
