@@ -560,7 +560,7 @@ class _Owners:
             pid = self._inodes.lookup(info.inode) if info.inode else None
             if pid is not None:
                 try:
-                    if self._app_of_pid(pid) is not None:
+                    if self._naming.app_of_pid(pid) is not None:
                         continue
                 except Exception:  # a naming failure is the owner lookup's to report, not this warm-up's
                     log.debug("naming pid %d failed", pid, exc_info=True)
