@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_fake_proc import fake_proc
+from test_fake_proc import fake_proc, write_proc
 
 from atlas_exporter.config import parse_config
 from atlas_exporter.exporter.runtime import Exporter
@@ -71,6 +71,30 @@ def test_a_blocked_cmdline_read_does_not_hold_up_the_scrape(tmp_path: Path) -> N
             _release(fifo, b"")
         except OSError:
             pass
+
+
+def test_many_blocked_processes_share_one_budget(tmp_path: Path) -> None:
+    procfs = fake_proc(tmp_path / "proc")
+    fifos = []
+    for pid in range(2000, 2006):
+        write_proc(procfs, pid, comm=f"stuck{pid}", start=3000 + pid)
+        (procfs / str(pid) / "cmdline").unlink()
+        os.mkfifo(procfs / str(pid) / "cmdline")
+        fifos.append(procfs / str(pid) / "cmdline")
+    source = LinuxProcessSource(procfs)
+    exporter = Exporter(parse_config({"snapshot_max_age_seconds": 0}), procfs=procfs, enabled={"process"},
+                        process_source=source, sources=[], platform_name="linux")
+    try:
+        started = time.monotonic()
+        values = parse_exposition(exporter.render_metrics()[0].decode())
+        spent = time.monotonic() - started
+        # six blocked reads at 1 s each would be 6 s: one budget of 2 s from the first one
+        assert spent < source.identity_pass_budget_seconds + 1.5, spent
+        assert values['atlas_app_processes{app="nginx"}'] == 3
+        assert not any("stuck" in key for key in values)
+    finally:
+        for fifo in fifos:
+            _release(fifo, b"")
 
 
 @pytest.mark.slow

@@ -347,8 +347,9 @@ class ProcessFiles:
         return data if len(data) <= MAX_NAMING_FILE else None
 
 IDENTITY_DEADLINE_SECONDS = 1.0  # one process's identity reads, before it is left for the next pass
-IDENTITY_PASS_BUDGET_SECONDS = 2.0  # all waiting for identities after one scan pass
-IDENTITY_READER_THREADS = 8  # readers stuck on a blocking /proc file each hold one
+IDENTITY_PASS_BUDGET_SECONDS = 2.0  # waiting in one scan pass, from the first read that timed out
+IDENTITY_GRACE_SECONDS = 0.02  # a read's wait once the pass budget is spent (an unblocked read takes ~0.1 ms)
+IDENTITY_READER_THREADS = 16  # readers stuck on a blocking /proc file each hold one
 MAX_PENDING_IDENTITIES = 1024
 
 
@@ -384,6 +385,11 @@ class DeadlineReader:
         self._lock = threading.Lock()
         self._idle = 0
         self._threads = 0
+
+    def can_start(self) -> bool:
+        """Whether a job submitted now can start at once (a thread is idle or may be added)."""
+        with self._lock:
+            return self._idle > 0 or self._threads < self.max_threads
 
     def submit(self, job: _Job) -> None:
         with self._lock:
@@ -489,9 +495,9 @@ class LinuxProcessSource:
         The reads run on a reader thread (`DeadlineReader`): a read of /proc/<pid>/cmdline
         blocks while the process's memory map lock is held, and the caller (a scrape holding
         the snapshot lock, or a watcher) must not wait for it. The caller waits up to
-        `identity_deadline_seconds`, and in a scan pass at most `identity_pass_budget_seconds`
-        in all; a read still running then is not waited for again: the process is named in a
-        later pass, once the read has finished.
+        `identity_deadline_seconds`; in a scan pass, once one read has timed out, the waits of
+        the pass end `identity_pass_budget_seconds` after that read began. A read still running
+        then is not waited for again: the process is named in a later pass, once it has finished.
         """
         with self._pending_lock:
             pending = self._pending.pop(pid, None)
@@ -502,15 +508,19 @@ class LinuxProcessSource:
         if pending is not None:
             return pending.result
         job = _Job(self._read_identity, pid)
+        can_start = self._reader.can_start()
         self._reader.submit(job)
-        wait = self.identity_deadline_seconds
-        if getattr(self._pass, "active", False):  # named by the thread that scanned: one budget per pass
-            now = time.monotonic()
-            if self._pass.deadline is None:
-                self._pass.deadline = now + self.identity_pass_budget_seconds
-            wait = max(0.0, min(wait, self._pass.deadline - now))
+        wait = self.identity_deadline_seconds if can_start else 0.0  # every reader is stuck: queued
+        started = time.monotonic()
+        in_pass = getattr(self._pass, "active", False)  # named by the thread that scanned
+        if in_pass and self._pass.deadline is not None:  # a read of this pass already timed out
+            wait = min(wait, max(IDENTITY_GRACE_SECONDS, self._pass.deadline - started))
         if job.done.wait(wait):
             return job.result
+        if in_pass and self._pass.deadline is None:
+            # from the first read that blocks, the rest of the pass shares one budget: a crowd of
+            # blocked processes costs a scrape this long, not one deadline each
+            self._pass.deadline = started + self.identity_pass_budget_seconds
         self.identity_timeouts += 1
         log.debug("pid %d could not be named within %.2fs: named in a later pass", pid.pid, wait)
         with self._pending_lock:
@@ -577,7 +587,7 @@ class LinuxProcessSource:
     def scan(self) -> ProcessScan:
         """One pass over every process: stat, io, the fd count, status when stat changed, limits when due."""
         started = time.monotonic()
-        # the identities this thread asks for after the scan share one waiting budget, from the first
+        # the identities this thread asks for after the scan share one waiting budget once one blocks
         self._pass.active = True
         self._pass.deadline = None
         errors = ReadErrors()
