@@ -353,16 +353,28 @@ IDENTITY_READER_THREADS = 16  # readers stuck on a blocking /proc file each hold
 MAX_PENDING_IDENTITIES = 1024
 
 
+_CLAIM = threading.Lock()
+
+
 class _Job:
     """One identity read handed to a reader thread."""
 
-    __slots__ = ("done", "result", "fn", "arg")
+    __slots__ = ("done", "result", "fn", "arg", "claimed")
 
     def __init__(self, fn: Callable[[ProcessId], ProcIdentity | None], arg: ProcessId) -> None:
         self.fn = fn
         self.arg = arg
         self.done = threading.Event()
         self.result: ProcIdentity | None = None
+        self.claimed = False
+
+    def claim(self) -> bool:
+        """True for the one caller that gets to run this job."""
+        with _CLAIM:
+            if self.claimed:
+                return False
+            self.claimed = True
+            return True
 
     def run(self) -> None:
         try:
@@ -373,6 +385,36 @@ class _Job:
             self.done.set()
 
 
+class _Batch:
+    """The identities of one scan's new processes, read in order by one reader thread.
+
+    One hand-off per batch instead of one per process: a reader that has to win the GIL
+    back from busy threads for every single process costs about 1 ms each. A job the batch
+    has not reached yet can be claimed and run apart when the batch is stuck on a read.
+    """
+
+    STALLED_SECONDS = 0.2
+
+    def __init__(self, jobs: list[_Job]) -> None:
+        self.jobs = jobs
+        self.current_since: float | None = None
+        self.finished = threading.Event()
+
+    def stalled(self) -> bool:
+        since = self.current_since
+        return since is not None and time.monotonic() - since > self.STALLED_SECONDS
+
+    def run(self) -> None:
+        try:
+            for job in self.jobs:
+                if job.claim():
+                    self.current_since = time.monotonic()
+                    job.run()
+        finally:
+            self.current_since = None
+            self.finished.set()
+
+
 class DeadlineReader:
     """Runs reads that may block (cmdline, exe, cgroup of a process whose memory lock is held) on
     daemon threads, so the caller can stop waiting. A thread stuck in a read stays stuck, so up to
@@ -381,7 +423,7 @@ class DeadlineReader:
 
     def __init__(self, max_threads: int = IDENTITY_READER_THREADS) -> None:
         self.max_threads = max_threads
-        self._queue: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Job | _Batch] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._idle = 0
         self._threads = 0
@@ -391,7 +433,7 @@ class DeadlineReader:
         with self._lock:
             return self._idle > 0 or self._threads < self.max_threads
 
-    def submit(self, job: _Job) -> None:
+    def submit(self, job: _Job | _Batch) -> None:
         with self._lock:
             if self._idle == 0 and self._threads < self.max_threads:
                 self._threads += 1
@@ -440,6 +482,9 @@ class LinuxProcessSource:
         self._reader = DeadlineReader()
         self._pending: dict[ProcessId, _Job] = {}
         self._pending_lock = threading.Lock()
+        self._batched: dict[ProcessId, _Job] = {}  # this scan's new processes, read ahead by `_batch`
+        self._batch: _Batch | None = None
+        self._seen_ids: set[ProcessId] = set()
         self._pass = threading.local()  # the scanning thread's deadline for identity reads
 
     def _probe_fd_size(self) -> bool:
@@ -501,22 +546,41 @@ class LinuxProcessSource:
         """
         with self._pending_lock:
             pending = self._pending.pop(pid, None)
+            batched = self._batched.pop(pid, None)
         if pending is not None and not pending.done.is_set():
             with self._pending_lock:
                 self._pending[pid] = pending
             return None
         if pending is not None:
             return pending.result
-        job = _Job(self._read_identity, pid)
-        can_start = self._reader.can_start()
-        self._reader.submit(job)
+        batch = self._batch
+        if batched is not None:
+            job = batched  # read already, or about to be, by this scan's batch
+            can_start = True
+        else:
+            job = _Job(self._read_identity, pid)
+            job.claimed = True
+            can_start = self._reader.can_start()
+            self._reader.submit(job)
         wait = self.identity_deadline_seconds if can_start else 0.0  # every reader is stuck: queued
         started = time.monotonic()
         in_pass = getattr(self._pass, "active", False)  # named by the thread that scanned
         if in_pass and self._pass.deadline is not None:  # a read of this pass already timed out
             wait = min(wait, max(IDENTITY_GRACE_SECONDS, self._pass.deadline - started))
-        if job.done.wait(wait):
-            return job.result
+        deadline = started + wait
+        apart = batched is None or batch is None
+        while True:
+            if job.done.is_set():
+                return job.result
+            if not apart and batch is not None and batch.stalled() and job.claim():
+                self._reader.submit(job)  # the batch is stuck on another process: read this one apart
+                apart = True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            # while the batch runs, wait for all of it: one wake-up, not one GIL hand-off per process
+            event = job.done if apart or batch is None or batch.finished.is_set() else batch.finished
+            event.wait(min(left, _Batch.STALLED_SECONDS))
         if in_pass and self._pass.deadline is None:
             # from the first read that blocks, the rest of the pass shares one budget: a crowd of
             # blocked processes costs a scrape this long, not one deadline each
@@ -528,6 +592,27 @@ class LinuxProcessSource:
             while len(self._pending) > MAX_PENDING_IDENTITIES:
                 self._pending.pop(next(iter(self._pending)))
         return None
+
+    def _read_ahead(self, samples: list[ProcSample]) -> None:
+        """Start reading the identities of the processes this scan sees for the first time.
+
+        They are the ones the resolver is about to ask for; one reader reads them all, in the
+        order the resolver asks. A read ahead that nobody asks for (the process was named by
+        a watcher already) is dropped at the next scan.
+        """
+        seen = self._seen_ids
+        new = [sample.id for sample in samples if sample.id not in seen]
+        self._seen_ids = {sample.id for sample in samples}
+        if not new:
+            with self._pending_lock:
+                self._batched = {}
+            return
+        jobs = [_Job(self._read_identity, pid) for pid in new]
+        batch = _Batch(jobs)
+        with self._pending_lock:
+            self._batched = {job.arg: job for job in jobs}
+            self._batch = batch
+        self._reader.submit(batch)
 
     def _read_identity(self, pid: ProcessId) -> ProcIdentity | None:
         """Read comm, exe, cmdline, user and cgroup of a live or zombie process.
@@ -695,6 +780,7 @@ class LinuxProcessSource:
             append(sample)
         if listed and len(skipped) * 2 > listed:
             raise OSError(f"{len(skipped)} of {listed} processes unreadable in {root}")
+        self._read_ahead(samples)
         self._status_cache = status_cache
         if len(limits) > len(limits_seen):
             self._limits_cache = {pid: limits[pid] for pid in limits_seen}
