@@ -1078,13 +1078,6 @@ class LinuxCrashSource:
             log.info("kernel log crash line not counted: pid %d is %r now, the line says %r",
                      crash.pid, live_comm, crash.comm)
             return
-        if (live_comm is None and self._connector is not None and self.pids.app(crash.pid) is None
-                and self.pids.tgid_known(crash.pid) is None):
-            # gone before the line was read, and never seen by the proc connector as a process or a
-            # thread: the connector reported the exit of its process itself (a thread id cannot be
-            # mapped to that process any more, so counting the line would count the crash twice)
-            self.book.duplicates += 1
-            return
         pid = self._tgid(crash.pid)  # a thread's line counts for its process
         if pid is None and self._connector is not None and len(self._kmsg_waiting) < MAX_KMSG_WAITING:
             # gone already: the exit events of its threads, read next, will say whose thread it was
