@@ -304,22 +304,22 @@ def overview() -> dict[str, Any]:
 
     p.append(row(lay, "Fleet at a glance"))
     p.append(stat(lay, "Apps", "Apps with live processes on the selected exporters now.",
-                  [(f"count(count by (app) (atlas_app_processes{{{SEL}}} > 0))", "apps")], instant=True))
+                  [(f"count(count by (app) (atlas_app_processes{{{SEL}}} > 0))", "apps")], instant=True, w=3))
     p.append(stat(lay, "Processes", "Processes of every app on the selected exporters now.",
-                  [(f"sum(atlas_app_processes{{{SEL}}})", "processes")], instant=True))
+                  [(f"sum(atlas_app_processes{{{SEL}}})", "processes")], instant=True, w=3))
     p.append(stat(lay, "CPU in use", "CPU cores in use by every app (user + system), now.",
-                  [(f"sum({cpu})", "cores")], decimals=2, w=3))
+                  [(f"sum({cpu})", "cores")], decimals=2))
     p.append(stat(lay, "CPU % of hosts", "CPU in use by every app as a percentage of the selected hosts' "
                   "logical CPUs (atlas_host_cpus).",
                   [(f"100 * sum({cpu}) / sum(max by (instance) (atlas_host_cpus{{{SEL}}}))", "% of hosts")],
-                  unit="percent", decimals=1, w=3))
+                  unit="percent", decimals=1))
     p.append(stat(lay, "Crashes", "Crashes in the selected time range, all apps; OOM kills included. "
                   "An instant query: its cost does not grow with the range.",
                   [(f"sum({crashes_range}) or vector(0)", "crashes")], red_at=1, instant=True,
-                  color_mode="background"))
+                  color_mode="background", w=3))
     p.append(stat(lay, "Hung processes", "Processes hung now (Linux: in D without progress past the threshold).",
                   [(f"sum(atlas_app_hung_processes{{{SEL}}}) or vector(0)", "hung")], red_at=1, instant=True,
-                  color_mode="background"))
+                  color_mode="background", w=3))
     p.append(stat(lay, "Exporters", "Selected atlas-exporter targets that answered their last scrape (up) and "
                   "those that did not; any down is red.",
                   [(f"sum(up{{{SEL}}})", "up"), (f"count(up{{{SEL}}} == 0) or vector(0)", "down")], instant=True,
@@ -359,7 +359,7 @@ def overview() -> dict[str, Any]:
                         "and written to it (below). The ten apps with the most disk I/O over the selected range.",
                         [(top10(f"sum by (app) ({rd})", disk_rank), "{{app}} read"),
                          (top10(f"sum by (app) ({wr})", disk_rank), "{{app}} written")],
-                        unit="Bps", min0=False, overrides=[negative_y(".* written")]))
+                        unit="Bps", min0=False, overrides=[negative_y(".* written")], w=24))
     p.append(table(lay, "Apps now", "Every app, by CPU in use now, with its memory, processes, threads, open "
                    "files, disk and network bytes per second, and the largest share of an fd limit. Click an app "
                    "to open its drill-down.",
