@@ -492,3 +492,13 @@ def test_hung_vfork_parent_raises_the_hang_alert(stack: dict[str, Any]) -> None:
     assert float(hung[0]["value"][1]) == 1
     alert = _wait_for_alert(stack["prom"], names, HANGER_APP)
     assert alert["labels"]["app"] == HANGER_APP
+
+
+def test_an_app_that_keeps_exiting_with_an_error_raises_the_failing_alert(stack: dict[str, Any]) -> None:
+    """A child that exits with code 3 every second: non-zero exits rising, AtlasAppFailing for its app."""
+    prom: Prom = stack["prom"]
+    if not prom.query("atlas_app_exits_total"):
+        pytest.skip("this exporter does not count exits here (no proc connector)")
+    wait_for_series(prom, f'atlas_app_exits_total{{app="{FAILER_APP}",outcome="error"}} >= 5')
+    alert = _wait_for_alert(prom, {"AtlasAppFailing"}, FAILER_APP)
+    assert alert["labels"]["severity"] == "warning"
