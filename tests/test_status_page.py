@@ -271,6 +271,8 @@ def test_first_view_has_rates_from_the_priming_snapshot() -> None:
     assert cells["disk read/s"] == "1.0 KiB" and cells["disk write/s"] == "1.0 MiB"
     assert cells["net received/s"] == "1000 B" and cells["net sent/s"] == "0 B"
     assert cells["processes"] == "2" and cells["resident MiB"] == "64.0" and cells["open fds"] == "9"
+    # measured and none is 0; not measured here (no hang reports family) is an empty cell
+    assert cells["crashes 1 h"] == "0" and cells["hung now"] == "0" and cells["hangs 1 h"] == ""
 
 
 def test_counts_are_over_the_last_hour_and_include_retired_apps() -> None:

@@ -46,12 +46,17 @@ class Counts:
 
     monotonic: float
     values: dict[tuple[str, str, str], float] = field(default_factory=dict)
+    measured: frozenset[str] = frozenset()  # sample names whose family was there (maybe with no sample)
 
 
 def read_counts(families: Iterable[Metric], monotonic: float) -> Counts:
     """The per-app crash, hang and exit counters (and hung processes) among metric families."""
     values: dict[tuple[str, str, str], float] = {}
+    measured: set[str] = set()
     for family in families:
+        name = family.name + "_total" if family.type == "counter" else family.name
+        if name in COUNTERS or name in GAUGES:
+            measured.add(name)
         for sample in family.samples:
             if sample.name in COUNTERS or sample.name in GAUGES:
                 app = sample.labels.get("app")
@@ -59,7 +64,7 @@ def read_counts(families: Iterable[Metric], monotonic: float) -> Counts:
                     continue
                 key = (sample.name, app, sample.labels.get(COUNTERS.get(sample.name, ""), ""))
                 values[key] = values.get(key, 0.0) + float(sample.value)
-    return Counts(monotonic, values)
+    return Counts(monotonic, values, frozenset(measured))
 
 
 @dataclass(slots=True)
@@ -284,6 +289,14 @@ class StatusPage:
                     row.hangs = (row.hangs or 0.0) + counted
                 else:
                     row.exits[label] = row.exits.get(label, 0.0) + counted
+        if now is not None:  # measured and none: 0, not an empty cell
+            for row in rows.values():
+                if row.crashes is None and "atlas_app_crashes_total" in now.measured:
+                    row.crashes = 0.0
+                if row.hangs is None and "atlas_app_hangs_total" in now.measured and row.app.processes > 0:
+                    row.hangs = 0.0
+                if row.hung_now is None and "atlas_app_hung_processes" in now.measured and row.app.processes > 0:
+                    row.hung_now = 0.0
         shown = [r for r in rows.values() if r.app.processes > 0 or r.crashes or r.hangs or any(r.exits.values())]
         shown.sort(key=lambda r: (r.cpu_percent or 0.0, r.app.resident_bytes or 0), reverse=True)
         return shown, seconds, span
