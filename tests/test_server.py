@@ -283,6 +283,7 @@ def test_port_already_in_use():
     ("127.0.0.1:http", "invalid port"),
     ("127.0.0.1:70000", "invalid port"),
     ("127.0.0.1:-1", "invalid port"),
+    ("127.0.0.1:\u00b2", "invalid port"),
     ("::1:9858", "too many colons"),
     ("[::1]9858", "missing port in address"),
     ("no-such-host.invalid:9858", "lookup no-such-host.invalid"),

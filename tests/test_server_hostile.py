@@ -193,6 +193,15 @@ def test_a_request_with_a_body_gets_exactly_one_answer(framing):
     assert len(calls) <= 2
 
 
+@pytest.mark.parametrize("value", [b"\xb2", b"1" * 5000, b"-1", b"+5", b" 5x"])
+def test_a_malformed_content_length_is_answered_400(value):
+    with serving() as srv, _connect(srv.address[1]) as sock:
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: " + value + b"\r\n\r\n")
+        answer = _responses(sock)
+        assert answer.startswith(b"HTTP/1.1 400 ") and answer.count(b"HTTP/1.1 ") == 1, answer
+        assert request(srv.address[1])[0] == 200
+
+
 def test_pipelined_requests_are_answered_in_order():
     with serving() as srv, _connect(srv.address[1]) as sock:
         sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\nGET /nope HTTP/1.1\r\nHost: x\r\n\r\n"

@@ -72,6 +72,7 @@ _ACCEPT_BATCH = 64
 _OUT_OF_FDS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
 _TOKEN = re.compile(rb"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_DECIMAL = re.compile(r"[0-9]{1,18}")  # ASCII digits only: str.isdigit() also accepts "²", which int() refuses
 _VERSION = re.compile(rb"^HTTP/(\d)\.(\d)$")
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
             413: "Content Too Large", 414: "URI Too Long", 429: "Too Many Requests", 503: "Service Unavailable", 431:
@@ -101,7 +102,7 @@ def parse_listen_address(listen_address: str) -> tuple[str, int]:
         if ":" in host:
             raise ServerError(f"listen tcp: address {listen_address}: too many colons in address "
                               "(write IPv6 addresses in brackets, like [::1]:9858)")
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+    if not _DECIMAL.fullmatch(port_text) or not 0 <= int(port_text) <= 65535:
         raise ServerError(f"listen tcp: address {listen_address}: invalid port {port_text!r}")
     return host, int(port_text)
 
@@ -781,7 +782,7 @@ class RunningServer:
             close = body_unread = True  # a chunked body is never read: answer, then close
         elif "content-length" in headers:
             text = headers["content-length"]
-            if not text.isdigit():
+            if not _DECIMAL.fullmatch(text):
                 await self._answer(conn, request, 400, "Bad Content-Length.\n", close=True)
                 await self._linger(conn)
                 return False
