@@ -118,7 +118,7 @@ class _SlowOwners:
         self.port = port
         self.calls = 0
 
-    def prepare(self, ns, sockets) -> None:
+    def prepare(self, ns, sockets, **options) -> None:
         pass
 
     def owner(self, ns, info) -> str | None:
