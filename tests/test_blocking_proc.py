@@ -73,6 +73,26 @@ def test_a_blocked_cmdline_read_does_not_hold_up_the_scrape(tmp_path: Path) -> N
             pass
 
 
+def test_a_watcher_waits_less_and_gets_the_answer_later(tmp_path: Path) -> None:
+    """A watcher (crash, network) naming a pid whose read blocks: 0.25 s, then the answer on a later ask."""
+    procfs, fifo = _blocking_procfs(tmp_path)
+    source = LinuxProcessSource(procfs)
+    pid = source.start_token(900)
+    assert pid is not None
+    started = time.monotonic()
+    assert source.identity(pid) is None
+    assert time.monotonic() - started < source.identity_watcher_deadline_seconds + 0.5
+    assert source.identity(pid) is None  # still blocked: not waited for twice
+    assert time.monotonic() - started < source.identity_watcher_deadline_seconds + 0.5
+    _release(fifo, b"python3\0/srv/etl/etl.py\0")
+    deadline = time.monotonic() + 10
+    ident = None
+    while ident is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+        ident = source.identity(pid)
+    assert ident is not None and ident.cmdline == ("python3", "/srv/etl/etl.py")
+
+
 def test_many_blocked_processes_share_one_budget(tmp_path: Path) -> None:
     procfs = fake_proc(tmp_path / "proc")
     fifos = []

@@ -347,6 +347,7 @@ class ProcessFiles:
         return data if len(data) <= MAX_NAMING_FILE else None
 
 IDENTITY_DEADLINE_SECONDS = 1.0  # one process's identity reads, before it is left for the next pass
+IDENTITY_WATCHER_DEADLINE_SECONDS = 0.25  # the same for a watcher thread (crash, network, hang) naming a pid
 IDENTITY_PASS_BUDGET_SECONDS = 2.0  # waiting in one scan pass, from the first read that timed out
 IDENTITY_GRACE_SECONDS = 0.02  # a read's wait once the pass budget is spent (an unblocked read takes ~0.1 ms)
 IDENTITY_READER_THREADS = 16  # readers stuck on a blocking /proc file each hold one
@@ -477,6 +478,7 @@ class LinuxProcessSource:
         self._limits_cache: dict[int, tuple[int, int | None, float]] = {}
         self.status_reads = 0  # status files read so far (the rest came from the cache)
         self.identity_deadline_seconds = IDENTITY_DEADLINE_SECONDS
+        self.identity_watcher_deadline_seconds = IDENTITY_WATCHER_DEADLINE_SECONDS
         self.identity_pass_budget_seconds = IDENTITY_PASS_BUDGET_SECONDS
         self.identity_timeouts = 0  # processes not named in time (named in a later pass)
         self._reader = DeadlineReader()
@@ -562,9 +564,13 @@ class LinuxProcessSource:
             job.claimed = True
             can_start = self._reader.can_start()
             self._reader.submit(job)
-        wait = self.identity_deadline_seconds if can_start else 0.0  # every reader is stuck: queued
-        started = time.monotonic()
         in_pass = getattr(self._pass, "active", False)  # named by the thread that scanned
+        # a watcher must keep up with its events: it waits less, and finds the answer later (at a
+        # process's exit, its read has long finished)
+        wait = self.identity_deadline_seconds if in_pass else self.identity_watcher_deadline_seconds
+        if not can_start:
+            wait = 0.0  # every reader is stuck: the read waits in the queue
+        started = time.monotonic()
         if in_pass and self._pass.deadline is not None:  # a read of this pass already timed out
             wait = min(wait, max(IDENTITY_GRACE_SECONDS, self._pass.deadline - started))
         deadline = started + wait
