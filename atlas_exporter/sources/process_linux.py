@@ -347,7 +347,9 @@ class ProcessFiles:
         return data if len(data) <= MAX_NAMING_FILE else None
 
 IDENTITY_DEADLINE_SECONDS = 1.0  # one process's identity reads, before it is left for the next pass
-IDENTITY_WATCHER_DEADLINE_SECONDS = 0.25  # the same for a watcher thread (crash, network, hang) naming a pid
+# the same for a watcher thread (crash, network, hang) naming a pid: off the scrape path, so it can
+# wait out a loaded machine; an answer it gives up on (a rename at exec) would be lost
+IDENTITY_WATCHER_DEADLINE_SECONDS = 5.0
 IDENTITY_PASS_BUDGET_SECONDS = 2.0  # waiting in one scan pass, from the first read that timed out
 IDENTITY_GRACE_SECONDS = 0.02  # a read's wait once the pass budget is spent (an unblocked read takes ~0.1 ms)
 IDENTITY_READER_THREADS = 16  # readers stuck on a blocking /proc file each hold one
@@ -565,8 +567,7 @@ class LinuxProcessSource:
             can_start = self._reader.can_start()
             self._reader.submit(job)
         in_pass = getattr(self._pass, "active", False)  # named by the thread that scanned
-        # a watcher must keep up with its events: it waits less, and finds the answer later (at a
-        # process's exit, its read has long finished)
+        # a watcher is off the scrape path: it waits longer, and still never for ever
         wait = self.identity_deadline_seconds if in_pass else self.identity_watcher_deadline_seconds
         if not can_start:
             wait = 0.0  # every reader is stuck: the read waits in the queue
