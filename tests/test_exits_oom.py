@@ -265,3 +265,28 @@ def test_oom_kill_in_a_memory_limited_cgroup_counts_once(exporter: object) -> No
         cgroup_only.stop()
         _remove_cgroup(folder)
     assert not folder.exists()
+
+
+def test_cgroup_v2_local_counter_is_read_and_preferred(tmp_path: Path) -> None:
+    root = tmp_path / "unified"
+    service = root / "system.slice" / "db.service"
+    service.mkdir(parents=True)
+    (root / "system.slice" / "memory.events").write_text("oom_kill 0\n")  # hierarchical parent: no procs
+    (root / "system.slice" / "cgroup.procs").write_text("")
+    (service / "cgroup.procs").write_text("100\n")
+    (service / "memory.events").write_text("low 0\nhigh 0\nmax 9\noom 9\noom_kill 9\n")  # hierarchical
+    (service / "memory.events.local").write_text("low 0\nhigh 0\nmax 1\noom 1\noom_kill 1\n")
+    named = {"db.service": "db"}
+    watcher = CgroupOomWatcher({100: "db"}.get, roots=[MemoryRoot(root, 2)],
+                               app_of_cgroup=lambda path: named.get(path.rsplit("/", 1)[-1]))
+    assert watcher.poll() == []
+    (service / "memory.events.local").write_text("oom_kill 2\n")
+    (root / "system.slice" / "memory.events").write_text("oom_kill 1\n")  # the same kill, one level up
+    assert watcher.poll() == [("db", 1)]
+    # a cgroup made and killed between two polls, never seen with a process: named from its path
+    fresh = root / "system.slice" / "db.service" / "worker"
+    fresh.mkdir()
+    (fresh / "memory.events.local").write_text("oom_kill 1\n")
+    (fresh / "cgroup.procs").write_text("")
+    named["worker"] = "db"
+    assert watcher.poll() == [("db", 1)]
