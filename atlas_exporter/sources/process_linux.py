@@ -173,6 +173,10 @@ def parse_io(text: bytes | str) -> ProcIO:
     return ProcIO(*values)
 
 
+# the per-process cache entry of a scan (a list: updated in place)
+_STAT_KEY, _COUNTERS, _STARTED, _FD_LIMIT, _LIMITS_AT = range(5)
+
+
 class StatusCounters(NamedTuple):
     """What a pass needs from `/proc/<pid>/status`: the main thread's context switches and VmSwap."""
 
@@ -473,11 +477,10 @@ class LinuxProcessSource:
         self._fd_size_is_count = self._probe_fd_size()
         self._users: dict[int, str] = {}
         self._io_available = self._probe_io()
-        # pid -> (hash of the stat text, status counters) of the previous pass: status is re-read
-        # only when stat changed (a hash collision would keep one pass's switches and swap stale)
-        self._status_cache: dict[int, tuple[int, StatusCounters]] = {}
-        # pid -> (start time, soft RLIMIT_NOFILE, when read)
-        self._limits_cache: dict[int, tuple[int, int | None, float]] = {}
+        # pid -> [hash of the stat text, status counters, start time, soft RLIMIT_NOFILE, when limits
+        # was read] of the previous pass: status is re-read only when stat changed (a hash collision
+        # would keep one pass's switches and swap stale), limits every limits_ttl_seconds
+        self._cache: dict[int, list] = {}
         self.status_reads = 0  # status files read so far (the rest came from the cache)
         self.identity_deadline_seconds = IDENTITY_DEADLINE_SECONDS
         self.identity_watcher_deadline_seconds = IDENTITY_WATCHER_DEADLINE_SECONDS
@@ -692,12 +695,10 @@ class LinuxProcessSource:
         append = samples.append
         skipped: set[int] = set()
         listed = 0
-        previous_status = self._status_cache
-        status_cache: dict[int, tuple[int, StatusCounters]] = {}
-        limits = self._limits_cache
-        limits_seen: set[int] = set()
+        previous = self._cache
+        cache: dict[int, list] = {}
         now = self.clock()
-        ttl = self.limits_ttl_seconds
+        limits_due = now - self.limits_ttl_seconds
         status_reads = 0
         for name in os.listdir(root):
             if not name.isdigit():
@@ -718,20 +719,22 @@ class LinuxProcessSource:
             if sample is None:  # a kernel thread
                 continue
             stat_key = hash(stat_text)
-            cached = previous_status.get(pid)
-            if cached is not None and cached[0] == stat_key:
-                counters = cached[1]
-            else:
+            entry = previous.get(pid)
+            if entry is None or entry[_STARTED] != sample.id.started:  # new, or the pid was reused
+                entry = [None, None, sample.id.started, None, float("-inf")]
+            if entry[_STAT_KEY] != stat_key:
                 try:
-                    counters = parse_status_counters(read_proc_file(base + "/status"))
+                    entry[_COUNTERS] = parse_status_counters(read_proc_file(base + "/status"))
+                    entry[_STAT_KEY] = stat_key
                     status_reads += 1
                 except _VANISHED:
                     errors.vanished += 1
                     continue
                 except (OSError, ParseError):
-                    counters = None
+                    entry[_COUNTERS] = entry[_STAT_KEY] = None  # read again next pass
+            cache[pid] = entry
+            counters = entry[_COUNTERS]
             if counters is not None:
-                status_cache[pid] = (stat_key, counters)
                 sample.voluntary_switches, sample.involuntary_switches, sample.swap_bytes = counters
             if sample.state == "Z":  # exited, not yet reaped: no files, no fds
                 append(sample)
@@ -768,15 +771,13 @@ class LinuxProcessSource:
                     sample.cancelled_write_bytes = io.cancelled_write_bytes
                     sample.read_ops = io.syscr
                     sample.write_ops = io.syscw
-            limit = limits.get(pid)
-            if limit is None or limit[0] != sample.id.started or now - limit[2] > ttl:
+            if entry[_LIMITS_AT] < limits_due:
                 try:
-                    limit = (sample.id.started, parse_nofile_limit(read_proc_file(base + "/limits")), now)
+                    entry[_FD_LIMIT] = parse_nofile_limit(read_proc_file(base + "/limits"))
                 except (OSError, ParseError):
-                    limit = (sample.id.started, None, now)
-                limits[pid] = limit
-            limits_seen.add(pid)
-            sample.fd_limit = limit[1]
+                    entry[_FD_LIMIT] = None
+                entry[_LIMITS_AT] = now
+            sample.fd_limit = entry[_FD_LIMIT]
             if read_pss:
                 try:
                     sample.proportional_bytes = parse_pss(read_proc_file(base + "/smaps_rollup"))
@@ -788,9 +789,7 @@ class LinuxProcessSource:
         if listed and len(skipped) * 2 > listed:
             raise OSError(f"{len(skipped)} of {listed} processes unreadable in {root}")
         self._read_ahead(samples)
-        self._status_cache = status_cache
-        if len(limits) > len(limits_seen):
-            self._limits_cache = {pid: limits[pid] for pid in limits_seen}
+        self._cache = cache
         self.status_reads += status_reads
         return ProcessScan(samples=samples, errors=errors, monotonic=started, skipped=frozenset(skipped))
 
