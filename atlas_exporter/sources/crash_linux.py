@@ -940,7 +940,7 @@ class LinuxCrashSource:
             reason = crash_reason(status)
             outcome = exit_outcome(status)
             if reason is not None or outcome is not None:
-                app = self._app_at_exit(event.pid, crashed=reason is not None)
+                app = self._app_at_exit(event.pid, failed=reason is not None or outcome != "success")
                 if outcome is not None:
                     self.book.record_exit(self._exit_label(app, outcome), outcome)
                 if reason is not None:
@@ -950,15 +950,16 @@ class LinuxCrashSource:
             self.pids.exited(event.pid)
             self.pids.died(event.pid, now)
 
-    def _app_at_exit(self, pid: int, *, crashed: bool) -> str:
+    def _app_at_exit(self, pid: int, *, failed: bool) -> str:
         """The app of a process that just exited: named at its exec (or its parent's if it never
         exec'd), else what the zombie shows.
 
-        Only a crash is named now when the watcher never learned the process: a plain exit takes
-        its comm, so exit storms spend none of the naming budget that exec events need.
+        Only a failure (a crash, an error code, a signal) is named now when the watcher never
+        learned the process: a successful exit takes its comm, so exit storms spend none of the
+        naming budget that exec events need.
         """
         app = self.pids.app(pid)
-        if app is None and crashed:
+        if app is None and failed:
             captured = self.pids.captured(pid)
             app = self._name_captured(captured) if captured is not None else self._resolve(pid)
         return app or self._comm(pid)
