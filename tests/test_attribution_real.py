@@ -287,36 +287,42 @@ def test_nohup_server_and_setsid_client_get_their_own_tcp_bytes(user: str, nobod
 @pytest.mark.parametrize("user", ["root", "nobody"])
 def test_a_cgroup_move_after_exec_renames_the_process(user: str, nobody_or_none, shared_dir: Path,
                                                       procs: Procs) -> None:
+    """Named from one scope, then moved (as a launcher does) into another: the next scans rename it."""
     if not IS_ROOT:
         pytest.skip("moving a process to another cgroup needs root")
     root = find_cgroup2_root()
     assert root is not None, "no cgroup2 mount"
-    unit = f"atlas-move-{TAG}-{user}"
-    folder = root / f"{unit}.scope"
-    folder.mkdir()
+    first, second = f"atlas-from-{TAG}-{user}", f"atlas-move-{TAG}-{user}"
+    folders = [root / f"{first}.scope", root / f"{second}.scope"]
+    for folder in folders:
+        folder.mkdir()
     try:
         with exporter_as(user, {}, nobody_or_none, shared_dir, enabled={"process"}) as scraper:
-            proc = procs.start(["sh", "-c", f"exec {PYTHON} -c 'import time; time.sleep(120)' {unit}"])
-            key = f'atlas_app_processes{{app="{unit}"}}'
-            wait_for(lambda: Path(f"/proc/{proc.pid}/comm").read_text().startswith("python"), timeout=20,
+            # the real interpreter, not a shim: no later exec may rename it (only its cgroup moves)
+            proc = procs.start(["sh", "-c", f"exec {SYSTEM_PYTHON} -c 'import time; time.sleep(120)' {second}"])
+            wait_for(lambda: second.encode() in Path(f"/proc/{proc.pid}/cmdline").read_bytes(), timeout=20,
                      message="the exec")
-            assert key not in scraper.values()  # named from its first cgroup
-            (folder / "cgroup.procs").write_text(str(proc.pid))
+            (folders[0] / "cgroup.procs").write_text(str(proc.pid))
+            first_key = f'atlas_app_processes{{app="{first}"}}'
+            key = f'atlas_app_processes{{app="{second}"}}'
+            wait_for(lambda: scraper.values().get(first_key) == 1, timeout=30, message=f"the process named {first}")
+            (folders[1] / "cgroup.procs").write_text(str(proc.pid))
             values = wait_for(lambda: (v := scraper.values()).get(key) == 1 and v, timeout=30,
-                              message=f"the process renamed {unit} after its move")
-            assert values[key] == 1
+                              message=f"the process renamed {second} after its move")
+            assert values.get(first_key, 0) == 0
             proc.kill()
             proc.wait(timeout=20)
     finally:
         deadline = time.monotonic() + 20
-        while True:
-            try:
-                folder.rmdir()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+        for folder in folders:
+            while True:
+                try:
+                    folder.rmdir()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.2)
 
 
 # ----------------------------------------------------------------------------- fold slots
