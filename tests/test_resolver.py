@@ -150,19 +150,22 @@ def test_a_changed_comm_renames_at_once_for_watchers_and_scans() -> None:
     assert res.app_for(sample(token, "crasher")) == "crasher"
 
 
-def test_a_cgroup_move_renames_at_the_next_scan() -> None:
+def test_a_cgroup_move_renames_at_the_next_scans() -> None:
     world = World()
+    clock = [1000.0]
     token = world.add(30, "firefox", cgroup="/user.slice/user-1000.slice/user@1000.service/app.slice")
-    res = resolver(world)
+    res = AppResolver(world, Namer(), 100, clock=lambda: clock[0])  # type: ignore[arg-type]
     assert res.app_of_pid(30) == "firefox"  # named by a watcher before the launcher moved it
     world.idents[token].cgroup = "/user.slice/user-1000.slice/user@1000.service/app.slice/app-gnome-web-42.scope"
     young = sample(token, "firefox", age=1.0)
     assert res.app_for(young) == "web"  # first scan of a watcher-named process: cgroup checked
     world.idents[token].cgroup = "/system.slice/moved.service"
-    assert res.app_for(young) == "moved"  # young: checked at every scan
+    assert res.app_for(young) == "web"  # not yet: checked again 0.5 s after naming
+    clock[0] += 0.6
+    assert res.app_for(young) == "moved"
 
 
-def test_old_processes_have_their_cgroup_checked_rarely() -> None:
+def test_cgroups_are_checked_less_and_less_often() -> None:
     world = World()
     clock = [1000.0]
     tokens = [world.add(pid, f"p{pid}") for pid in range(40, 60)]
@@ -170,14 +173,16 @@ def test_old_processes_have_their_cgroup_checked_rarely() -> None:
     for token in tokens:
         res.app_for(sample(token, f"p{token.pid}"))
     world.cgroup_reads = 0
-    for _ in range(5):
+    for _ in range(120):  # two minutes of scans every second
         clock[0] += 1.0
         for token in tokens:
             res.app_for(sample(token, f"p{token.pid}"))
-    assert world.cgroup_reads == len(tokens)  # once, not five times
-    clock[0] += 120.0
+    assert world.cgroup_reads <= 9 * len(tokens)  # 0.5, 1, 2 ... 32, 60, 60 s apart, not 120 times
     world.idents[tokens[0]].cgroup = "/system.slice/late.service"
-    assert res.app_for(sample(tokens[0], "p40")) == "late"
+    for _ in range(61):
+        clock[0] += 1.0
+        name = res.app_for(sample(tokens[0], "p40"))
+    assert name == "late"  # an old process's move is seen within a minute
 
 
 def test_names_from_reports_go_through_rules_cleaning_and_the_fold() -> None:

@@ -4,8 +4,9 @@ A name is made by the `Namer` from a process's identity, then cleaned (valid UTF
 whitespace or control characters, at most `MAX_NAME_LENGTH` characters) and cached per
 process identity (pid, start time). The cache follows the process: an exec (a proc connector
 event, or a comm that differs from the one the name was made from) and a move to another
-cgroup (re-checked at a process's first scan, every scan while it is young, then every
-`CGROUP_RECHECK_SECONDS`) make it read the identity again. Kernel threads are never named.
+cgroup (re-checked at the first scan of a process a watcher named, then by the scans 0.5 s,
+1 s, 2 s... after naming, at most every `CGROUP_RECHECK_SECONDS`) make it read the identity
+again. Kernel threads are never named.
 
 The `max_apps` fold gives slots only to apps that are exported, i.e. that get a series:
 
@@ -44,8 +45,8 @@ UNKNOWN = "unknown"
 MAX_NAME_LENGTH = 128
 MAX_REMEMBERED_FOLDS = 100_000
 MAX_WATCHED_PIDS = 4096  # names looked up by watchers for processes the scans have not seen
-YOUNG_SECONDS = 10.0  # a process this young has its cgroup re-read at every scan (launchers move it)
-CGROUP_RECHECK_SECONDS = 60.0  # older processes: at most this often
+FIRST_CGROUP_RECHECK_SECONDS = 0.5  # a named process's cgroup is read again this long after, then
+CGROUP_RECHECK_SECONDS = 60.0  # ... after twice as long each time, up to this (launchers move new processes)
 MAX_PARENT_DEPTH = 8  # how many ancestors naming one process may name first
 
 
@@ -127,6 +128,7 @@ class _Entry:
     name: str
     app: str | None = None  # folded; set once a scan exported the process
     recheck_at: float = 0.0  # monotonic time of the next cgroup check by the scan
+    recheck_every: float = FIRST_CGROUP_RECHECK_SECONDS
 
 
 class AppNaming(Protocol):
@@ -229,8 +231,8 @@ class AppResolver:
     def _cgroup_changed(self, sample: ProcSample, entry: _Entry, now: float) -> bool:
         assert self._cgroup_of is not None
         cgroup = self._cgroup_of(sample.id)
-        young = time.time() - sample.start_time_seconds < YOUNG_SECONDS
-        entry.recheck_at = now if young else now + CGROUP_RECHECK_SECONDS
+        entry.recheck_at = now + entry.recheck_every
+        entry.recheck_every = min(entry.recheck_every * 2, CGROUP_RECHECK_SECONDS)
         return cgroup is not None and cgroup != entry.cgroup
 
     def _app_of(self, entry: _Entry | None) -> str | None:
@@ -362,7 +364,7 @@ class AppResolver:
             return None
         entry = _Entry(comm=comm if comm is not None else ident.comm, cgroup=ident.cgroup,
                        name=clean_name(self.namer.name(ident, self.parent_app(ident, depth))))
-        entry.recheck_at = self.clock() + (0.0 if scanned else CGROUP_RECHECK_SECONDS)
+        entry.recheck_at = self.clock() + FIRST_CGROUP_RECHECK_SECONDS
         with self._lock:
             if scanned:
                 self._cache[pid] = entry
