@@ -4,9 +4,9 @@ A name is made by the `Namer` from a process's identity, then cleaned (valid UTF
 whitespace or control characters, at most `MAX_NAME_LENGTH` characters) and cached per
 process identity (pid, start time). The cache follows the process: an exec (a proc connector
 event, or a comm that differs from the one the name was made from) and a move to another
-cgroup (re-checked at the first scan of a process a watcher named, then by the scans 0.5 s,
-1 s, 2 s... after naming, at most every `CGROUP_RECHECK_SECONDS`) make it read the identity
-again. Kernel threads are never named.
+cgroup (re-checked at the first scan of a process a watcher named, then by the scans 1 s, 5 s,
+21 s... after naming, then every `CGROUP_RECHECK_SECONDS`) make it read the identity again.
+Kernel threads are never named.
 
 The `max_apps` fold gives slots only to apps that are exported, i.e. that get a series:
 
@@ -45,8 +45,8 @@ UNKNOWN = "unknown"
 MAX_NAME_LENGTH = 128
 MAX_REMEMBERED_FOLDS = 100_000
 MAX_WATCHED_PIDS = 4096  # names looked up by watchers for processes the scans have not seen
-FIRST_CGROUP_RECHECK_SECONDS = 0.5  # a named process's cgroup is read again this long after, then
-CGROUP_RECHECK_SECONDS = 60.0  # ... after twice as long each time, up to this (launchers move new processes)
+FIRST_CGROUP_RECHECK_SECONDS = 1.0  # a named process's cgroup is read again this long after, then
+CGROUP_RECHECK_SECONDS = 60.0  # ... after 4 times as long each time, up to this (launchers move new processes)
 MAX_PARENT_DEPTH = 8  # how many ancestors naming one process may name first
 
 
@@ -232,7 +232,7 @@ class AppResolver:
         assert self._cgroup_of is not None
         cgroup = self._cgroup_of(sample.id)
         entry.recheck_at = now + entry.recheck_every
-        entry.recheck_every = min(entry.recheck_every * 2, CGROUP_RECHECK_SECONDS)
+        entry.recheck_every = min(entry.recheck_every * 4, CGROUP_RECHECK_SECONDS)
         return cgroup is not None and cgroup != entry.cgroup
 
     def _app_of(self, entry: _Entry | None) -> str | None:
