@@ -428,3 +428,28 @@ def test_a_socket_follows_its_owner_across_an_exec(user: str, nobody_or_none, sh
 
         values = wait_for(settled, timeout=40, message=f"{after} bytes credited to {second_app}")
         assert abs(values[first_key] - before) <= 0.01 * before
+
+
+@pytest.mark.parametrize("user", ["root", "nobody"])
+def test_crash_reports_are_named_by_the_resolver(user: str, nobody_or_none, shared_dir: Path) -> None:
+    """A report whose process is gone: named by the same rules, cleaned and folded like a live process."""
+    reports = shared_dir / "crash"
+    reports.mkdir()
+    os.chmod(reports, 0o755)
+    config = {"apps": [{"name": f"billing-{TAG}", "exe": f"/opt/billing-{TAG}/"}],
+              "crash": {"report_dirs": [str(reports)]}}
+    when = time.strftime("%a %b %d %H:%M:%S %Y")
+    with exporter_as(user, config, nobody_or_none, shared_dir, enabled={"process", "crash"}) as scraper:
+        wait_for(lambda: scraper.values().get('atlas_crash_source_active{source="apport"}') == 1, timeout=30,
+                 message="the apport source")
+        for name, exe in ((f"_opt_billing-{TAG}_bin_worker.0.crash", f"/opt/billing-{TAG}/bin/worker"),
+                          (f"_opt_tools_atlas_rep_{TAG}.0.crash", f"/opt/tools/atlas rep\x1b[1m{TAG}")):
+            path = reports / name
+            path.write_text(f"ProblemType: Crash\nDate: {when}\nExecutablePath: {exe}\nSignal: 11\n"
+                            f"ProcStatus:\n Name:\tworker\n Pid:\t{4_000_000 + len(name)}\n")
+            os.chmod(path, 0o644)
+        rule_key = f'atlas_app_crashes_total{{app="billing-{TAG}",reason="SIGSEGV"}}'
+        clean_key = f'atlas_app_crashes_total{{app="atlas_rep_[1m{TAG}",reason="SIGSEGV"}}'
+        values = wait_for(lambda: (v := scraper.values()).get(rule_key) == 1 and clean_key in v and v, timeout=30,
+                          message=f"both reports counted ({[k for k in scraper.values() if 'crashes_total' in k]})")
+        assert values[clean_key] == 1
