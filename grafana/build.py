@@ -53,6 +53,23 @@ def events(metric: str, selector: str, window: str, exporter: str = "atlas_expor
             f" or (last_over_time({c}[{window}]) - min_over_time({c}[{window}]))")
 
 
+CRASH_ACTIVE = ("atlas_crash_source_active", "")
+HANG_ACTIVE = ("atlas_source_active", 'source="hang_task_scan"')
+FLEET_CRASH_ACTIVE = ("instance:atlas_crash_source_active:max", "")
+FLEET_HANG_ACTIVE = ("instance:atlas_hang_scan_active:max", "")
+
+
+def measured(active: tuple[str, str], selector: str) -> str:
+    """0 where a selected host's source for the quantity is active; no data where none is.
+
+    So a stat reads "No data", not a reassuring 0, where crash or hang detection is off (macOS has
+    no hang scan; an unprivileged Linux exporter may have no crash source).
+    """
+    name, labels = active
+    matchers = ", ".join(part for part in (labels, selector) if part)
+    return f"(max({name}{{{matchers}}} == 1) * 0)"
+
+
 def fleet_events(metric: str, selector: str, window: str) -> str:
     return events(metric, selector, window, exporter="instance:atlas_exporter_build_info:count")
 
@@ -315,10 +332,12 @@ def overview() -> dict[str, Any]:
                   unit="percent", decimals=1))
     p.append(stat(lay, "Crashes", "Crashes in the selected time range, all apps; OOM kills included. "
                   "An instant query: its cost does not grow with the range.",
-                  [(f"sum({crashes_range}) or vector(0)", "crashes")], red_at=1, instant=True,
+                  [(f"sum({crashes_range}) or {measured(CRASH_ACTIVE, SEL)}", "crashes")], red_at=1,
+                  instant=True,
                   color_mode="background", w=3))
     p.append(stat(lay, "Hung processes", "Processes hung now (Linux: in D without progress past the threshold).",
-                  [(f"sum(atlas_app_hung_processes{{{SEL}}}) or vector(0)", "hung")], red_at=1, instant=True,
+                  [(f"sum(atlas_app_hung_processes{{{SEL}}}) or {measured(HANG_ACTIVE, SEL)}", "hung")],
+                  red_at=1, instant=True,
                   color_mode="background", w=3))
     p.append(stat(lay, "Exporters", "Selected atlas-exporter targets that answered their last scrape (up) and "
                   "those that did not; any down is red.",
@@ -659,10 +678,12 @@ def fleet() -> dict[str, Any]:
     p.append(stat(lay, "CPU in use", "CPU cores in use by every app on every host (5-minute rate).",
                   [("sum(app:atlas_app_cpu_seconds:rate5m)", "cores")], decimals=2))
     p.append(stat(lay, "Crashes", "Crashes on the selected hosts in the selected time range, OOM kills included.",
-                  [(f"sum({fleet_events(crashes, SEL, '$__range')}) or vector(0)", "crashes")], red_at=1,
+                  [(f"sum({fleet_events(crashes, SEL, '$__range')}) or {measured(FLEET_CRASH_ACTIVE, SEL)}",
+                    "crashes")], red_at=1,
                   instant=True, color_mode="background"))
     p.append(stat(lay, "Hung processes", "Processes hung now, every host.",
-                  [("sum(app:atlas_app_hung_processes:sum) or vector(0)", "hung")], red_at=1, instant=True,
+                  [(f"sum(app:atlas_app_hung_processes:sum) or {measured(FLEET_HANG_ACTIVE, SEL)}", "hung")],
+                  red_at=1, instant=True,
                   color_mode="background"))
 
     p.append(row(lay, "Top apps across the fleet"))

@@ -1,6 +1,6 @@
 """App names of real processes, started the ways people start them, through the whole exporter.
 
-Each scenario runs real programs with unique names (several engineers' tests share the machine),
+Each scenario runs real programs with unique names (other tests may run on the machine at the same time),
 then the exporter runs once (`--once`) and its `atlas_app_processes` says which app each process
 landed in. Everything runs twice: as root, and with the programs and the exporter as `nobody`
 (who cannot read other users' cwd or exe links, so both are that user's own).

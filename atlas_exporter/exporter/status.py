@@ -18,6 +18,7 @@ younger than an hour; its counters start at 0).
 from __future__ import annotations
 
 import html
+import logging
 import os
 import threading
 import time
@@ -29,6 +30,8 @@ from prometheus_client.metrics_core import Metric
 
 from atlas_exporter import __version__
 from atlas_exporter.model import AppView, Snapshot, SourceStatus
+
+log = logging.getLogger(__name__)
 
 HOUR = 3600.0
 SAMPLE_SECONDS = 60.0
@@ -213,7 +216,7 @@ class StatusPage:
         try:
             self.sample()
         except Exception:  # a status page must never stop the exporter from starting
-            pass
+            log.debug("status page: priming sample failed", exc_info=True)
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="atlas-status-sampler", daemon=True)
         self._thread.start()
@@ -229,7 +232,7 @@ class StatusPage:
             try:
                 self.sample()
             except Exception:  # the next sample may work; the page shows what it has
-                pass
+                log.debug("status page: sample failed", exc_info=True)
 
     # ------------------------------------------------------------ rows
 
