@@ -1,6 +1,6 @@
 """How much of short curl downloads the network collector cannot attribute to an app.
 
-    sudo python3 bench/short_sockets.py [--small 20] [--large 3] [--scope] [--rate 100mbit]
+    python3 bench/short_sockets.py [--small 20] [--large 3] [--scope] [--rate 100mbit]   # as root
 
 Starts the exporter's pipeline (process + network collectors) in this process, a local HTTP
 server (`python3 -m http.server`) serving a 1 MiB and a 100 MiB file, and downloads each file with

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install atlas-exporter into a virtualenv (default /opt/atlas-exporter) and link
 # /usr/local/bin/atlas-exporter. With --run, start it with the remaining arguments.
-#   sudo ./scripts/install.sh --run                  # serve :9858/metrics with defaults
+#   ./scripts/install.sh --run                       # as root: serve :9858/metrics with defaults
 #   ATLAS_PREFIX=$HOME/.atlas ./scripts/install.sh   # unprivileged install
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
