@@ -939,8 +939,13 @@ class LinuxCrashSource:
             status = decode_wait_status(event.exit_code)
             reason = crash_reason(status)
             outcome = exit_outcome(status)
-            if reason is not None or outcome is not None:
-                app = self._app_at_exit(event.pid, failed=reason is not None or outcome != "success")
+            if reason is None and outcome == "success":
+                # the common case, kept cheap for exit storms: the app it was learned under, if it
+                # has series; a process never learned (an exec storm over the naming budget) is other
+                known = self.pids.app(event.pid)
+                self.book.record_exit(self._exit_label(known, outcome) if known is not None else OTHER_APP, outcome)
+            elif reason is not None or outcome is not None:
+                app = self._app_at_exit(event.pid, failed=True)
                 if outcome is not None:
                     self.book.record_exit(self._exit_label(app, outcome), outcome)
                 if reason is not None:
@@ -955,8 +960,8 @@ class LinuxCrashSource:
         exec'd), else what the zombie shows.
 
         Only a failure (a crash, an error code, a signal) is named now when the watcher never
-        learned the process: a successful exit takes its comm, so exit storms spend none of the
-        naming budget that exec events need.
+        learned the process, else it takes its comm: exit storms spend none of the naming budget
+        that exec events need.
         """
         app = self.pids.app(pid)
         if app is None and failed:
