@@ -2,7 +2,7 @@
 # Side-by-side scrape benchmark: atlas-exporter (default collectors, and with --collector.smaps)
 # vs process-exporter vs the C lower bound,
 # with N extra processes over M apps (defaults 1000 over 50), in one run.
-#   sudo bench/compare.sh [--procs 1000 --apps 50 --scrapes 30]
+#   bench/compare.sh [--procs 1000 --apps 50 --scrapes 30]   (as root)
 # Environment:
 #   ATLAS_BEFORE=REV   also run atlas-exporter as it was at git revision REV (target "before")
 #   ATLAS_NO_PE=1      leave process-exporter out (it panics on a process name that is not UTF-8)
