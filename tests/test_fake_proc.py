@@ -142,6 +142,16 @@ def test_smaps_collector_sums_pss(tmp_path: Path) -> None:
     assert v['atlas_scrape_collector_success{collector="smaps"}'] == 1
 
 
+def test_smaps_is_off_unless_asked_for(tmp_path: Path) -> None:
+    procfs = fake_proc(tmp_path / "proc")
+    (procfs / "410" / "smaps_rollup").write_text("Pss:             1000 kB\n")
+    source = LinuxProcessSource(procfs)
+    exporter = Exporter(parse_config({}), procfs=procfs, process_source=source, sources=[], platform_name="linux")
+    assert "smaps" not in exporter.enabled and "process" in exporter.enabled
+    assert source.read_pss is False
+    assert "atlas_app_proportional_memory_bytes" not in exporter.render_metrics()[0].decode()
+
+
 def test_status_is_reread_only_when_stat_changes_and_limits_when_due(tmp_path: Path) -> None:
     procfs = fake_proc(tmp_path / "proc")
     now = [0.0]

@@ -45,7 +45,8 @@ class Exporter:
                  platform_name: str | None = None) -> None:
         self.config = config
         self.procfs = Path(procfs)
-        self.enabled = set(platform.COLLECTORS) if enabled is None else set(enabled)
+        self.enabled = ({name for name, on in platform.COLLECTORS.items() if on} if enabled is None
+                        else set(enabled))  # the defaults, as on the command line: smaps is off
         self.process_source = process_source or platform.build_process_source(self.procfs)
         if hasattr(self.process_source, "read_pss"):  # smaps_rollup is read only for --collector.smaps
             self.process_source.read_pss = "smaps" in self.enabled
