@@ -83,15 +83,6 @@ def test_crash_book_without_pid_matches_app_from_another_source_only():
     assert sum(book.crashes().values()) == 3
 
 
-def test_crash_book_caps_apps():
-    book = CrashBook(max_apps=2)
-    for i, app in enumerate(["a", "b", "c", "d"]):
-        book.record_crash(_event("x", 1000.0 + 100 * i, i, app=app))
-    book.record_hang("e")
-    assert book.crashes() == {("a", "SIGSEGV"): 1, ("b", "SIGSEGV"): 1, ("other", "SIGSEGV"): 2}
-    assert book.hangs() == {"other": 1}
-
-
 def _obs(pid, tid, switches):
     return TaskObservation(process=(pid, 100), task=(tid, 100), switches=switches)
 

@@ -151,13 +151,13 @@ class CrashBook:
     whatever the crash rate: three buckets are looked at, each holding at most one
     [earliest, latest] pair per source.
 
-    `max_apps` caps the number of distinct app labels (further apps count as "other",
-    sticky, like the exporter's own fold). App names are made valid UTF-8 here.
+    App labels come folded from the resolver (its `export`, the one `max_apps` fold, so the
+    crashes and the CPU of an app share one label); they are made valid UTF-8 here. `retire`
+    drops the counts of apps the scan retired, as their process series are.
     """
 
-    def __init__(self, window_seconds: float = 30.0, max_apps: int = 500) -> None:
+    def __init__(self, window_seconds: float = 30.0) -> None:
         self.window_seconds = window_seconds
-        self.max_apps = max_apps
         self._lock = threading.Lock()
         self._apps: dict[str, _AppCounts] = {}
         self._by_pid: _Index = {}
@@ -170,10 +170,14 @@ class CrashBook:
     def _app(self, name: str) -> _AppCounts:
         counts = self._apps.get(name)
         if counts is None:
-            if len(self._apps) >= self.max_apps and name != OTHER:
-                return self._app(OTHER)
             counts = self._apps[name] = _AppCounts()
         return counts
+
+    def retire(self, apps: Iterable[str]) -> None:
+        """Drop every count of `apps` (retired by the scan: their slots are given back)."""
+        with self._lock:
+            for app in apps:
+                self._apps.pop(app, None)
 
     def _bucket(self, when: float) -> int:
         return int(when // self.window_seconds) if self.window_seconds > 0 else 0

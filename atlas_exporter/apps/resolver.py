@@ -16,7 +16,15 @@ The `max_apps` fold gives slots only to apps that are exported, i.e. that get a 
   series for it (a crash counted, a hang started, bytes credited).
 - `app_for_name(raw, exe=None)` / `app_for_identity(ident)`: a name from a crash report
   or log line whose process is gone (apport, systemd-coredump, kernel log, macOS reports):
-  named by the same rules as a live process with that comm, cleaned and folded at once.
+  named by the same rules as a live process with that comm, cleaned and folded at once;
+  `name_for` / `name_of_identity` name the same way without taking a slot.
+- A zombie the scan never saw alive is not named by the scan (its comm is cut to 15
+  characters); its exit still reaches the watchers.
+
+When the scan retires an app (no process for `retention_seconds`), its slot is released and
+every source drops its series with it (network totals, crash, exit and hang counts: the
+`on_retired` hooks), so the app labels of the whole exposition never exceed `max_apps` plus
+`other`.
 - `app_after_exec(pid)`: the exec event of the proc connector; drops the cached name and
   names the new program at once.
 
@@ -140,10 +148,9 @@ class AppNaming(Protocol):
 
     def app_for_name(self, raw: str | bytes | None, exe: str | None = None) -> str: ...
 
-    def app_of_cgroup(self, cgroup: str) -> str | None:
-        """The name of the app a cgroup path stands for (its processes are gone), not folded."""
-        name = self.namer.name(ProcIdentity(comm="", cgroup=cgroup))
-        return clean_name(name) if name and name != UNKNOWN else None
+    def name_for(self, raw: str | bytes | None, exe: str | None = None) -> str: ...
+
+    def app_of_cgroup(self, cgroup: str) -> str | None: ...
 
     def export(self, name: str) -> str: ...
 
@@ -164,10 +171,12 @@ class PidNaming:
     def app_for_name(self, raw: str | bytes | None, exe: str | None = None) -> str:
         return clean_name(raw)
 
+    def name_for(self, raw: str | bytes | None, exe: str | None = None) -> str:
+        return clean_name(raw)
+
     def app_of_cgroup(self, cgroup: str) -> str | None:
-        """The name of the app a cgroup path stands for (its processes are gone), not folded."""
-        name = self.namer.name(ProcIdentity(comm="", cgroup=cgroup))
-        return clean_name(name) if name and name != UNKNOWN else None
+        """No namer here: a cgroup names no app."""
+        return None
 
     def export(self, name: str) -> str:
         return name
@@ -211,6 +220,10 @@ class AppResolver:
         """The (folded) app of a scanned process; None when it vanished before it could be named."""
         entry = self._cache.get(sample.id)
         if entry is None:
+            if sample.state == "Z":
+                # a zombie the scan never saw alive: its comm is all that is left (15 characters,
+                # not its app's name); its exit is counted by the watchers, it has no series here
+                return None
             with self._lock:
                 entry = self._watched.pop(sample.id, None)
                 if entry is not None:
@@ -301,12 +314,20 @@ class AppResolver:
 
     def app_for_name(self, raw: str | bytes | None, exe: str | None = None) -> str:
         """The folded app of a process known only by name (and maybe its executable), e.g. from a report."""
+        return self.export(self.name_for(raw, exe))
+
+    def name_for(self, raw: str | bytes | None, exe: str | None = None) -> str:
+        """`app_for_name` without the fold: the name, taking no slot (`export` it when it gets a series)."""
         comm = clean_name(raw) if isinstance(raw, bytes) else (raw or "")
-        return self.app_for_identity(ProcIdentity(comm=comm, exe=exe or None))
+        return self.name_of_identity(ProcIdentity(comm=comm, exe=exe or None))
+
+    def name_of_identity(self, ident: ProcIdentity) -> str:
+        """The name of an identity read from a report (or captured earlier), not folded."""
+        return clean_name(self.namer.name(ident, self.parent_app(ident)))
 
     def app_for_identity(self, ident: ProcIdentity) -> str:
         """The folded app of an identity read from a report (or captured earlier), not from a live process."""
-        return self.export(clean_name(self.namer.name(ident, self.parent_app(ident))))
+        return self.export(self.name_of_identity(ident))
 
     def app_of_cgroup(self, cgroup: str) -> str | None:
         """The name of the app a cgroup path stands for (its processes are gone), not folded."""

@@ -72,7 +72,8 @@ class Snapshotter:
         for sample in scan.samples:
             app = app_for(sample)
             if app is None:
-                self.read_errors_total["vanished"] += 1
+                if sample.state != "Z":  # a zombie never seen alive is left unnamed, not a read error
+                    self.read_errors_total["vanished"] += 1
                 continue
             named.append((sample, app))
         update = self.tracker.update(named, now, keep=scan.skipped)

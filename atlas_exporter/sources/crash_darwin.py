@@ -411,7 +411,6 @@ class DarwinCrashSource:
         state_file: Path | None = None,
         poll_interval_seconds: float = 10.0,
         max_report_bytes: int = MAX_REPORT_BYTES,
-        max_apps: int = 500,
         clock: Callable[[], float] = time.time,
         all_users: bool | None = None,
         users_root: Path = USERS_ROOT,
@@ -428,7 +427,7 @@ class DarwinCrashSource:
         self.poll_interval_seconds = poll_interval_seconds
         self.max_report_bytes = max_report_bytes
         self.clock = clock
-        self.book = CrashBook(max_apps=max_apps)
+        self.book = CrashBook()
         self.skipped = dict.fromkeys(SKIP_REASONS, 0)
         self._files: dict[Path, tuple[int, int]] = {}
         self._lock = threading.Lock()
@@ -598,6 +597,10 @@ class DarwinCrashSource:
         return [SourceStatus(SOURCE_NAME, active, privilege if active else "none", "; ".join(reasons),
                              details=tuple(f"watching {f}" for f in readable))]
 
+    def retire(self, apps: Iterable[str]) -> None:
+        """Drop the crash and hang counts of apps the scan retired, with their process series."""
+        self.book.retire(apps)
+
     def collect(self, snapshot: Snapshot) -> Iterable[Metric]:
         with self._lock:
             skipped = dict(self.skipped)
@@ -613,4 +616,4 @@ def make_crash_source(config: Config, procfs: Path, resolver: AppResolver) -> So
     """
     state = Path(os.path.expanduser(config.crash.state_file or DEFAULT_STATE_FILE))
     return DarwinCrashSource(resolver.app_for_identity, folders=report_folders(config.crash.report_dirs),
-                             state_file=state, max_apps=config.max_apps)
+                             state_file=state)

@@ -66,7 +66,7 @@ from atlas_exporter.apps.crashes import (
     exit_outcome,
     reason_of_signal,
 )
-from atlas_exporter.apps.resolver import AppNaming, as_naming
+from atlas_exporter.apps.resolver import AppNaming, as_naming, clean_name
 from atlas_exporter.config import Config
 from atlas_exporter.model import AppOfPid, ProcIdentity, Snapshot, Source, SourceStatus, clean_label
 from atlas_exporter.sources.oom_linux import CgroupOomWatcher, MemoryRoot
@@ -668,7 +668,6 @@ class LinuxCrashSource:
         poll_interval_seconds: float = 2.0,
         rescan_interval_seconds: float = 10.0,
         dedup_window_seconds: float = 30.0,
-        max_apps: int = 500,
         names_per_second: float = 200.0,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
@@ -683,7 +682,7 @@ class LinuxCrashSource:
         self.rescan_interval_seconds = rescan_interval_seconds
         self.clock = clock
         self.monotonic = monotonic
-        self.book = CrashBook(window_seconds=dedup_window_seconds, max_apps=max_apps)
+        self.book = CrashBook(window_seconds=dedup_window_seconds)
         self.pids = PidApps()
         self.skipped = dict.fromkeys(SKIP_REASONS, 0)
         self.overruns = 0  # ENOBUFS from the proc connector socket (each one loses one or more events)
@@ -983,7 +982,7 @@ class LinuxCrashSource:
 
     def _name_captured(self, ident: ProcIdentity) -> str | None:
         try:
-            return self.naming.app_for_identity(ident)  # type: ignore[attr-defined]
+            return self.naming.name_of_identity(ident)  # type: ignore[attr-defined]
         except Exception:  # a naming failure must not stop the watcher
             log.debug("naming a captured identity failed", exc_info=True)
             return None
@@ -1051,8 +1050,16 @@ class LinuxCrashSource:
             os.close(fd)
 
     def _comm(self, pid: int) -> str:
-        """The app of a process known only by its comm now, else `unknown` (through the resolver)."""
-        return self.naming.app_for_name(self._comm_bytes(pid) or UNKNOWN_APP)
+        """The name of a process known only by its comm now, else `unknown` (through the resolver).
+
+        Not folded: the exit or crash that asks decides whether it takes a slot (`_exit_label`, `_record`).
+        """
+        raw = self._comm_bytes(pid) or UNKNOWN_APP
+        try:
+            return self.naming.name_for(raw)
+        except Exception:  # a naming failure must not stop the watcher
+            log.debug("naming comm %r failed", raw, exc_info=True)
+            return clean_name(raw)
 
     def _tgid(self, tid: int) -> int | None:
         """The process of a thread id: the fork or exit event's answer, else `/proc/<tid>/status`.
@@ -1240,6 +1247,10 @@ class LinuxCrashSource:
 
     # -- reporting
 
+    def retire(self, apps: Iterable[str]) -> None:
+        """Drop the crash and exit counts of apps the scan retired, with their process series."""
+        self.book.retire(apps)
+
     def statuses(self) -> list[SourceStatus]:
         if not self._status:
             return [SourceStatus(name, False, "none", "not started") for name in SOURCE_NAMES]
@@ -1257,4 +1268,4 @@ class LinuxCrashSource:
 def make_crash_source(config: Config, procfs: Path, naming: AppNaming) -> Source | None:
     """The Linux `crash` sub-collector; extra `crash.report_dirs` are watched like /var/crash."""
     dirs = [APPORT_DIR, *(Path(os.path.expanduser(d)) for d in config.crash.report_dirs)]
-    return LinuxCrashSource(naming, procfs=procfs, report_dirs=dirs, max_apps=config.max_apps)
+    return LinuxCrashSource(naming, procfs=procfs, report_dirs=dirs)

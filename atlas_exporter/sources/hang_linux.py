@@ -165,7 +165,6 @@ class LinuxHangSource:
         procfs: Path = Path("/proc"),
         threshold_seconds: float = 30.0,
         check_interval_seconds: float = 5.0,
-        max_apps: int = 500,
         clock: Callable[[], float] = time.monotonic,
         scan: Callable[[Path], BlockedScan] = scan_blocked_tasks,
     ) -> None:
@@ -176,7 +175,7 @@ class LinuxHangSource:
         self.clock = clock
         self.scan = scan
         self.tracker = HangTracker(threshold_seconds)
-        self.book = CrashBook(max_apps=max_apps)
+        self.book = CrashBook()
         self._apps: dict[tuple[int, int], str] = {}
         self._hung_by_app: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -215,8 +214,8 @@ class LinuxHangSource:
         if app is None:
             try:
                 app = self.naming.app_of_pid(process[0])
-                if app is None:  # gone since the scan: the comm it had then
-                    app = self.naming.app_for_name(comms.get(process) or "unknown")
+                if app is None:  # gone since the scan: the comm it had then (no slot until it is hung)
+                    app = self.naming.name_for(comms.get(process) or "unknown")
             except Exception:  # a naming failure must not stop the watcher
                 log.debug("naming pid %d failed", process[0], exc_info=True)
                 app = "unknown"
@@ -247,6 +246,10 @@ class LinuxHangSource:
             self._hung_by_app = hung_by_app
         return update
 
+    def retire(self, apps: Iterable[str]) -> None:
+        """Drop the hang counts of apps the scan retired, with their process series."""
+        self.book.retire(apps)
+
     def statuses(self) -> list[SourceStatus]:
         return [self._status]
 
@@ -271,4 +274,4 @@ class LinuxHangSource:
 def make_hang_source(config: Config, procfs: Path, naming: AppNaming) -> Source | None:
     """The Linux `hang` sub-collector with `hang.threshold_seconds` and `hang.check_interval_seconds`."""
     return LinuxHangSource(naming, procfs=procfs, threshold_seconds=config.hang.threshold_seconds,
-                           check_interval_seconds=config.hang.check_interval_seconds, max_apps=config.max_apps)
+                           check_interval_seconds=config.hang.check_interval_seconds)
