@@ -170,3 +170,42 @@ def test_app_labels_stay_under_the_cap_while_distinct_programs_crash(tmp_path: P
         exporter.stop()
     assert worst <= max_apps + 1, (worst, seen)
     assert any(s.startswith("crashy-") for s in seen)
+
+
+ZOMBIE_MAKER = """\
+import os, sys, time
+child = os.fork()
+if child == 0:
+    os.execv(sys.argv[1], [sys.argv[1]])
+print(child, flush=True)
+time.sleep(120)  # never reaps it
+"""
+
+
+@pytest.mark.skipif(not (IS_LINUX and IS_ROOT), reason="runs the exporter in this process as root")
+def test_a_real_zombie_first_seen_dead_gets_no_app(tmp_path: Path) -> None:
+    """A program whose first scan finds it a zombie (exe and cmdline gone) is not exported under its
+    15-character comm; its parent, seen alive, is."""
+    program = tmp_path / f"atlas-zombie-program-{TAG}"  # a comm cut to 15 characters: atlas-zombie-pr
+    shutil.copy("/bin/true", program)
+    maker = subprocess.Popen([sys.executable, "-c", ZOMBIE_MAKER, str(program)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert maker.stdout is not None
+        child = int(maker.stdout.readline())
+        wait_for(lambda: Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z",
+                 timeout=30, message="the child to be a zombie")
+        exporter = Exporter(parse_config({"snapshot_max_age_seconds": 0}), enabled={"process"})
+        exporter.start()
+        try:
+            for _ in range(3):
+                text = exporter.render_metrics()[0].decode()
+                assert 'app="atlas-zombie-pr' not in text
+                time.sleep(0.2)
+            assert Path(f"/proc/{child}/stat").exists()  # still a zombie at the last scan
+        finally:
+            exporter.stop()
+    finally:
+        maker.kill()
+        maker.wait(timeout=20)
+        if maker.stdout is not None:
+            maker.stdout.close()
