@@ -209,3 +209,44 @@ def test_a_real_zombie_first_seen_dead_gets_no_app(tmp_path: Path) -> None:
         maker.wait(timeout=20)
         if maker.stdout is not None:
             maker.stdout.close()
+
+
+EXIT_MAKER = """\
+import os, sys, time
+for program in sys.argv[1:]:
+    if os.fork() == 0:
+        os.execv(program, [program])
+time.sleep(3)  # the exits are read while the children are zombies, then reaped
+while True:
+    try:
+        os.wait()
+    except ChildProcessError:
+        break
+"""
+
+
+@pytest.mark.skipif(not (IS_LINUX and IS_ROOT), reason="exit events need root: the proc connector")
+def test_real_exits_of_never_named_programs_take_a_slot_only_when_they_fail(tmp_path: Path) -> None:
+    """Over the exec naming budget nothing is named at exec: a program that exits 0 is `other` and takes
+    no slot; one that exits 1 is named from its comm and takes one, as a crash would."""
+    from atlas_exporter.apps.naming import Namer
+    from atlas_exporter.apps.resolver import AppResolver
+    from atlas_exporter.platform import build_process_source
+
+    ok, fail = tmp_path / f"ok{TAG}", tmp_path / f"no{TAG}"
+    shutil.copy("/bin/true", ok)
+    shutil.copy("/bin/false", fail)
+    res = AppResolver(build_process_source(Path("/proc")), Namer(parse_config({}).apps), 100)
+    source = LinuxCrashSource(res, report_dirs=(), names_per_second=0.001)  # no name, no capture at exec
+    source.start()
+    try:
+        assert any(s.name == "proc_connector" and s.active for s in source.statuses())
+        maker = subprocess.Popen([sys.executable, "-c", EXIT_MAKER, str(ok), str(fail)])
+        wait_for(lambda: source.book.exits().get((f"no{TAG}", "error")) == 1, timeout=30,
+                 message="the failed exit under its comm")
+        assert maker.wait(timeout=60) == 0
+    finally:
+        source.stop()
+    assert not res.fold.is_admitted(f"ok{TAG}") and res.fold.is_admitted(f"no{TAG}")
+    assert (f"ok{TAG}", "success") not in source.book.exits()
+    assert source.book.exits().get(("other", "success"), 0) >= 1
