@@ -250,3 +250,14 @@ def test_real_exits_of_never_named_programs_take_a_slot_only_when_they_fail(tmp_
     assert not res.fold.is_admitted(f"ok{TAG}") and res.fold.is_admitted(f"no{TAG}")
     assert (f"ok{TAG}", "success") not in source.book.exits()
     assert source.book.exits().get(("other", "success"), 0) >= 1
+
+
+def test_a_duplicate_crash_takes_no_slot() -> None:
+    """The same crash seen by a second source under another name (a report's file name) is not counted
+    and takes no slot: only a counted crash exports its app."""
+    res = resolver(World(), max_apps=5)
+    source = LinuxCrashSource(res, procfs=Path("/nonexistent"), use_connector=False)
+    source._record(CrashEvent(source="proc_connector", time=1000.0, reason="SIGSEGV", app="worker", pid=42))
+    source._record(CrashEvent(source="kmsg", time=1001.0, reason="SIGSEGV", app="worker-thread", pid=42))
+    assert source.book.crashes() == {("worker", "SIGSEGV"): 1}
+    assert res.fold.is_admitted("worker") and not res.fold.is_admitted("worker-thread")

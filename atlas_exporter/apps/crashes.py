@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -233,8 +233,12 @@ class CrashBook:
                     or self._near(self._by_app_without_pid, app, event.time, bucket, event.source, False))
         return self._near(self._by_app, app, event.time, bucket, event.source, False)
 
-    def record_crash(self, event: CrashEvent) -> bool:
-        """Count `event` unless another source already reported it; True when counted."""
+    def record_crash(self, event: CrashEvent, export: Callable[[str], str] | None = None) -> bool:
+        """Count `event` unless another source already reported it; True when counted.
+
+        `export` (the resolver's fold) gives the label the count goes under, called only for a
+        counted crash: a duplicate takes no `max_apps` slot. Duplicates are matched by the name.
+        """
         app = clean_label(event.app)
         if app is not event.app:
             event = replace(event, app=app)
@@ -249,7 +253,7 @@ class CrashBook:
             else:
                 self._index(self._by_app_without_pid, _app_key(event), event.time, bucket, event.source)
             self._index(self._by_app, _app_key(event), event.time, bucket, event.source)
-            counts = self._app(event.app)
+            counts = self._app(clean_label(export(event.app)) if export is not None else event.app)
             counts.by_reason[event.reason] = counts.by_reason.get(event.reason, 0) + 1
             if counts.last_crash is None or event.time > counts.last_crash:
                 counts.last_crash = event.time

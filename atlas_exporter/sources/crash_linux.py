@@ -33,12 +33,11 @@ parent's name only until it execs, a process already reaped at exit time is name
 was read at its exec, a zombie from its comm and cgroup, never from its parent. A kernel-log
 line's thread id is mapped to its process (`Tgid` of `/proc/<tid>/status`, or the fork event),
 so a crashing thread is one crash of its process. Report file names and log comms are named
-through `app_for_name`, and a crash is folded into `other` (`max_apps`) only when counted.
+through `name_for` (no slot), and a crash is folded into `other` (`max_apps`) only when counted.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import logging
 import os
@@ -1109,7 +1108,7 @@ class LinuxCrashSource:
                 self._kmsg_waiting.append((deadline, crash))
 
     def _count_kmsg(self, crash: KernelCrash, pid: int) -> None:
-        app = self.pids.app(pid) or self._resolve(pid) or self.naming.app_for_name(kmsg_unescape(crash.comm))
+        app = self.pids.app(pid) or self._resolve(pid) or self.naming.name_for(kmsg_unescape(crash.comm))
         when = self.clock() - max(0.0, self.monotonic() - crash.monotonic_seconds)
         self._record(CrashEvent(source="kernel_log", time=when, reason=crash.reason, app=app, pid=pid,
                                 comm=kmsg_unescape(crash.comm)))
@@ -1193,7 +1192,7 @@ class LinuxCrashSource:
             return
         if not self._trusted_owner(path, state.uid, parsed.uid):
             return
-        app = self.pids.app(parsed.pid) or self.naming.app_for_name(parsed.comm)
+        app = self.pids.app(parsed.pid) or self.naming.name_for(parsed.comm)
         self._record(CrashEvent(source="systemd_coredump", time=parsed.time, reason="other", app=app,
                                 pid=parsed.pid, comm=parsed.comm))
 
@@ -1229,15 +1228,14 @@ class LinuxCrashSource:
         if app is None:
             # comm is the first 15 bytes of the executable's name
             comm = os.path.basename(executable)[:15] if executable else guess
-            app = self.naming.app_for_name(comm, exe=executable)
+            app = self.naming.name_for(comm, exe=executable)
         when = report.time if report and report.time else state.mtime_ns / 1e9
         reason = reason_of_signal(report.signal) if report and report.signal is not None else "other"
         self._record(CrashEvent(source="apport", time=when, reason=reason, app=app, pid=pid))
 
     def _record(self, event: CrashEvent) -> None:
-        # the crash gets a series now: only now does its app take a `max_apps` slot
-        event = dataclasses.replace(event, app=self.naming.export(event.app))
-        counted = self.book.record_crash(event)
+        # a counted crash gets a series: only then does its app take a `max_apps` slot
+        counted = self.book.record_crash(event, self.naming.export)
         log.log(logging.INFO if counted else logging.DEBUG, "crash %s: app=%s pid=%s reason=%s (%s)",
                 "counted" if counted else "duplicate", event.app, event.pid, event.reason, event.source)
 
