@@ -660,8 +660,8 @@ class _Namespace:
             self.destroy.close()
 
 
-def parse_tcp_in_segs(snmp: str) -> int | None:
-    """`InSegs` of the `Tcp:` lines of `/proc/net/snmp` (IPv4 and IPv6 share it); None when absent."""
+def _tcp_counter_sum(snmp: str, names: tuple[str, ...]) -> int | None:
+    """The sum of the named counters of the `Tcp:` lines of `/proc/net/snmp`; None when any is absent."""
     header: list[str] | None = None
     for line in snmp.splitlines():
         if not line.startswith("Tcp:"):
@@ -671,27 +671,20 @@ def parse_tcp_in_segs(snmp: str) -> int | None:
             header = fields
             continue
         try:
-            return int(fields[header.index("InSegs")])
+            return sum(int(fields[header.index(name)]) for name in names)
         except (ValueError, IndexError):
             return None
     return None
+
+
+def parse_tcp_in_segs(snmp: str) -> int | None:
+    """`InSegs` of the `Tcp:` lines of `/proc/net/snmp` (IPv4 and IPv6 share it); None when absent."""
+    return _tcp_counter_sum(snmp, ("InSegs",))
 
 
 def parse_tcp_opens(snmp: str) -> int | None:
     """`ActiveOpens` + `PassiveOpens` of `/proc/net/snmp`: TCP connections ever opened in the namespace."""
-    header: list[str] | None = None
-    for line in snmp.splitlines():
-        if not line.startswith("Tcp:"):
-            continue
-        fields = line.split()[1:]
-        if header is None:
-            header = fields
-            continue
-        try:
-            return int(fields[header.index("ActiveOpens")]) + int(fields[header.index("PassiveOpens")])
-        except (ValueError, IndexError):
-            return None
-    return None
+    return _tcp_counter_sum(snmp, ("ActiveOpens", "PassiveOpens"))
 
 
 def parse_sockstat_tcp(sockstat: str) -> tuple[int, ...] | None:
