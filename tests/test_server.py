@@ -13,19 +13,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from test_server_support import METRICS_BODY, METRICS_TYPE, open_fds, raw_exchange, request, serving
+from test_server_support import METRICS_BODY, METRICS_TYPE, open_fds, poll, raw_exchange, request, serving
 
 from atlas_exporter.exporter import server as server_module
 from atlas_exporter.exporter.server import ServerError, accepts_gzip, parse_listen_address, start_server
-
-
-def _poll(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def test_metrics_status_and_head():
@@ -163,13 +154,13 @@ def test_fd_count_stays_flat_over_100_scrapes():
         port = srv.address[1]
         for _ in range(5):
             assert request(port)[0] == 200
-        assert _poll(lambda: open_fds() == open_fds())
+        assert poll(lambda: open_fds() == open_fds())
         before = open_fds()
         for i in range(100):
             assert request(port, headers={"Accept-Encoding": "gzip"} if i % 2 else None)[0] == 200
         for _ in range(10):
             assert request(port, "/nope")[0] == 404
-        assert _poll(lambda: open_fds() <= before), f"fds grew from {before} to {open_fds()}"
+        assert poll(lambda: open_fds() <= before), f"fds grew from {before} to {open_fds()}"
 
 
 def test_request_line_too_long_is_414():
@@ -234,7 +225,7 @@ def test_at_the_cap_the_oldest_idle_connection_makes_room():
         try:
             for count in (1, 2, 3):
                 idle.append(socket.create_connection(("127.0.0.1", port), timeout=30))
-                assert _poll(lambda count=count: srv.open_connections == count)
+                assert poll(lambda count=count: srv.open_connections == count)
             newest = socket.create_connection(("127.0.0.1", port), timeout=30)
             idle.append(newest)
             assert _closed_by_server(idle[0], 10)  # the oldest idle one was closed, not the new one
@@ -248,7 +239,7 @@ def test_at_the_cap_the_oldest_idle_connection_makes_room():
         finally:
             for sock in idle:
                 sock.close()
-        assert _poll(lambda: srv.open_connections == 0)
+        assert poll(lambda: srv.open_connections == 0)
 
 
 def test_requests_are_logged_at_debug_level_not_on_stderr(caplog, capfd):

@@ -31,6 +31,7 @@ from test_server_support import (
     basic,
     client_context,
     make_certs,
+    poll,
     request,
     serving,
 )
@@ -58,15 +59,6 @@ def many_fds():
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
     yield
     resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-
-
-def _poll(predicate, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def _connect(port: int, source: str | None = None) -> socket.socket:
@@ -294,7 +286,7 @@ def test_a_wrong_password_flood_does_not_delay_a_real_login():
         for thread in flooders:
             thread.start()
         try:
-            assert _poll(lambda: srv.basic_auth.bcrypt_checks >= 10, 30), "the flood did not start"
+            assert poll(lambda: srv.basic_auth.bcrypt_checks >= 10, 30), "the flood did not start"
             started = time.monotonic()
             status = request(port, headers={"Authorization": basic("alice", password)}, timeout=30)[0]
             first = time.monotonic() - started
@@ -404,12 +396,12 @@ def test_sighup_reloads_the_web_config_and_never_kills(tmp_path):
         assert request(port, headers={"Authorization": basic("alice", "first")})[0] == 200
         web.write_text(f"basic_auth_users:\n  alice: {second}\n")
         proc.send_signal(signal.SIGHUP)
-        assert _poll(lambda: b"reloaded the web config" in log.read_bytes())
+        assert poll(lambda: b"reloaded the web config" in log.read_bytes(), 20)
         assert request(port, headers={"Authorization": basic("alice", "second")})[0] == 200
         assert request(port, headers={"Authorization": basic("alice", "first")})[0] == 401
         web.write_text("basic_auth_users:\n  alice: not-a-hash\n")  # a broken file keeps the old config
         proc.send_signal(signal.SIGHUP)
-        assert _poll(lambda: b"keeping the previous web config" in log.read_bytes())
+        assert poll(lambda: b"keeping the previous web config" in log.read_bytes(), 20)
         assert request(port, headers={"Authorization": basic("alice", "second")})[0] == 200
         assert proc.poll() is None
         proc.send_signal(signal.SIGTERM)
@@ -426,7 +418,7 @@ def test_sighup_without_a_web_config_is_logged(tmp_path):
         for _ in range(3):
             proc.send_signal(signal.SIGHUP)
             time.sleep(0.2)
-        assert _poll(lambda: log.read_bytes().count(b"SIGHUP") >= 3)
+        assert poll(lambda: log.read_bytes().count(b"SIGHUP") >= 3, 20)
         assert b"restart the exporter to apply it" in log.read_bytes()
         assert request(port)[0] == 200 and proc.poll() is None
         proc.send_signal(signal.SIGTERM)
@@ -478,14 +470,14 @@ def test_a_client_that_never_reads_does_not_hold_up_others(monkeypatch):
         port = srv.address[1]
         stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         stuck.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")  # and never reads the answer
-        assert _poll(lambda: srv.open_connections == 1)
+        assert poll(lambda: srv.open_connections == 1, 20)
         started = time.monotonic()
         with _connect(port) as other:
             other.sendall(b"HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
             other.settimeout(10)
             assert other.recv(65536).startswith(b"HTTP/1.1 200 ")
         assert time.monotonic() - started < 1.0
-        assert _poll(lambda: srv.timeouts == 1, 20)  # the stuck one is closed after WRITE_TIMEOUT
+        assert poll(lambda: srv.timeouts == 1, 20)  # the stuck one is closed after WRITE_TIMEOUT
 
 
 def test_a_render_that_hangs_answers_503_and_frees_the_connection(monkeypatch):
@@ -504,7 +496,7 @@ def test_a_render_that_hangs_answers_503_and_frees_the_connection(monkeypatch):
             assert 0.5 < time.monotonic() - started < 10
             assert request(srv.address[1], "/")[0] == 200  # the status page still answers
             release.set()
-            assert _poll(lambda: request(srv.address[1], timeout=15)[0] == 200)
+            assert poll(lambda: request(srv.address[1], timeout=15)[0] == 200, 20)
     finally:
         release.set()
 
@@ -532,13 +524,13 @@ def test_at_the_cap_a_client_that_stopped_reading_makes_room():
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")  # and never reads the answer
             stuck.append(sock)
-            assert _poll(lambda count=count: len(srv._stalled) == count)
+            assert poll(lambda count=count: len(srv._stalled) == count, 20)
         with _connect(port) as scraper:
             scraper.sendall(b"HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
             scraper.settimeout(10)
             assert scraper.recv(65536).startswith(b"HTTP/1.1 200 ")
         assert srv.evicted_connections == 1 and srv.rejected_connections == 0
-        assert _poll(lambda: len(srv._stalled) == 1)  # the oldest stalled one was closed, not the newer
+        assert poll(lambda: len(srv._stalled) == 1, 20)  # the oldest stalled one was closed, not the newer
 
 
 def test_reload_swaps_certificates_for_new_connections(certs, tmp_path):

@@ -11,6 +11,7 @@ import socket
 import ssl
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -129,6 +130,16 @@ def raw_exchange(port: int, data: bytes, timeout: float = 30.0) -> bytes:
                 break
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+def poll(predicate: Callable[[], object], timeout: float = 10.0) -> bool:
+    """Call `predicate` every 50 ms until it is true or `timeout` seconds passed; its last answer."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return bool(predicate())
 
 
 def open_fds(pid: int | str = "self") -> int:
