@@ -6,11 +6,14 @@ sub-collectors (`Source`) read a snapshot and yield metric families.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol, runtime_checkable
 
 from prometheus_client.metrics_core import Metric
+
+if TYPE_CHECKING:
+    from atlas_exporter.loop import BackgroundLoop
 
 
 def clean_label(text: str) -> str:
@@ -227,3 +230,37 @@ class Source(Protocol):
     def statuses(self) -> list[SourceStatus]: ...
 
     def collect(self, snapshot: Snapshot) -> Iterable[Metric]: ...
+
+
+# Optional capabilities. The exporter finds them with isinstance(); a type checker holds each
+# implementation to its signature.
+
+
+@runtime_checkable
+class Retiring(Protocol):
+    """A source that keeps per-app totals and drops those of apps the tracker retired."""
+
+    def retire(self, apps: Iterable[str]) -> None: ...
+
+
+@runtime_checkable
+class NetworkTotals(Protocol):
+    """A source of per-app network byte totals, which the tracker copies into each `AppView`."""
+
+    def app_totals(self) -> Mapping[str, tuple[float, float]]:
+        """app -> (receive_bytes_total, transmit_bytes_total)."""
+        ...
+
+
+@runtime_checkable
+class Looping(Protocol):
+    """A source or output that does its work on `BackgroundLoop`s; a dead one fails its collector."""
+
+    loops: Sequence[BackgroundLoop]
+
+
+@runtime_checkable
+class PssReading(Protocol):
+    """A process source that can also read PSS (`smaps_rollup`), switched on by `--collector.smaps`."""
+
+    read_pss: bool

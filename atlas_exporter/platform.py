@@ -22,10 +22,10 @@ PLATFORM_NAME = "darwin" if IS_DARWIN else "linux"
 def build_process_source(procfs: Path | None) -> ProcessSource:
     """The process table reader of this platform (`procfs` is Linux's /proc root)."""
     if IS_DARWIN:
-        from atlas_exporter.sources.process_darwin import make_process_source as make_darwin
+        from atlas_exporter.collectors.process.source_darwin import make_process_source as make_darwin
 
         return make_darwin(procfs)
-    from atlas_exporter.sources.process_linux import make_process_source as make_linux
+    from atlas_exporter.collectors.process.source_linux import make_process_source as make_linux
 
     return make_linux(procfs)
 
@@ -39,24 +39,24 @@ def build_sources(config: Config, procfs: Path, resolver: AppResolver, enabled: 
     sources: list[Source | None] = []
     if "network" in enabled:
         if IS_DARWIN:
-            from atlas_exporter.sources.network_darwin import make_network_source as make_net_darwin
+            from atlas_exporter.collectors.network.source_darwin import make_network_source as make_net_darwin
 
             sources.append(make_net_darwin(config, procfs, resolver.exported_app_of_pid))
         else:
-            from atlas_exporter.sources.network_linux import make_network_source as make_net_linux
+            from atlas_exporter.collectors.network.source_linux import make_network_source as make_net_linux
 
             sources.append(make_net_linux(config, procfs, resolver))
     if "crash" in enabled:
         if IS_DARWIN:
-            from atlas_exporter.sources.crash_darwin import make_crash_source as make_crash_darwin
+            from atlas_exporter.collectors.crash.source_darwin import make_crash_source as make_crash_darwin
 
             sources.append(make_crash_darwin(config, procfs, resolver))
         else:
-            from atlas_exporter.sources.crash_linux import make_crash_source as make_crash_linux
+            from atlas_exporter.collectors.crash.source_linux import make_crash_source as make_crash_linux
 
             sources.append(make_crash_linux(config, procfs, resolver))
     if "hang" in enabled and not IS_DARWIN:  # macOS hangs come from the crash report watcher
-        from atlas_exporter.sources.hang_linux import make_hang_source
+        from atlas_exporter.collectors.hang.source_linux import make_hang_source
 
         sources.append(make_hang_source(config, procfs, resolver))
     return [s for s in sources if s is not None]

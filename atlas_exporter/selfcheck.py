@@ -482,7 +482,7 @@ class SelfCheck:
         if self.nettop is None or self.exporter_nettop is None:
             result.sources.append(SourceLine("nettop", False, "not found"))
             return
-        from atlas_exporter.sources.network_darwin import parse_nettop_csv
+        from atlas_exporter.collectors.network.source_darwin import parse_nettop_csv
 
         try:
             ref_before = parse_nettop_reference(self.nettop())
@@ -511,7 +511,7 @@ class SelfCheck:
         if self.report_folders is None:
             result.sources.append(SourceLine("DiagnosticReports", False, "no folders to check"))
             return
-        from atlas_exporter.sources.crash_darwin import ReportError, read_report
+        from atlas_exporter.collectors.crash.source_darwin import ReportError, read_report
 
         listed = 0
         denied: list[str] = []
@@ -653,8 +653,8 @@ def build(config: Config, procfs: Path, *, interval_seconds: float = DEFAULT_INT
         psutil_ref = None
     nettop = exporter_nettop = folders = None
     if darwin:
-        from atlas_exporter.sources.crash_darwin import DarwinCrashSource, report_folders
-        from atlas_exporter.sources.network_darwin import NETTOP, NETTOP_ARGS
+        from atlas_exporter.collectors.crash.source_darwin import DarwinCrashSource, report_folders
+        from atlas_exporter.collectors.network.source_darwin import NETTOP, NETTOP_ARGS
 
         command = NETTOP if os.path.exists(NETTOP) else shutil.which("nettop")
         if command:

@@ -4,7 +4,7 @@
 
 Spawns PROCS idle processes (symlinks to `sleep` under 50 names), then times, in rounds,
 `LinuxProcessSource().scan()` of this checkout (default collectors), of this checkout with
-`read_pss` (`--collector.smaps`), and, with `--rev`, of `atlas_exporter/sources/process_linux.py`
+`read_pss` (`--collector.smaps`), and, with `--rev`, of `atlas_exporter/collectors/process/source_linux.py`
 as it was at that revision. Prints CPU milliseconds per scan and the ratios of each round.
 """
 
@@ -23,11 +23,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from atlas_exporter.sources import process_linux  # noqa: E402
+from atlas_exporter.collectors.process import source_linux as process_linux  # noqa: E402
 
 
 def load_revision(rev: str, folder: str) -> object:
-    text = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:atlas_exporter/sources/process_linux.py"],
+    text = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:atlas_exporter/collectors/process/source_linux.py"],
                           check=True, capture_output=True, text=True).stdout
     path = os.path.join(folder, "process_linux_at_rev.py")
     with open(path, "w") as f:

@@ -17,11 +17,11 @@ from test_resolver import World, resolver
 
 from atlas_exporter.apps.crashes import CrashBook, CrashEvent, TaskObservation
 from atlas_exporter.apps.resolver import PidNaming
+from atlas_exporter.collectors.crash.source_linux import LinuxCrashSource, ProcEvent
+from atlas_exporter.collectors.hang.source_linux import BlockedScan, LinuxHangSource
 from atlas_exporter.config import parse_config
 from atlas_exporter.exporter.runtime import Exporter
 from atlas_exporter.model import ProcSample
-from atlas_exporter.sources.crash_linux import LinuxCrashSource, ProcEvent
-from atlas_exporter.sources.hang_linux import BlockedScan, LinuxHangSource
 from conftest import parse_exposition, wait_for
 
 IS_LINUX = sys.platform.startswith("linux")

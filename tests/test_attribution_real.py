@@ -24,9 +24,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from atlas_exporter.collectors.network.source_linux import find_cgroup2_root
 from atlas_exporter.config import parse_config
 from atlas_exporter.exporter.runtime import Exporter
-from atlas_exporter.sources.network_linux import find_cgroup2_root
 from conftest import NOBODY, free_port, parse_exposition, wait_for
 
 pytestmark = [pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux /proc"), pytest.mark.slow]

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 from test_fake_proc import fake_proc, write_proc
 
+from atlas_exporter.collectors.network.source_linux import LinuxNetworkSource
+from atlas_exporter.collectors.process.source_linux import LinuxProcessSource
 from atlas_exporter.config import parse_config
 from atlas_exporter.exporter.runtime import Exporter
-from atlas_exporter.sources.network_linux import LinuxNetworkSource
-from atlas_exporter.sources.process_linux import LinuxProcessSource
 from conftest import REPO, parse_exposition
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux procfs layout")

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from atlas_exporter.collectors.crash.source_linux import LinuxCrashSource
+from atlas_exporter.collectors.hang.source_linux import LinuxHangSource
 from atlas_exporter.config import MAX_CONFIG_BYTES, ConfigError, load_config, parse_config
 from atlas_exporter.exporter.collector import AtlasCollector
 from atlas_exporter.exporter.webconfig import WebConfigError, load_web_config
 from atlas_exporter.model import Snapshot
-from atlas_exporter.sources.crash_linux import LinuxCrashSource
-from atlas_exporter.sources.hang_linux import LinuxHangSource
 from conftest import REPO
 
 ERROR_LINE = "atlas-exporter: error: "

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from atlas_exporter.collectors.crash import source_darwin as cd
+from atlas_exporter.collectors.process.bundles_darwin import BundleNamer
 from atlas_exporter.model import ProcIdentity, Snapshot
-from atlas_exporter.sources import crash_darwin as cd
-from atlas_exporter.sources.bundles_darwin import BundleNamer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "crash"
 
@@ -265,7 +265,7 @@ def test_no_hang_zeros_while_no_report_folder_is_readable(tmp_path):
 
 
 def test_linux_and_macos_crash_families_share_one_table(tmp_path):
-    from atlas_exporter.sources.crash_linux import LinuxCrashSource
+    from atlas_exporter.collectors.crash.source_linux import LinuxCrashSource
 
     darwin = {m.name: (m.type, m.documentation) for m in _source(tmp_path, tmp_path, tmp_path).collect(
         Snapshot(wall_time=0.0, monotonic=0.0))}
@@ -456,7 +456,7 @@ def test_crash_and_cpu_series_join_on_app_through_the_resolver(tmp_path):
 
     from atlas_exporter.apps.naming import Namer
     from atlas_exporter.apps.resolver import AppResolver
-    from atlas_exporter.sources.process_darwin import DarwinProcessSource
+    from atlas_exporter.collectors.process.source_darwin import DarwinProcessSource
 
     exe = _bundle(tmp_path / "Users" / "alice" / "Applications")
     table = FakeTable([FakeProc(pid=4321, name="ViewerPro", exe=str(exe))])

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from atlas_exporter.sources.crash_linux import SKIP_REASONS, LinuxCrashSource
+from atlas_exporter.collectors.crash.source_linux import SKIP_REASONS, LinuxCrashSource
 
 FIXTURES = Path(__file__).parent / "fixtures" / "crash"
 IS_ROOT = os.geteuid() == 0
@@ -261,7 +261,7 @@ class _Clock:
 
 
 def test_fork_naming_shares_the_exec_budget(tmp_path):
-    from atlas_exporter.sources.crash_linux import ProcEvent
+    from atlas_exporter.collectors.crash.source_linux import ProcEvent
 
     asked: list[int] = []
 

@@ -19,8 +19,8 @@ from atlas_exporter.apps.crashes import (
     reason_of_name,
     reason_of_signal,
 )
-from atlas_exporter.sources import crash_linux as cl
-from atlas_exporter.sources.hang_linux import is_kernel_thread, parse_switches, parse_task_stat
+from atlas_exporter.collectors.crash import source_linux as cl
+from atlas_exporter.collectors.hang.source_linux import is_kernel_thread, parse_switches, parse_task_stat
 
 FIXTURES = Path(__file__).parent / "fixtures" / "crash"
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from atlas_exporter.apps.crashes import CrashBook, CrashEvent
-from atlas_exporter.sources.crash_linux import LinuxCrashSource, SequenceGaps
+from atlas_exporter.collectors.crash.source_linux import LinuxCrashSource, SequenceGaps
 
 IS_ROOT = os.geteuid() == 0
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux proc connector")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from atlas_exporter.sources.bundles_darwin import BundleNamer, clean_name, outermost_bundle
+from atlas_exporter.collectors.process.bundles_darwin import BundleNamer, clean_name, outermost_bundle
 
 CHROME_HELPER = ("/Applications/Google Chrome.app/Contents/Frameworks/Google Chrome Framework.framework/Versions/1/"
                  "Helpers/Google Chrome Helper (Renderer).app/Contents/MacOS/Google Chrome Helper (Renderer)")

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import pytest
 
-from atlas_exporter.sources import libproc_darwin as lp
+from atlas_exporter.collectors.process import libproc_darwin as lp
 
 # (structure, size, {field: offset}) from xnu bsd/sys/resource.h and bsd/sys/proc_info.h
 LAYOUTS = [

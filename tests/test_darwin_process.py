@@ -14,9 +14,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from atlas_exporter.model import ProcessId
-from atlas_exporter.sources.bundles_darwin import BundleNamer
-from atlas_exporter.sources.libproc_darwin import (
+from atlas_exporter.collectors.process.bundles_darwin import BundleNamer
+from atlas_exporter.collectors.process.libproc_darwin import (
     APPLE_SILICON_TICKS_PER_SECOND,
     NANOSECOND_TICKS_PER_SECOND,
     TH_STATE_RUNNING,
@@ -28,7 +27,14 @@ from atlas_exporter.sources.libproc_darwin import (
     TaskInfo,
     Timebase,
 )
-from atlas_exporter.sources.process_darwin import DarwinProcessSource, KInfo, PsutilTable, raw_kinfo, state_letter
+from atlas_exporter.collectors.process.source_darwin import (
+    DarwinProcessSource,
+    KInfo,
+    PsutilTable,
+    raw_kinfo,
+    state_letter,
+)
+from atlas_exporter.model import ProcessId
 
 TICKS = APPLE_SILICON_TICKS_PER_SECOND
 STAGES = ("kinfo", "task", "rusage", "fds", "threads")

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from atlas_exporter.apps.crashes import CrashBook, CrashEvent, decode_wait_status, exit_outcome
-from atlas_exporter.sources import crash_linux as cl
-from atlas_exporter.sources.oom_linux import CgroupOomWatcher, MemoryRoot, parse_memory_mounts, parse_oom_kill
+from atlas_exporter.collectors.crash import source_linux as cl
+from atlas_exporter.collectors.crash.oom_linux import CgroupOomWatcher, MemoryRoot, parse_memory_mounts, parse_oom_kill
 from conftest import parse_exposition, wait_for
 
 IS_ROOT = os.geteuid() == 0

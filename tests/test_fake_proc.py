@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from atlas_exporter.collectors.process.source_linux import CLK_TCK, PAGE_SIZE, LinuxProcessSource
 from atlas_exporter.config import parse_config
 from atlas_exporter.exporter.runtime import Exporter
-from atlas_exporter.sources.process_linux import CLK_TCK, PAGE_SIZE, LinuxProcessSource
 from conftest import normalised_exposition, parse_exposition
 
 GOLDEN = Path(__file__).parent / "golden" / "linux.prom"

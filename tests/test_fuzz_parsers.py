@@ -8,9 +8,13 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from atlas_exporter.collectors.crash import source_darwin as crash_darwin
+from atlas_exporter.collectors.crash import source_linux as crash_linux
+from atlas_exporter.collectors.hang import source_linux as hang_linux
+from atlas_exporter.collectors.network import source_darwin as network_darwin
+from atlas_exporter.collectors.process import source_linux as process_linux
 from atlas_exporter.config import ConfigError, parse_config
 from atlas_exporter.exporter.webconfig import WebConfigError, parse_basic_authorization, parse_web_config
-from atlas_exporter.sources import crash_darwin, crash_linux, hang_linux, network_darwin, process_linux
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

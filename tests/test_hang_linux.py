@@ -12,8 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from atlas_exporter.collectors.hang.source_linux import (
+    BlockedScan,
+    LinuxHangSource,
+    make_hang_source,
+    scan_blocked_tasks,
+)
 from atlas_exporter.model import AppView, Snapshot
-from atlas_exporter.sources.hang_linux import BlockedScan, LinuxHangSource, make_hang_source, scan_blocked_tasks
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux /proc")
 

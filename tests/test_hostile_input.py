@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from atlas_exporter.collectors.crash import source_linux as cl
+from atlas_exporter.collectors.crash.source_linux import LinuxCrashSource
 from atlas_exporter.exporter.exposition import TextRenderer
-from atlas_exporter.sources import crash_linux as cl
-from atlas_exporter.sources.crash_linux import LinuxCrashSource
 from conftest import REPO, free_port, wait_for
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux /proc, /dev/kmsg")

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from test_darwin_process import FakeLibProc, FakeProc, FakeTable
 
+from atlas_exporter.collectors.process.libproc_darwin import TH_STATE_UNINTERRUPTIBLE, TH_STATE_WAITING
+from atlas_exporter.collectors.process.source_darwin import DarwinProcessSource
 from atlas_exporter.config import parse_config
 from atlas_exporter.exporter.runtime import Exporter
-from atlas_exporter.sources.libproc_darwin import TH_STATE_UNINTERRUPTIBLE, TH_STATE_WAITING
-from atlas_exporter.sources.process_darwin import DarwinProcessSource
 from conftest import normalised_exposition, parse_exposition
 
 GOLDEN = Path(__file__).parent / "golden" / "darwin.prom"

@@ -11,7 +11,8 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from atlas_exporter.sources.network_linux import (
+from atlas_exporter.collectors.network.sockdiag_linux import TCP_LISTEN, TcpSocketInfo
+from atlas_exporter.collectors.network.source_linux import (
     CgroupApps,
     SocketAccounts,
     SocketInodeMap,
@@ -20,7 +21,6 @@ from atlas_exporter.sources.network_linux import (
     parse_sockstat_tcp,
     parse_tcp_in_segs,
 )
-from atlas_exporter.sources.sockdiag_linux import TCP_LISTEN, TcpSocketInfo
 
 NS = 4026531840
 
@@ -416,8 +416,8 @@ def test_totals_are_monotonic_and_reconcile(sequence) -> None:
 
 
 def test_factory_and_statuses_before_start_and_without_root() -> None:
+    from atlas_exporter.collectors.network.source_linux import LinuxNetworkSource, make_network_source
     from atlas_exporter.config import Config, NetworkOptions
-    from atlas_exporter.sources.network_linux import LinuxNetworkSource, make_network_source
 
     config = Config(network=NetworkOptions(sample_interval_seconds=2.5, all_namespaces=True))
     source = make_network_source(config, Path("/proc"), lambda pid: None)

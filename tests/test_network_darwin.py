@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from atlas_exporter.config import Config, NetworkOptions
-from atlas_exporter.sources.network_darwin import (
+from atlas_exporter.collectors.network.source_darwin import (
     DarwinNetworkSource,
     NettopDeltas,
     NettopFrame,
@@ -25,6 +24,7 @@ from atlas_exporter.sources.network_darwin import (
     make_network_source,
     parse_nettop_csv,
 )
+from atlas_exporter.config import Config, NetworkOptions
 
 FIXTURES = Path(__file__).parent / "fixtures" / "network"
 FAKE = FIXTURES / "fake_nettop.py"
@@ -214,7 +214,7 @@ def test_no_leftover_process_after_timeout() -> None:
 
 
 def test_factory_uses_configured_timeout(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import atlas_exporter.sources.network_darwin as darwin
+    import atlas_exporter.collectors.network.source_darwin as darwin
 
     nettop = tmp_path / "nettop"
     nettop.write_text("#!/bin/sh\n")

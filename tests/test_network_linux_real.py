@@ -18,7 +18,7 @@ pytestmark = [
     pytest.mark.slow,
 ]
 
-from atlas_exporter.sources.network_linux import LinuxNetworkSource, find_cgroup2_root  # noqa: E402
+from atlas_exporter.collectors.network.source_linux import LinuxNetworkSource, find_cgroup2_root  # noqa: E402
 
 PEER = Path(__file__).parent / "fixtures" / "network" / "peer.py"
 TIMEOUT = 30.0
@@ -232,7 +232,7 @@ def test_other_network_namespace_is_seen_when_asked(peers: Peers) -> None:
 
 UNPRIVILEGED = r"""
 import json, os, select, sys, time
-from atlas_exporter.sources.sockdiag_linux import DestroySubscription, SockDiagSocket
+from atlas_exporter.collectors.network.sockdiag_linux import DestroySubscription, SockDiagSocket
 port = int(sys.argv[1])
 diag, destroy = SockDiagSocket(), DestroySubscription()
 mine = [s for s in diag.dump_tcp() if port in (s.sport, s.dport) and s.state == 1]

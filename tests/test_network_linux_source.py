@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from atlas_exporter.sources.network_linux import LinuxNetworkSource
-from atlas_exporter.sources.sockdiag_linux import TcpSocketInfo
+from atlas_exporter.collectors.network.sockdiag_linux import TcpSocketInfo
+from atlas_exporter.collectors.network.source_linux import LinuxNetworkSource
 
 NS = 4026531840
 

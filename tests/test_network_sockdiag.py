@@ -15,7 +15,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from atlas_exporter.sources.sockdiag_linux import (
+from atlas_exporter.collectors.network.sockdiag_linux import (
     DUMP_STATES,
     INET_DIAG_CGROUP_ID,
     INET_DIAG_INFO,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from atlas_exporter.sources.process_linux import (
+from atlas_exporter.collectors.process.source_linux import (
     PF_KTHREAD,
     ParseError,
     parse_btime,

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from atlas_exporter.collectors.process.source_linux import PAGE_SIZE
 from atlas_exporter.config import parse_config
 from atlas_exporter.exporter.runtime import Exporter
-from atlas_exporter.sources.process_linux import PAGE_SIZE
 from conftest import parse_exposition
 
 WORKLOAD = Path(__file__).parent / "workload.py"

@@ -11,9 +11,9 @@ import pytest
 
 from atlas_exporter.apps.naming import Namer
 from atlas_exporter.apps.resolver import OTHER, AppResolver, clean_name
+from atlas_exporter.collectors.crash.source_linux import LinuxCrashSource, parse_tgid
 from atlas_exporter.config import parse_config
 from atlas_exporter.model import ProcessId, ProcIdentity, ProcSample
-from atlas_exporter.sources.crash_linux import LinuxCrashSource, parse_tgid
 
 
 class World:
@@ -214,7 +214,7 @@ def test_a_kernel_log_line_of_a_thread_counts_for_its_process(tmp_path: Path) ->
 
 
 def test_a_gone_process_is_named_from_its_exec_never_from_its_parent() -> None:
-    from atlas_exporter.sources.crash_linux import ProcEvent
+    from atlas_exporter.collectors.crash.source_linux import ProcEvent
 
     world = World()
     world.add(500, "bash", cmdline=("bash",))
@@ -262,13 +262,13 @@ class Owners:
 def tcp(cookie: int, acked: int, received: int, inode: int):
     import socket as _socket
 
-    from atlas_exporter.sources.sockdiag_linux import TcpSocketInfo
+    from atlas_exporter.collectors.network.sockdiag_linux import TcpSocketInfo
 
     return TcpSocketInfo(_socket.AF_INET, 1, 40000, 80, b"\x7f\0\0\1", 0, inode, cookie, acked, received, None)
 
 
 def test_a_socket_follows_its_owner_across_an_exec() -> None:
-    from atlas_exporter.sources.network_linux import SocketAccounts
+    from atlas_exporter.collectors.network.source_linux import SocketAccounts
 
     owners = Owners()
     owners.pid_of[9001] = 77
@@ -284,7 +284,7 @@ def test_a_socket_follows_its_owner_across_an_exec() -> None:
 
 
 def test_network_apps_take_a_slot_when_first_credited() -> None:
-    from atlas_exporter.sources.network_linux import SocketAccounts
+    from atlas_exporter.collectors.network.source_linux import SocketAccounts
 
     res = resolver(World(), max_apps=1)
     owners = Owners()
@@ -298,7 +298,7 @@ def test_network_apps_take_a_slot_when_first_credited() -> None:
 
 
 def test_a_cgroup_whose_processes_are_gone_still_names_its_app(tmp_path: Path) -> None:
-    from atlas_exporter.sources.network_linux import CgroupApps
+    from atlas_exporter.collectors.network.source_linux import CgroupApps
 
     world = World()
     res = resolver(world)
@@ -314,7 +314,7 @@ def test_a_cgroup_whose_processes_are_gone_still_names_its_app(tmp_path: Path) -
 
 
 def test_tcp_opens_counter() -> None:
-    from atlas_exporter.sources.network_linux import parse_tcp_opens
+    from atlas_exporter.collectors.network.source_linux import parse_tcp_opens
 
     snmp = ("Ip: Forwarding DefaultTTL\nIp: 1 64\n"
             "Tcp: RtoAlgorithm RtoMin RtoMax MaxConn ActiveOpens PassiveOpens AttemptFails EstabResets CurrEstab "
@@ -335,7 +335,7 @@ def test_the_status_page_shows_the_fold() -> None:
 
 
 def test_a_gone_thread_waits_for_its_exit_event_to_find_its_process(tmp_path: Path) -> None:
-    from atlas_exporter.sources.crash_linux import ProcEvent
+    from atlas_exporter.collectors.crash.source_linux import ProcEvent
 
     now = [100.0]
     source = LinuxCrashSource({4242: "server"}.get, procfs=tmp_path, use_connector=False, clock=lambda: 5000.0,
@@ -359,7 +359,7 @@ def test_a_gone_thread_waits_for_its_exit_event_to_find_its_process(tmp_path: Pa
 
 
 def test_over_the_naming_budget_an_exec_is_captured_and_named_only_if_it_crashes() -> None:
-    from atlas_exporter.sources.crash_linux import ProcEvent
+    from atlas_exporter.collectors.crash.source_linux import ProcEvent
 
     world = World()
     res = resolver(world)

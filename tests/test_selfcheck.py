@@ -17,10 +17,10 @@ from test_macos_exporter import machine
 
 from atlas_exporter import selfcheck as sc
 from atlas_exporter.apps.naming import Namer
+from atlas_exporter.collectors.process.source_darwin import DarwinProcessSource
+from atlas_exporter.collectors.process.source_linux import make_process_source
 from atlas_exporter.config import parse_config
 from atlas_exporter.model import ProcessScan
-from atlas_exporter.sources.process_darwin import DarwinProcessSource
-from atlas_exporter.sources.process_linux import make_process_source
 
 REPO = Path(__file__).resolve().parent.parent
 WORKLOAD = Path(__file__).with_name("workload.py")

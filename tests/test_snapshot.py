@@ -8,11 +8,11 @@ from pathlib import Path
 from atlas_exporter.apps.naming import Namer
 from atlas_exporter.apps.resolver import AppResolver
 from atlas_exporter.apps.tracker import Tracker
+from atlas_exporter.collectors.process.source_linux import LinuxProcessSource
 from atlas_exporter.config import parse_config
 from atlas_exporter.exporter.runtime import Exporter
 from atlas_exporter.exporter.snapshot import Snapshotter
 from atlas_exporter.model import ProcessId, ProcessScan, ProcIdentity, ProcSample, ReadErrors
-from atlas_exporter.sources.process_linux import LinuxProcessSource
 from conftest import parse_exposition
 
 
@@ -72,7 +72,7 @@ def test_any_failure_while_building_is_isolated_to_the_process_collector() -> No
 def test_process_read_error_other_than_vanishing_is_skipped_not_gone(tmp_path: Path, monkeypatch) -> None:
     from test_fake_proc import fake_proc
 
-    from atlas_exporter.sources import process_linux
+    from atlas_exporter.collectors.process import source_linux as process_linux
 
     procfs = fake_proc(tmp_path / "proc")
     source = LinuxProcessSource(procfs)
@@ -94,7 +94,7 @@ def test_a_pass_where_most_processes_are_unreadable_fails_as_a_whole(tmp_path: P
     import pytest
     from test_fake_proc import fake_proc
 
-    from atlas_exporter.sources import process_linux
+    from atlas_exporter.collectors.process import source_linux as process_linux
 
     source = LinuxProcessSource(fake_proc(tmp_path / "proc"))
 

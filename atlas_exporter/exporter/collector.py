@@ -1,15 +1,8 @@
 """The prometheus_client collector: one snapshot per scrape, each sub-collector isolated.
 
-Emits the per-app process metrics (tables `LABELLED_METRICS` and `APP_METRICS`) and the
-exporter's own metrics:
+Yields every sub-collector's families, then the exporter's own metrics:
 
-    atlas_app_cpu_seconds_total{app="nginx",mode="user"} 12.5
-    atlas_app_context_switches_total{app="nginx",kind="voluntary"} 40312.0
-    atlas_app_process_states{app="nginx",state="sleeping"} 3.0
-    atlas_app_resident_memory_bytes{app="nginx"} 5.24288e+07
-    atlas_app_open_fds_limit_ratio{app="nginx"} 0.029
     atlas_scrape_collector_success{collector="network"} 1.0
-    atlas_process_read_errors_total{reason="access_denied"} 3.0
     atlas_app_names_folded_total 0.0
     atlas_host_cpus 8.0
 
@@ -26,188 +19,26 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import replace
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from atlas_exporter import __version__
-from atlas_exporter.apps.tracker import STATES
 from atlas_exporter.exporter.snapshot import Snapshotter
-from atlas_exporter.model import AppView, Snapshot, Source, SourceStatus
+from atlas_exporter.loop import BackgroundLoop
+from atlas_exporter.model import Looping, Source, SourceStatus
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class AppMetric:
-    """One row of the per-app metric table: how to read a value off an `AppView`."""
-
-    name: str
-    kind: str  # "gauge" or "counter"
-    help: str
-    value: Callable[[AppView], float | None]
-
-
-@dataclass(frozen=True, slots=True)
-class LabelledMetric:
-    """A per-app metric with one more label: one (label value, getter) per series."""
-
-    name: str
-    kind: str
-    help: str
-    label: str
-    series: tuple[tuple[str, Callable[[AppView], float | None]], ...]
-
-
-def _state_getter(state: str) -> Callable[[AppView], float | None]:
-    return lambda a: a.states.get(state) if a.states is not None else None
-
-
-LABELLED_METRICS: tuple[LabelledMetric, ...] = (
-    LabelledMetric("atlas_app_cpu_seconds_total", "counter", "CPU time the application's processes used, by mode.",
-                   "mode", (("user", lambda a: a.cpu_user_seconds_total),
-                            ("system", lambda a: a.cpu_system_seconds_total))),
-    LabelledMetric("atlas_app_context_switches_total", "counter",
-                   "Context switches of the application's processes (Linux: each process's main thread), by kind "
-                   "(macOS: all threads, kind \"all\").",
-                   "kind", (("voluntary", lambda a: a.voluntary_switches_total),
-                            ("involuntary", lambda a: a.involuntary_switches_total),
-                            ("all", lambda a: a.switches_total))),
-    LabelledMetric("atlas_app_process_states", "gauge", "Processes of the application by state now.", "state",
-                   tuple((state, _state_getter(state)) for state in STATES)),
-)
-
-APP_METRICS: tuple[AppMetric, ...] = (
-    AppMetric("atlas_app_processes", "gauge", "Processes in the application now.", lambda a: a.processes),
-    AppMetric("atlas_app_threads", "gauge", "Threads in the application's processes.",
-              lambda a: a.threads if a.processes else None),
-    AppMetric("atlas_app_resident_memory_bytes", "gauge",
-              "Resident memory of the application's processes, summed.", lambda a: a.resident_bytes),
-    AppMetric("atlas_app_open_fds", "gauge", "Open file descriptors of the application's processes.",
-              lambda a: a.open_fds),
-    AppMetric("atlas_app_disk_read_bytes_total", "counter", "Bytes the application read from storage.",
-              lambda a: a.read_bytes_total),
-    AppMetric("atlas_app_disk_written_bytes_total", "counter",
-              "Bytes the application wrote to storage (Linux: write_bytes, counted when pages are dirtied).",
-              lambda a: a.written_bytes_total),
-    AppMetric("atlas_app_disk_cancelled_write_bytes_total", "counter",
-              "Written bytes the application truncated or deleted before writeback; net written is written minus "
-              "cancelled.", lambda a: a.cancelled_write_bytes_total),
-    AppMetric("atlas_app_io_read_ops_total", "counter", "Read system calls the application made.",
-              lambda a: a.read_ops_total),
-    AppMetric("atlas_app_io_write_ops_total", "counter", "Write system calls the application made.",
-              lambda a: a.write_ops_total),
-    AppMetric("atlas_app_disk_wait_processes", "gauge",
-              "Processes of the application in uninterruptible (disk) wait now.",
-              lambda a: a.disk_wait_processes if a.processes else None),  # None: states unreadable
-    AppMetric("atlas_app_oldest_start_time_seconds", "gauge",
-              "Unix time the application's oldest live process started.", lambda a: a.oldest_start_time_seconds),
-    AppMetric("atlas_app_minor_page_faults_total", "counter",
-              "Minor page faults of the application's processes, with those of children they reaped.",
-              lambda a: a.minor_faults_total),
-    AppMetric("atlas_app_major_page_faults_total", "counter",
-              "Major page faults (read from storage) of the application's processes, with those of children "
-              "they reaped.", lambda a: a.major_faults_total),
-    AppMetric("atlas_app_virtual_memory_bytes", "gauge", "Virtual memory size of the application's processes, summed.",
-              lambda a: a.virtual_bytes),
-    AppMetric("atlas_app_swap_bytes", "gauge", "Swapped-out memory of the application's processes, summed.",
-              lambda a: a.swap_bytes),
-    AppMetric("atlas_app_open_fds_limit_ratio", "gauge",
-              "The largest ratio of open file descriptors to the soft RLIMIT_NOFILE over the application's "
-              "processes.", lambda a: a.open_fds_limit_ratio),
-)
-
-# only with --collector.smaps (the `smaps` sub-collector)
-PSS_METRIC = AppMetric("atlas_app_proportional_memory_bytes", "gauge",
-                       "Proportional set size (PSS, shared pages divided among their users) of the application's "
-                       "processes, summed.", lambda a: a.proportional_bytes)
-
-
-def app_families(rows: Iterable[AppMetric], apps: list[AppView]) -> Iterable[Metric]:
-    """One family per row, one series per app whose value is known."""
-    for row in rows:
-        if row.kind == "counter":
-            family: Metric = CounterMetricFamily(row.name.removesuffix("_total"), row.help, labels=["app"])
-        else:
-            family = GaugeMetricFamily(row.name, row.help, labels=["app"])
-        for app in apps:
-            value = row.value(app)
-            if value is not None:
-                family.add_metric([app.name], value)
-        yield family
-
-
-class ProcessMetrics:
-    """The core sub-collector (`--collector.process`): per-app metrics from the snapshot."""
-
-    name = "process"
-
-    def __init__(self, snapshotter: Snapshotter, statuses: Callable[[], list[SourceStatus]]) -> None:
-        self.snapshotter = snapshotter
-        self._statuses = statuses
-
-    def start(self) -> None:
-        pass
-
-    def stop(self) -> None:
-        pass
-
-    def statuses(self) -> list[SourceStatus]:
-        return self._statuses()
-
-    def collect(self, snapshot: Snapshot) -> Iterable[Metric]:
-        if self.snapshotter.scan_error is not None:
-            raise RuntimeError(f"process table unreadable: {self.snapshotter.scan_error}")
-        apps = sorted(snapshot.apps.values(), key=lambda a: a.name)
-        for labelled in LABELLED_METRICS:
-            if labelled.kind == "counter":
-                family: Metric = CounterMetricFamily(labelled.name.removesuffix("_total"), labelled.help,
-                                                     labels=["app", labelled.label])
-            else:
-                family = GaugeMetricFamily(labelled.name, labelled.help, labels=["app", labelled.label])
-            for app in apps:
-                for label_value, get in labelled.series:
-                    value = get(app)
-                    if value is not None:
-                        family.add_metric([app.name, label_value], value)
-            yield family
-        yield from app_families(APP_METRICS, apps)
-        errors = CounterMetricFamily("atlas_process_read_errors",
-                                     "Process reads that failed, by reason (a process vanished mid-read, or "
-                                     "access was denied).", labels=["reason"])
-        for reason, count in sorted(snapshot.read_errors_total.items()):
-            errors.add_metric([reason], count)
-        yield errors
-
-
-class SmapsMetrics:
-    """The `smaps` sub-collector (`--collector.smaps`, off by default): per-app PSS.
-
-    The process source reads `smaps_rollup` only when this collector is on, and the kernel
-    walks every process's page tables to produce it; see docs/performance.md for the cost.
-
-        atlas_app_proportional_memory_bytes{app="postgres"} 2.01326592e+08
-    """
-
-    name = "smaps"
-
-    def __init__(self, snapshotter: Snapshotter) -> None:
-        self.snapshotter = snapshotter
-
-    def start(self) -> None:
-        pass
-
-    def stop(self) -> None:
-        pass
-
-    def statuses(self) -> list[SourceStatus]:
-        return []
-
-    def collect(self, snapshot: Snapshot) -> Iterable[Metric]:
-        if self.snapshotter.scan_error is not None:
-            raise RuntimeError(f"process table unreadable: {self.snapshotter.scan_error}")
-        yield from app_families((PSS_METRIC,), sorted(snapshot.apps.values(), key=lambda a: a.name))
+def dead_loop(source: Source) -> BackgroundLoop | None:
+    """The first of a source's background loops whose thread has ended on its own, if any."""
+    if isinstance(source, Looping):
+        for loop in source.loops:
+            if loop.dead:
+                return loop
+    return None
 
 
 class AtlasCollector:
@@ -233,9 +64,14 @@ class AtlasCollector:
         out: list[SourceStatus] = []
         for source in self.sources:
             try:
-                out.extend(source.statuses())
+                statuses = list(source.statuses())
             except Exception as err:
-                out.append(SourceStatus(name=source.name, active=False, reason=f"status unavailable: {err}"))
+                statuses = [SourceStatus(name=source.name, active=False, reason=f"status unavailable: {err}")]
+            dead = dead_loop(source)
+            if dead is not None:  # its data no longer moves: every source it reports is off
+                statuses = [replace(s, active=False, reason=dead.dead_reason()) for s in statuses] or [
+                    SourceStatus(name=source.name, active=False, reason=dead.dead_reason())]
+            out.extend(statuses)
         return out
 
     def collect(self) -> Iterable[Metric]:
@@ -254,6 +90,9 @@ class AtlasCollector:
         for source in self.sources:
             t0 = self.clock()
             try:
+                dead = dead_loop(source)
+                if dead is not None:
+                    raise RuntimeError(f"{dead.dead_reason()}; its values are no longer updated")
                 metrics = list(source.collect(snapshot))
             except Exception:
                 log.exception("collector %s failed", source.name)

@@ -18,8 +18,10 @@ from atlas_exporter import platform
 from atlas_exporter.apps.naming import Namer
 from atlas_exporter.apps.resolver import AppResolver
 from atlas_exporter.apps.tracker import Tracker
+from atlas_exporter.collectors.process.metrics import ProcessMetrics
+from atlas_exporter.collectors.smaps.metrics import SmapsMetrics
 from atlas_exporter.config import Config
-from atlas_exporter.exporter.collector import AtlasCollector, ProcessMetrics, SmapsMetrics
+from atlas_exporter.exporter.collector import AtlasCollector
 from atlas_exporter.exporter.exposition import TextRenderer
 from atlas_exporter.exporter.snapshot import Snapshotter
 from atlas_exporter.exporter.status import StatusPage

@@ -42,9 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from atlas_exporter.model import ProcessId, ProcessScan, ProcIdentity, ProcSample, ReadErrors, SourceStatus
-from atlas_exporter.sources.bundles_darwin import BundleNamer, shared_bundle_namer
-from atlas_exporter.sources.libproc_darwin import (
+from atlas_exporter.collectors.process.bundles_darwin import BundleNamer, shared_bundle_namer
+from atlas_exporter.collectors.process.libproc_darwin import (
     APPLE_SILICON_TICKS_PER_SECOND,
     NANOSECOND_TICKS_PER_SECOND,
     TH_STATE_RUNNING,
@@ -57,6 +56,7 @@ from atlas_exporter.sources.libproc_darwin import (
     Timebase,
     pick_ticks_per_second,
 )
+from atlas_exporter.model import ProcessId, ProcessScan, ProcIdentity, ProcSample, ReadErrors, SourceStatus
 
 log = logging.getLogger(__name__)
 

@@ -42,16 +42,16 @@ from prometheus_client.metrics_core import Metric
 
 from atlas_exporter.apps.naming import unit_of_cgroup
 from atlas_exporter.apps.resolver import AppNaming, as_naming
-from atlas_exporter.config import Config
-from atlas_exporter.model import AppOfPid, Snapshot, Source, SourceStatus
-from atlas_exporter.sources.network_metrics import byte_families
-from atlas_exporter.sources.sockdiag_linux import (
+from atlas_exporter.collectors.network.metrics import byte_families
+from atlas_exporter.collectors.network.sockdiag_linux import (
     TCP_LISTEN,
     DestroySubscription,
     SockDiagSocket,
     TcpSocketInfo,
     in_netns,
 )
+from atlas_exporter.config import Config
+from atlas_exporter.model import AppOfPid, Snapshot, Source, SourceStatus
 
 log = logging.getLogger(__name__)
 

@@ -35,9 +35,9 @@ from prometheus_client.metrics_core import Metric
 
 from atlas_exporter.apps.crashes import CrashBook, HangTracker, HangUpdate, TaskObservation
 from atlas_exporter.apps.resolver import AppNaming, as_naming
+from atlas_exporter.collectors.process.source_linux import PF_KTHREAD, current_privilege, read_proc_file, split_stat
 from atlas_exporter.config import Config
 from atlas_exporter.model import AppOfPid, Snapshot, Source, SourceStatus
-from atlas_exporter.sources.process_linux import PF_KTHREAD, current_privilege, read_proc_file, split_stat
 
 log = logging.getLogger(__name__)
 

@@ -30,9 +30,9 @@ from pathlib import Path
 
 from prometheus_client.metrics_core import Metric
 
+from atlas_exporter.collectors.network.metrics import byte_families
 from atlas_exporter.config import Config
 from atlas_exporter.model import AppOfPid, Snapshot, Source, SourceStatus
-from atlas_exporter.sources.network_metrics import byte_families
 
 log = logging.getLogger(__name__)
 

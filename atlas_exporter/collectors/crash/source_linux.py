@@ -66,10 +66,10 @@ from atlas_exporter.apps.crashes import (
     reason_of_signal,
 )
 from atlas_exporter.apps.resolver import AppNaming, as_naming, clean_name
+from atlas_exporter.collectors.crash.oom_linux import CgroupOomWatcher, MemoryRoot
+from atlas_exporter.collectors.process.source_linux import CAP_NET_ADMIN, parse_capabilities, privilege_of
 from atlas_exporter.config import Config
 from atlas_exporter.model import AppOfPid, ProcIdentity, Snapshot, Source, SourceStatus, clean_label
-from atlas_exporter.sources.oom_linux import CgroupOomWatcher, MemoryRoot
-from atlas_exporter.sources.process_linux import CAP_NET_ADMIN, parse_capabilities, privilege_of
 
 log = logging.getLogger(__name__)
 

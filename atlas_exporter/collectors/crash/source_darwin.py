@@ -55,9 +55,9 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client.metrics_core import Metric
 
 from atlas_exporter.apps.crashes import OTHER, CrashBook, CrashEvent, crash_metric_families, reason_of_name
+from atlas_exporter.collectors.process.bundles_darwin import BundleNamer, shared_bundle_namer
 from atlas_exporter.config import Config
 from atlas_exporter.model import ProcIdentity, Snapshot, Source, SourceStatus
-from atlas_exporter.sources.bundles_darwin import BundleNamer, shared_bundle_namer
 
 if TYPE_CHECKING:
     from atlas_exporter.apps.resolver import AppResolver
@@ -378,7 +378,7 @@ def unredact(path: str | None, home: Path | None) -> str | None:
 def default_naming() -> Naming:
     """The naming rules of an empty config, with bundle display names from Info.plist."""
     from atlas_exporter.apps.naming import Namer
-    from atlas_exporter.sources.bundles_darwin import BundleNamer
+    from atlas_exporter.collectors.process.bundles_darwin import BundleNamer
 
     return naming_with_bundles(Namer(()).name, BundleNamer().name_for_exe)
 

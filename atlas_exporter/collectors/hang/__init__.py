@@ -1,0 +1,1 @@
+"""The `hang` collector: processes stuck in uninterruptible wait, per app (Linux)."""

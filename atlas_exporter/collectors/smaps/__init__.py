@@ -1,0 +1,1 @@
+"""The `smaps` collector (off by default): per-app proportional set size (PSS)."""
