@@ -19,9 +19,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.metrics_core import Metric
-
 MetricType = Literal["counter", "gauge"]
+Family = CounterMetricFamily | GaugeMetricFamily
 UNITS = ("seconds", "bytes", "ratio", "")  # "" for counts (processes, events, errors)
 
 
@@ -48,14 +47,14 @@ class MetricSpec:
         """The name prometheus_client takes: a counter's without `_total` (it adds the suffix back)."""
         return self.name.removesuffix("_total") if self.type == "counter" else self.name
 
-    def family(self, labels: Sequence[str] | None = None) -> Metric:
+    def family(self, labels: Sequence[str] | None = None) -> Family:
         """An empty family with this spec's label names (or `labels`, when a caller adds one)."""
         names = list(self.labels if labels is None else labels)
         if self.type == "counter":
             return CounterMetricFamily(self.family_name, self.help, labels=names)
         return GaugeMetricFamily(self.family_name, self.help, labels=names)
 
-    def value(self, value: float) -> Metric:
+    def value(self, value: float) -> Family:
         """A family with one unlabelled sample."""
         family = self.family(())
         family.add_metric([], value)
