@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
 MetricType = Literal["counter", "gauge"]
 Family = CounterMetricFamily | GaugeMetricFamily
 UNITS = ("seconds", "bytes", "ratio", "")  # "" for counts (processes, events, errors)
