@@ -511,7 +511,8 @@ class SelfCheck:
         if self.report_folders is None:
             result.sources.append(SourceLine("DiagnosticReports", False, "no folders to check"))
             return
-        from atlas_exporter.collectors.crash.source_darwin import ReportError, read_report
+        from atlas_exporter.collectors.crash.reports_darwin import ReportError
+        from atlas_exporter.collectors.crash.source_darwin import read_report
 
         listed = 0
         denied: list[str] = []

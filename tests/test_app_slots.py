@@ -17,7 +17,8 @@ from test_resolver import World, resolver
 
 from atlas_exporter.apps.crashes import CrashBook, CrashEvent, TaskObservation
 from atlas_exporter.apps.resolver import PidNaming
-from atlas_exporter.collectors.crash.source_linux import LinuxCrashSource, ProcEvent
+from atlas_exporter.collectors.crash.connector_linux import ProcEvent
+from atlas_exporter.collectors.crash.source_linux import LinuxCrashSource
 from atlas_exporter.collectors.hang.source_linux import BlockedScan, LinuxHangSource
 from atlas_exporter.config import parse_config
 from atlas_exporter.exporter.runtime import Exporter
@@ -75,7 +76,7 @@ def test_naming_a_comm_at_exit_takes_no_slot(tmp_path: Path) -> None:
     (tmp_path / "4242" / "comm").write_text("never-named\n")
     res = resolver(World(), max_apps=5)
     source = LinuxCrashSource(res, procfs=tmp_path, use_connector=False)
-    assert source._app_at_exit(4242, failed=True) == "never-named"
+    assert source.names.app_at_exit(4242, failed=True) == "never-named"
     assert res.fold.admitted() == 0
     # a successful exit of it is `other`, taking no slot; a failed one takes one, as a crash does
     source._on_proc_event(ProcEvent("exit", 0, pid=4242, tgid=4242, exit_code=0))

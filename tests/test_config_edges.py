@@ -17,6 +17,7 @@ from atlas_exporter.collectors.hang.source_linux import LinuxHangSource
 from atlas_exporter.config import MAX_CONFIG_BYTES, ConfigError, load_config, parse_config
 from atlas_exporter.exporter.collector import AtlasCollector
 from atlas_exporter.exporter.webconfig import WebConfigError, load_web_config
+from atlas_exporter.loop import BackgroundLoop
 from atlas_exporter.model import Snapshot
 from conftest import REPO
 
@@ -145,6 +146,13 @@ def _wait_dead(thread: threading.Thread | None) -> None:
     assert not thread.is_alive()
 
 
+def _wait_loop_dead(loop: BackgroundLoop) -> None:
+    deadline = time.monotonic() + 20
+    while not loop.dead and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert loop.dead
+
+
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_dead_watcher_threads_set_success_to_zero(tmp_path: Path) -> None:
     # an interval that slipped past validation (an infinite wait overflows) kills the thread
@@ -156,7 +164,7 @@ def test_dead_watcher_threads_set_success_to_zero(tmp_path: Path) -> None:
         source.start()
     try:
         assert _success([live])["hang"] == 1
-        _wait_dead(crash._thread)
+        _wait_loop_dead(crash.loops[0])
         _wait_dead(hang._thread)
         assert _success([crash]) == {"crash": 0}
         assert _success([hang]) == {"hang": 0}

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from atlas_exporter.collectors.crash import reports_darwin as rd
 from atlas_exporter.collectors.crash import source_darwin as cd
 from atlas_exporter.collectors.process.bundles_darwin import BundleNamer
 from atlas_exporter.model import ProcIdentity, Snapshot
@@ -21,7 +22,7 @@ def _text(name: str) -> str:
 
 
 def test_parse_ips_segv():
-    report = cd.parse_ips(_text("ips_macos12_segv.ips"))
+    report = rd.parse_ips(_text("ips_macos12_segv.ips"))
     assert report is not None
     assert report.kind == "crash" and report.reason == "SIGSEGV"
     assert report.report_id == "02F8E982-2985-4720-946D-B4ECDE40DC2C"
@@ -31,14 +32,14 @@ def test_parse_ips_segv():
 
 
 def test_parse_ips_sigill_uses_header_name():
-    report = cd.parse_ips(_text("ips_macos12_sigill.ips"))
+    report = rd.parse_ips(_text("ips_macos12_sigill.ips"))
     assert report is not None
     assert report.reason == "SIGILL" and report.proc_name == "CrashingInAnotherTargetTest" and report.pid is None
     assert report.time == pytest.approx(1659526676.0)  # header timestamp
 
 
 def test_parse_ips_bundle_without_signal():
-    report = cd.parse_ips(_text("ips_macos26_bundle.ips"))
+    report = rd.parse_ips(_text("ips_macos26_bundle.ips"))
     assert report is not None
     assert report.bundle_id == "com.example.MarkdownEditor" and report.reason == "other"
     assert report.proc_path.endswith("MarkdownEditor.app/Contents/MacOS/MarkdownEditor")
@@ -47,61 +48,61 @@ def test_parse_ips_bundle_without_signal():
 def test_parse_ips_termination_indicator_fallback():
     header = json.dumps({"bug_type": "309", "incident_id": "X-1", "app_name": "A"})
     body = json.dumps({"procName": "A", "termination": {"namespace": "SIGNAL", "indicator": "Abort trap: 6"}})
-    assert cd.parse_ips(header + "\n" + body).reason == "SIGABRT"
+    assert rd.parse_ips(header + "\n" + body).reason == "SIGABRT"
 
 
 def test_parse_ips_watchdog_409_is_a_crash():
-    report = cd.parse_ips(_text("ips_watchdog_409.ips"))
+    report = rd.parse_ips(_text("ips_watchdog_409.ips"))
     assert (report.kind, report.reason, report.proc_name, report.pid) == ("crash", "watchdog", "WindowServer", 154)
     assert report.time == pytest.approx(1710144751.512)  # captureTime 2024-03-11 09:12:31.5120 +0100
     # the header alone is enough for a watchdog report; a plain crash needs its body
     header = _text("ips_watchdog_409.ips").splitlines()[0]
-    assert cd.parse_ips(header + "\nnot json").reason == "watchdog"
-    with pytest.raises(cd.ReportError):
-        cd.parse_ips(header.replace('"409"', '"309"') + "\nnot json")
+    assert rd.parse_ips(header + "\nnot json").reason == "watchdog"
+    with pytest.raises(rd.ReportError):
+        rd.parse_ips(header.replace('"409"', '"309"') + "\nnot json")
 
 
 @pytest.mark.parametrize("bug_type", ["11", "12", "228", "288", "308", "509", "211", "298", 309.5, "x" * 100])
 def test_parse_ips_other_types_are_unknown_not_guessed(bug_type):
     text = json.dumps({"bug_type": bug_type, "incident_id": "H-1", "app_name": "Slow"}) + "\n{}"
-    with pytest.raises(cd.UnknownType):
-        cd.parse_ips(text)
+    with pytest.raises(rd.UnknownType):
+        rd.parse_ips(text)
 
 
 def test_parse_ips_stackshot_is_unknown():
-    with pytest.raises(cd.UnknownType):
-        cd.parse_ips(_text("ips_stackshot_288.ips"))
+    with pytest.raises(rd.UnknownType):
+        rd.parse_ips(_text("ips_stackshot_288.ips"))
 
 
 def test_parse_ips_bundle_id_from_bundle_info():
-    report = cd.parse_ips(_text("ips_redacted_display_name.ips"))
+    report = rd.parse_ips(_text("ips_redacted_display_name.ips"))
     assert (report.bundle_id, report.reason, report.pid) == ("org.example.ViewerPro", "SIGABRT", 4321)
     assert report.proc_path == "/Users/USER/Applications/ViewerPro.app/Contents/MacOS/ViewerPro"
 
 
 @pytest.mark.parametrize("name", ["malformed_header.ips", "truncated_body.ips"])
 def test_parse_ips_malformed(name):
-    with pytest.raises(cd.ReportError):
-        cd.parse_ips(_text(name))
+    with pytest.raises(rd.ReportError):
+        rd.parse_ips(_text(name))
 
 
 def test_parse_legacy_crash():
-    report = cd.parse_crash_text(_text("crash_macos10_15.crash"))
+    report = rd.parse_crash_text(_text("crash_macos10_15.crash"))
     assert (report.kind, report.reason, report.proc_name, report.pid) == ("crash", "SIGSEGV", "CrashingTest", 8256)
     assert report.bundle_id == "CrashingTest"
     assert report.time == pytest.approx(1617417704.312)
     assert report.report_id.startswith("sha1:")  # legacy reports carry no incident id
-    with pytest.raises(cd.ReportError):
-        cd.parse_crash_text("hello\n")
+    with pytest.raises(rd.ReportError):
+        rd.parse_crash_text("hello\n")
 
 
 def test_parse_hang_text():
-    report = cd.parse_hang_text(_text("hang_macos12.hang"))
+    report = rd.parse_hang_text(_text("hang_macos12.hang"))
     assert (report.kind, report.proc_name, report.pid) == ("hang", "RedLemon", 27952)
     assert report.report_id == "A98C24B4-1E32-4D66-B89B-69F59C6F98D7"
     assert report.proc_path.endswith("RedLemon.app/Contents/MacOS/RedLemon")
-    with pytest.raises(cd.ReportError):
-        cd.parse_hang_text(_text("hang_macos12.hang").replace("Event:            hang", "Event:            cpu usage"))
+    with pytest.raises(rd.ReportError):
+        rd.parse_hang_text(_text("hang_macos12.hang").replace("Event:            hang", "Event:            cpu usage"))
 
 
 def _naming(ident: ProcIdentity) -> str:
@@ -417,11 +418,11 @@ def test_daemon_reads_the_bundle_in_the_reporting_users_home(tmp_path, users):
 
 
 def test_unredact():
-    assert cd.unredact("/Users/USER/Applications/A.app/Contents/MacOS/A", Path("/Users/alice")) == \
+    assert rd.unredact("/Users/USER/Applications/A.app/Contents/MacOS/A", Path("/Users/alice")) == \
         "/Users/alice/Applications/A.app/Contents/MacOS/A"
-    assert cd.unredact("/Applications/A.app/Contents/MacOS/A", Path("/Users/alice")) == \
+    assert rd.unredact("/Applications/A.app/Contents/MacOS/A", Path("/Users/alice")) == \
         "/Applications/A.app/Contents/MacOS/A"
-    assert cd.unredact("/Users/USER/x", None) == "/Users/USER/x"
+    assert rd.unredact("/Users/USER/x", None) == "/Users/USER/x"
 
 
 def test_report_paths_with_dot_dot_are_not_read(tmp_path):
@@ -429,7 +430,7 @@ def test_report_paths_with_dot_dot_are_not_read(tmp_path):
     reads = []
     bundles = BundleNamer(read=lambda path: reads.append(path) or b"")
     source = cd.DarwinCrashSource(NAMING, folders=[], state_file=None, all_users=False, bundles=bundles)
-    report = cd.Report(kind="crash", report_id="x", proc_name="Secret", bundle_id=None, pid=1, reason="other",
+    report = rd.Report(kind="crash", report_id="x", proc_name="Secret", bundle_id=None, pid=1, reason="other",
                        time=None, proc_path="/Users/USER/../../private/var/root/Secret.app/Contents/MacOS/Secret")
     assert source.identity(report, Path("/Users/alice")).bundle is None and reads == []
 

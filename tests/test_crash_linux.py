@@ -261,7 +261,7 @@ class _Clock:
 
 
 def test_fork_naming_shares_the_exec_budget(tmp_path):
-    from atlas_exporter.collectors.crash.source_linux import ProcEvent
+    from atlas_exporter.collectors.crash.connector_linux import ProcEvent
 
     asked: list[int] = []
 
@@ -302,7 +302,7 @@ def test_deleted_reports_are_forgotten_and_size_never_skips_one(folders, tmp_pat
         for name in names:
             (coredump / name).unlink()
         big.unlink()
-        assert wait_for(lambda: not source._files, timeout=10), sorted(source._files)
+        assert wait_for(lambda: not source.folders.files, timeout=10), sorted(source.folders.files)
         assert source.book.crashes() == expected  # counters hold when the reports go
         families = {m.name: m for m in source.collect(None)}
         skipped = {s.labels["reason"]: s.value for s in families["atlas_crash_reports_skipped"].samples

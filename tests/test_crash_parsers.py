@@ -19,7 +19,9 @@ from atlas_exporter.apps.crashes import (
     reason_of_name,
     reason_of_signal,
 )
-from atlas_exporter.collectors.crash import source_linux as cl
+from atlas_exporter.collectors.crash import connector_linux as conn
+from atlas_exporter.collectors.crash import pids_linux as pl
+from atlas_exporter.collectors.crash import reports_linux as rl
 from atlas_exporter.collectors.hang.source_linux import is_kernel_thread, parse_switches, parse_task_stat
 
 FIXTURES = Path(__file__).parent / "fixtures" / "crash"
@@ -143,32 +145,32 @@ def test_parse_task_stat_and_switches():
 
 def _datagram(what, payload):
     event = struct.pack("=IIQ", what, 0, 5_000_000_000) + payload
-    cn = struct.pack("=IIIIHH", cl.CN_IDX_PROC, cl.CN_VAL_PROC, 0, 0, len(event), 0) + event
-    return struct.pack("=IHHII", 16 + len(cn), cl.NLMSG_DONE, 0, 0, 0) + cn
+    cn = struct.pack("=IIIIHH", conn.CN_IDX_PROC, conn.CN_VAL_PROC, 0, 0, len(event), 0) + event
+    return struct.pack("=IHHII", 16 + len(cn), conn.NLMSG_DONE, 0, 0, 0) + cn
 
 
 def test_parse_proc_events():
-    fork = cl.parse_proc_events(_datagram(0x1, struct.pack("=iiii", 10, 10, 11, 11)))
-    assert fork == [cl.ProcEvent("fork", 5_000_000_000, pid=11, tgid=11, parent_pid=10, parent_tgid=10)]
-    exe = cl.parse_proc_events(_datagram(0x2, struct.pack("=ii", 11, 11)))
+    fork = conn.parse_proc_events(_datagram(0x1, struct.pack("=iiii", 10, 10, 11, 11)))
+    assert fork == [conn.ProcEvent("fork", 5_000_000_000, pid=11, tgid=11, parent_pid=10, parent_tgid=10)]
+    exe = conn.parse_proc_events(_datagram(0x2, struct.pack("=ii", 11, 11)))
     assert exe[0].what == "exec" and exe[0].pid == 11
-    exit_ = cl.parse_proc_events(_datagram(0x80000000, struct.pack("=iiIIii", 11, 11, 0x8B, 17, 10, 10)))
+    exit_ = conn.parse_proc_events(_datagram(0x80000000, struct.pack("=iiIIii", 11, 11, 0x8B, 17, 10, 10)))
     assert exit_[0].what == "exit" and exit_[0].exit_code == 0x8B and exit_[0].parent_tgid == 10
     assert crash_reason(decode_wait_status(exit_[0].exit_code)) == "SIGSEGV"
     # comm events are not used, but their sequence number counts
-    assert [e.what for e in cl.parse_proc_events(_datagram(0x200, b"\0" * 24))] == ["other"]
+    assert [e.what for e in conn.parse_proc_events(_datagram(0x200, b"\0" * 24))] == ["other"]
     two = _datagram(0x2, struct.pack("=ii", 1, 1)) + _datagram(0x2, struct.pack("=ii", 2, 3))
-    assert [(e.pid, e.tgid) for e in cl.parse_proc_events(two)] == [(1, 1), (2, 3)]
+    assert [(e.pid, e.tgid) for e in conn.parse_proc_events(two)] == [(1, 1), (2, 3)]
     with pytest.raises(ValueError):
-        cl.parse_proc_events(_datagram(0x80000000, struct.pack("=ii", 1, 1)))  # truncated exit
+        conn.parse_proc_events(_datagram(0x80000000, struct.pack("=ii", 1, 1)))  # truncated exit
 
 
 def test_listen_message_layout():
-    data = cl.listen_message(cl.PROC_CN_MCAST_LISTEN, ack=7)
+    data = conn.listen_message(conn.PROC_CN_MCAST_LISTEN, ack=7)
     length, typ = struct.unpack_from("=IH", data)
-    assert length == len(data) == 16 + 20 + 4 and typ == cl.NLMSG_DONE
+    assert length == len(data) == 16 + 20 + 4 and typ == conn.NLMSG_DONE
     assert struct.unpack_from("=IIIIHH", data, 16) == (1, 1, 0, 7, 4, 0)
-    assert struct.unpack_from("=I", data, 36) == (cl.PROC_CN_MCAST_LISTEN,)
+    assert struct.unpack_from("=I", data, 36) == (conn.PROC_CN_MCAST_LISTEN,)
 
 
 @pytest.mark.parametrize(("pattern", "handler"), [
@@ -180,45 +182,45 @@ def test_listen_message_layout():
     ("|/usr/bin/mycollector %p", "pipe:mycollector"),
 ])
 def test_parse_core_pattern(pattern, handler):
-    assert cl.parse_core_pattern(pattern) == handler
+    assert rl.parse_core_pattern(pattern) == handler
 
 
 def test_parse_coredump_name():
-    parsed = cl.parse_coredump_name("core.sleep.1000.9a350d932b254a8d880f502cd4a2ae66.11340.1758137548000000.lz4")
-    assert parsed == cl.CoredumpFile("sleep", 1000, "9a350d932b254a8d880f502cd4a2ae66", 11340, 1758137548.0)
-    dotted = cl.parse_coredump_name(r"core.my\x2eapp.0.9a350d932b254a8d880f502cd4a2ae66.7.1758137548123456.zst")
+    parsed = rl.parse_coredump_name("core.sleep.1000.9a350d932b254a8d880f502cd4a2ae66.11340.1758137548000000.lz4")
+    assert parsed == rl.CoredumpFile("sleep", 1000, "9a350d932b254a8d880f502cd4a2ae66", 11340, 1758137548.0)
+    dotted = rl.parse_coredump_name(r"core.my\x2eapp.0.9a350d932b254a8d880f502cd4a2ae66.7.1758137548123456.zst")
     assert dotted is not None and dotted.comm == "my.app" and dotted.pid == 7
-    assert cl.parse_coredump_name("core") is None
-    assert cl.parse_coredump_name(".#core.sleep.1000.abc") is None
+    assert rl.parse_coredump_name("core") is None
+    assert rl.parse_coredump_name(".#core.sleep.1000.abc") is None
 
 
 def test_parse_apport_fixture():
-    report = cl.parse_apport_headers((FIXTURES / "apport_usr_bin_crashme.0.crash").read_text())
+    report = rl.parse_apport_headers((FIXTURES / "apport_usr_bin_crashme.0.crash").read_text())
     assert report.problem_type == "Crash"
     assert report.executable == "/usr/bin/crashme"
     assert report.signal == 11 and report.pid == 17767
     assert report.time is not None
-    assert cl.apport_name_executable("_usr_bin_crashme.0.crash") == "crashme"
-    assert cl.apport_name_executable("_opt_tool_bin_x.1000.crash") == "x"
-    assert cl.apport_name_executable("notes.txt") is None
+    assert rl.apport_name_executable("_usr_bin_crashme.0.crash") == "crashme"
+    assert rl.apport_name_executable("_opt_tool_bin_x.1000.crash") == "x"
+    assert rl.apport_name_executable("notes.txt") is None
 
 
 def test_parse_kmsg_fixture():
     records = (FIXTURES / "kmsg_records.txt").read_text().splitlines()
-    parsed = [cl.parse_kmsg_record(r) for r in records]
+    parsed = [rl.parse_kmsg_record(r) for r in records]
     assert [(p.comm, p.pid, p.reason) for p in parsed if p] == [
         ("crashme", 14296, "SIGSEGV"), ("crashme", 14298, "SIGILL"), ("crashme", 14300, "SIGTRAP"),
         ("fpe", 14323, "SIGFPE")]
     assert parsed[-1] is None  # a hung-task line is not a crash
     assert parsed[0].monotonic_seconds == pytest.approx(889.745232)
-    fatal = cl.parse_kmsg_record("4,9,100,-;my app[12]: potentially unexpected fatal signal 7.")
+    fatal = rl.parse_kmsg_record("4,9,100,-;my app[12]: potentially unexpected fatal signal 7.")
     assert fatal is not None and fatal.comm == "my app" and fatal.reason == "SIGBUS"
-    assert cl.parse_kmsg_record("no semicolon") is None
-    assert cl.parse_kmsg_record("6,1,x,-;a[1]: segfault at 0 ip 1 sp 2 error 4") is None
+    assert rl.parse_kmsg_record("no semicolon") is None
+    assert rl.parse_kmsg_record("6,1,x,-;a[1]: segfault at 0 ip 1 sp 2 error 4") is None
 
 
 def test_pid_apps_keeps_dead_entries_for_a_grace_period():
-    pids = cl.PidApps(grace_seconds=10)
+    pids = pl.PidApps(grace_seconds=10)
     pids.learn(5, "web")
     pids.learn_thread(6, 5)
     pids.died(5, now=100.0)

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from atlas_exporter.apps.crashes import CrashBook, CrashEvent, decode_wait_status, exit_outcome
+from atlas_exporter.collectors.crash import reports_linux as rl
 from atlas_exporter.collectors.crash import source_linux as cl
 from atlas_exporter.collectors.crash.oom_linux import CgroupOomWatcher, MemoryRoot, parse_memory_mounts, parse_oom_kill
 from conftest import parse_exposition, wait_for
@@ -31,18 +32,18 @@ linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Li
 
 
 def test_kernel_oom_lines_are_oom_kills_of_that_pid() -> None:
-    killed = cl.parse_kmsg_record(
+    killed = rl.parse_kmsg_record(
         "3,812,5123456789,-;Out of memory: Killed process 4242 (python3) total-vm:1290000kB, anon-rss:262000kB, "
         "file-rss:4kB, shmem-rss:0kB, UID:0 pgtables:600kB oom_score_adj:0")
     assert killed is not None and (killed.pid, killed.comm, killed.reason) == (4242, "python3", "oom_kill")
-    memcg = cl.parse_kmsg_record("3,813,5123456790,-;Memory cgroup out of memory: Killed process 77 (my (odd) app) "
+    memcg = rl.parse_kmsg_record("3,813,5123456790,-;Memory cgroup out of memory: Killed process 77 (my (odd) app) "
                                  "total-vm:10kB")
     assert memcg is not None and (memcg.pid, memcg.comm) == (77, "my (odd) app")
-    line = cl.parse_kmsg_record(
+    line = rl.parse_kmsg_record(
         "6,811,5123456788,-;oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),cpuset=/,mems_allowed=0,"
         "oom_memcg=/atlas,task_memcg=/atlas,task=a,b,pid=4242,uid=0")
     assert line is not None and (line.pid, line.comm, line.reason) == (4242, "a,b", "oom_kill")
-    assert cl.parse_kmsg_record("6,1,1,-;Out of memory: Killed process x (y)") is None
+    assert rl.parse_kmsg_record("6,1,1,-;Out of memory: Killed process x (y)") is None
 
 
 def test_exit_outcomes() -> None:

@@ -8,8 +8,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from atlas_exporter.collectors.crash import source_darwin as crash_darwin
-from atlas_exporter.collectors.crash import source_linux as crash_linux
+from atlas_exporter.collectors.crash import connector_linux, reports_darwin, reports_linux
 from atlas_exporter.collectors.hang import source_linux as hang_linux
 from atlas_exporter.collectors.network import source_darwin as network_darwin
 from atlas_exporter.collectors.process import source_linux as process_linux
@@ -67,7 +66,7 @@ def test_fuzz_proc_io_and_status(data: bytes) -> None:
 @given(st.binary(max_size=400))
 def test_fuzz_proc_connector_datagrams(data: bytes) -> None:
     try:
-        crash_linux.parse_proc_events(data)
+        connector_linux.parse_proc_events(data)
     except ValueError:
         pass
 
@@ -75,8 +74,8 @@ def test_fuzz_proc_connector_datagrams(data: bytes) -> None:
 @FUZZ
 @given(st.text(max_size=300))
 def test_fuzz_linux_crash_texts(text: str) -> None:
-    for parse in (crash_linux.parse_kmsg_record, crash_linux.parse_coredump_name, crash_linux.parse_core_pattern,
-                  crash_linux.parse_apport_headers):
+    for parse in (reports_linux.parse_kmsg_record, reports_linux.parse_coredump_name, reports_linux.parse_core_pattern,
+                  reports_linux.parse_apport_headers):
         try:
             parse(text)
         except ValueError:
@@ -103,18 +102,18 @@ def test_fuzz_seeds_exist() -> None:
 @given(text_mutations(IPS))
 def test_fuzz_ips_reports(text: str) -> None:
     try:
-        crash_darwin.parse_ips(text)
-    except crash_darwin.ReportError:
+        reports_darwin.parse_ips(text)
+    except reports_darwin.ReportError:
         pass
 
 
 @FUZZ
 @given(text_mutations(CRASH))
 def test_fuzz_text_crash_and_hang_reports(text: str) -> None:
-    for parse in (crash_darwin.parse_crash_text, crash_darwin.parse_hang_text):
+    for parse in (reports_darwin.parse_crash_text, reports_darwin.parse_hang_text):
         try:
             parse(text)
-        except crash_darwin.ReportError:
+        except reports_darwin.ReportError:
             pass
 
 

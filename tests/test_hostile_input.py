@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from atlas_exporter.collectors.crash import source_linux as cl
+from atlas_exporter.collectors.crash import reports_linux as rl
 from atlas_exporter.collectors.crash.source_linux import LinuxCrashSource
 from atlas_exporter.exporter.exposition import TextRenderer
 from conftest import REPO, free_port, wait_for
@@ -150,23 +150,23 @@ def test_non_utf8_kernel_line_and_coredump_name_pass_promtool(tmp_path: Path, pr
 def test_a_program_named_like_a_kernel_line_is_not_read_as_pid_1() -> None:
     # `traps:` lines used to be read from the left: a program named "a[1] b" became pid 1
     record = "6,1,5000000,-;traps: a[1] b[4242] trap int3 ip:55dabb47e231 sp:7fffa087c3f0 error:0 in a[1231,5+1000]"
-    crash = cl.parse_kmsg_record(record)
+    crash = rl.parse_kmsg_record(record)
     assert crash is not None and (crash.comm, crash.pid, crash.reason) == ("a[1] b", 4242, "SIGTRAP")
-    segv = cl.parse_kmsg_record("6,2,5000000,-;a[1]: b[4243]: segfault at 0 ip 1 sp 2 error 4 in a[1+2]")
+    segv = rl.parse_kmsg_record("6,2,5000000,-;a[1]: b[4243]: segfault at 0 ip 1 sp 2 error 4 in a[1+2]")
     assert segv is not None and (segv.comm, segv.pid) == ("a[1]: b", 4243)
     # a mapping name (any file name) that holds a second crash header: two readings, not counted
-    with pytest.raises(cl.AmbiguousLine):
-        cl.parse_kmsg_record("6,3,5000000,-;x[4244]: segfault at 0 ip 1 sp 2 error 4 in "
+    with pytest.raises(rl.AmbiguousLine):
+        rl.parse_kmsg_record("6,3,5000000,-;x[4244]: segfault at 0 ip 1 sp 2 error 4 in "
                              "lib[1]: segfault at 0 ip 1 sp 2 error 4 so[1+2]")
-    with pytest.raises(cl.AmbiguousLine):
-        cl.parse_kmsg_record("6,4,5000000,-;traps: y[4245] trap int3 ip:1 sp:2 error:0 in "
+    with pytest.raises(rl.AmbiguousLine):
+        rl.parse_kmsg_record("6,4,5000000,-;traps: y[4245] trap int3 ip:1 sp:2 error:0 in "
                              "z[1] trap int3 ip:1 sp:2 error:0 z[1+2]")
     # the same names where they cannot complete a second header: one reading, counted
-    lib = cl.parse_kmsg_record("6,3,5000000,-;x[4244]: segfault at 0 ip 1 sp 2 error 4 in "
+    lib = rl.parse_kmsg_record("6,3,5000000,-;x[4244]: segfault at 0 ip 1 sp 2 error 4 in "
                                "lib[1]: segfault at 0 ip 1 sp 2 error 4.so[1+2]")
     assert lib is not None and (lib.comm, lib.pid) == ("x", 4244)
     # written into /dev/kmsg by a process (facility user, not kernel): never a crash line
-    assert cl.parse_kmsg_record("12,5,5000000,-;x[4246]: segfault at 0 ip 1 sp 2 error 4") is None
+    assert rl.parse_kmsg_record("12,5,5000000,-;x[4246]: segfault at 0 ip 1 sp 2 error 4") is None
 
 
 @pytest.mark.slow
@@ -242,7 +242,7 @@ def test_report_files_count_only_when_owned_by_root_or_the_crashed_user(tmp_path
         assert source.book.crashes() == {("tool", "SIGSEGV"): 1, ("daemon", "other"): 1, ("worker", "other"): 1}
         assert source.skipped["unreadable"] == 1  # the FIFO
         time.sleep(0.3)
-        assert source._thread is not None and source._thread.is_alive()
+        assert source.loops[0].running
     finally:
         source.stop()
         shutil.rmtree(shared, ignore_errors=True)

@@ -11,7 +11,8 @@ import pytest
 
 from atlas_exporter.apps.naming import Namer
 from atlas_exporter.apps.resolver import OTHER, AppResolver, clean_name
-from atlas_exporter.collectors.crash.source_linux import LinuxCrashSource, parse_tgid
+from atlas_exporter.collectors.crash.reports_linux import parse_tgid
+from atlas_exporter.collectors.crash.source_linux import LinuxCrashSource
 from atlas_exporter.config import parse_config
 from atlas_exporter.model import ProcessId, ProcIdentity, ProcSample
 
@@ -214,7 +215,7 @@ def test_a_kernel_log_line_of_a_thread_counts_for_its_process(tmp_path: Path) ->
 
 
 def test_a_gone_process_is_named_from_its_exec_never_from_its_parent() -> None:
-    from atlas_exporter.collectors.crash.source_linux import ProcEvent
+    from atlas_exporter.collectors.crash.connector_linux import ProcEvent
 
     world = World()
     world.add(500, "bash", cmdline=("bash",))
@@ -335,7 +336,7 @@ def test_the_status_page_shows_the_fold() -> None:
 
 
 def test_a_gone_thread_waits_for_its_exit_event_to_find_its_process(tmp_path: Path) -> None:
-    from atlas_exporter.collectors.crash.source_linux import ProcEvent
+    from atlas_exporter.collectors.crash.connector_linux import ProcEvent
 
     now = [100.0]
     source = LinuxCrashSource({4242: "server"}.get, procfs=tmp_path, use_connector=False, clock=lambda: 5000.0,
@@ -359,7 +360,7 @@ def test_a_gone_thread_waits_for_its_exit_event_to_find_its_process(tmp_path: Pa
 
 
 def test_over_the_naming_budget_an_exec_is_captured_and_named_only_if_it_crashes() -> None:
-    from atlas_exporter.collectors.crash.source_linux import ProcEvent
+    from atlas_exporter.collectors.crash.connector_linux import ProcEvent
 
     world = World()
     res = resolver(world)

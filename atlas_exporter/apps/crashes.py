@@ -13,21 +13,18 @@ the same app within the window when a source has no pid) in constant time per ev
 counts crashes per app and reason, and counts hang episodes. `HangTracker` applies the kernel's hung-task rule to
 successive task observations: a task in D whose context-switch count has not changed
 for the threshold is hung; the episode counts once and ends when it makes progress.
-`CRASH_METRICS` and `crash_metric_families` are the `crash` sub-collector's one table and
-exposition, used by the Linux and macOS sources alike.
+The metrics themselves are declared, and their families built, in `collectors/crash/metrics.py`
+(and `collectors/hang/metrics.py`).
 """
 
 from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.metrics_core import Metric
-
-from atlas_exporter.model import SourceStatus, clean_label
+from atlas_exporter.model import clean_label
 
 CRASH_SIGNALS: dict[int, str] = {
     int(signal.SIGSEGV): "SIGSEGV",
@@ -351,73 +348,3 @@ class HangTracker:
     @property
     def hung(self) -> frozenset[tuple[int, int]]:
         return self._hung
-
-
-
-# The `crash` sub-collector's table, shared by the Linux and macOS sources: name, type, help.
-CRASH_METRICS = (
-    ("atlas_app_crashes_total", "counter",
-     "Crashes of the app's processes (deaths by a crash signal or with a core dump, or crash reports), "
-     "by signal name."),
-    ("atlas_app_last_crash_timestamp_seconds", "gauge", "Unix time of the app's latest crash."),
-    ("atlas_app_hangs_total", "counter", "Hang reports (spindump, hang .ips) written for the app's processes."),
-    ("atlas_crash_source_active", "gauge",
-     "Whether a crash source is in use (1) or unavailable at this privilege (0)."),
-    ("atlas_crash_reports_skipped_total", "counter", "Crash reports or events that could not be used, by reason."),
-    ("atlas_app_exits_total", "counter",
-     "Exits of the app's processes by outcome: success (code 0), error (a non-zero code), signal (killed)."),
-)
-
-
-def _family(index: int, labels: list[str]) -> CounterMetricFamily | GaugeMetricFamily:
-    name, kind, help_text = CRASH_METRICS[index]
-    if kind == "counter":
-        return CounterMetricFamily(name.removesuffix("_total"), help_text, labels=labels)
-    return GaugeMetricFamily(name, help_text, labels=labels)
-
-
-def crash_metric_families(
-    book: CrashBook,
-    statuses: Iterable[SourceStatus],
-    skipped: Mapping[str, int],
-    *,
-    hang_apps: Iterable[str] | None = None,
-    exits_active: bool = False,
-) -> list[Metric]:
-    """The `crash` sub-collector's families from its book, source statuses and skip counts.
-
-    With `hang_apps` (a source that reads hang reports), `atlas_app_hangs_total` is emitted for
-    those apps and every app with a hang, but only while one of the sources is active: a
-    count nobody can measure is absent, not 0. `atlas_app_exits_total` is emitted only while
-    a source that sees every exit (`exits_active`) runs, with every outcome of each app that
-    exited.
-    """
-    statuses = list(statuses)
-    crashes = _family(0, ["app", "reason"])
-    for (app, reason), count in sorted(book.crashes().items()):
-        crashes.add_metric([app, reason], count)
-    last = _family(1, ["app"])
-    for app, when in sorted(book.last_crash().items()):
-        last.add_metric([app], when)
-    families: list[Metric] = [crashes, last]
-    if hang_apps is not None:
-        hangs = _family(2, ["app"])
-        if any(status.active for status in statuses):
-            totals = book.hangs()
-            for app in sorted(set(hang_apps) | set(totals)):
-                hangs.add_metric([app], totals.get(app, 0))
-        families.append(hangs)
-    active = _family(3, ["source"])
-    for status in statuses:
-        active.add_metric([status.name], 1.0 if status.active else 0.0)
-    skips = _family(4, ["reason"])
-    for reason, count in sorted(skipped.items()):
-        skips.add_metric([reason], count)
-    if exits_active:
-        exits = _family(5, ["app", "outcome"])
-        counts = book.exits()
-        for app in sorted({app for app, _ in counts}):
-            for outcome in OUTCOMES:
-                exits.add_metric([app, outcome], counts.get((app, outcome), 0))
-        families.append(exits)
-    return [*families, active, skips]

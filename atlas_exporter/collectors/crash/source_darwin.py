@@ -12,15 +12,8 @@ It polls `/Library/Logs/DiagnosticReports` and the DiagnosticReports folder of t
 runs as; as root (a LaunchDaemon, whose HOME is /var/root) also every user's
 `/Users/<user>/Library/Logs/DiagnosticReports`, found again at each poll so new users are
 picked up. Each folder comes with its `Retired/`, plus `crash.report_dirs`. The folders
-it could list are in its status (`SourceStatus.details`), for the status page. Formats:
-- `.ips`: a one-line JSON header then a JSON body. `bug_type` "309" is a crash and "409"
-  (SystemWatchdogCrash, e.g. WindowServer killed by the watchdog) a crash with
-  `reason="watchdog"`. Every other type is skipped and counted as `unknown_type`, without
-  guessing: "308" (OSFault) is `os_fault_with_payload`, a simulated crash after which
-  the process runs on (xnu `bsd/kern/kern_exit.c`), "509" (TerminatingStackshot) is a
-  stackshot taken while a process is ended, whose death has its own report, and no source
-  documents the hang codes "11"/"12" on macOS ("228" is iOS's runloop hang).
-- legacy text `.crash` (macOS 11 and older) and spindump `.hang` reports (hangs).
+it could list are in its status (`SourceStatus.details`), for the status page.
+Reports are read here and parsed by `reports_darwin.py` (`.ips`, legacy `.crash`, spindump `.hang`).
 The app is named through the naming rules from an identity built out of the report:
 procName, procPath and the bundle's display name. `.ips` files redact home folders
 (`/Users/USER/...`), so the display name comes first from the bundle id (`bundleInfo`
@@ -33,30 +26,39 @@ Each report counts once, across restarts too: the ids of seen reports are kept i
 `crash.state_file` (default `~/.atlas_agent/state/crash_reports_seen.json`). Symlinks are
 never followed; malformed or oversized reports are skipped and counted. On the first run
 without a state file, reports already present are remembered but not counted.
-The parsers (`parse_ips`, `parse_crash_text`, `parse_hang_text`) are pure.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import re
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from prometheus_client.metrics_core import Metric
 
-from atlas_exporter.apps.crashes import OTHER, CrashBook, CrashEvent, crash_metric_families, reason_of_name
+from atlas_exporter.apps.crashes import OTHER, CrashBook, CrashEvent
+from atlas_exporter.collectors.crash.metrics import crash_metric_families
+from atlas_exporter.collectors.crash.reports_darwin import (
+    CRASH_BUG_TYPES,
+    Report,
+    ReportError,
+    TooLarge,
+    UnknownType,
+    ips_bug_type,
+    parse_crash_text,
+    parse_hang_text,
+    parse_ips,
+    unredact,
+)
 from atlas_exporter.collectors.process.bundles_darwin import BundleNamer, shared_bundle_namer
 from atlas_exporter.config import Config
+from atlas_exporter.loop import BackgroundLoop
 from atlas_exporter.model import ProcIdentity, Snapshot, Source, SourceStatus
 
 if TYPE_CHECKING:
@@ -66,9 +68,6 @@ log = logging.getLogger(__name__)
 
 SOURCE_NAME = "diagnostic_reports"
 SKIP_REASONS = ("malformed", "too_large", "unreadable", "unknown_type")
-WATCHDOG = "watchdog"
-# bug_type -> fixed crash reason (None: from the report's signal)
-CRASH_BUG_TYPES: dict[str, str | None] = {"309": None, "409": WATCHDOG}
 EXTENSIONS = (".ips", ".crash", ".hang")
 MAX_REPORT_BYTES = 8 * 1024 * 1024  # an .ips crash body is parsed whole up to this size
 TEXT_HEAD_BYTES = 64 * 1024  # text reports: only the header is read
@@ -77,178 +76,8 @@ STATE_KEEP_SECONDS = 60 * 86400.0  # macOS deletes reports after 14 days
 USER_FOLDER = "Library/Logs/DiagnosticReports"
 DEFAULT_FOLDERS = ("~/" + USER_FOLDER, "/" + USER_FOLDER)
 USERS_ROOT = Path("/Users")
-REDACTED_HOME = "/Users/USER/"
 
 Naming = Callable[[ProcIdentity], str]
-
-
-class ReportError(ValueError):
-    """A report file that is not in the format its name promises."""
-
-
-class UnknownType(ReportError):
-    """An `.ips` report of a type that is neither counted as a crash nor as a hang."""
-
-
-@dataclass(frozen=True, slots=True)
-class Report:
-    """One crash or hang report, as far as counting needs it."""
-
-    kind: str  # "crash" or "hang"
-    report_id: str
-    proc_name: str
-    proc_path: str | None
-    bundle_id: str | None
-    pid: int | None
-    reason: str  # crashes: signal name or "other"; hangs: "hang"
-    time: float | None  # Unix time of the incident
-
-
-def _ips_time(text: Any) -> float | None:
-    """`2022-08-03 20:36:47.00 +0900` (header) or `2022-08-03 20:36:44.3125 +0900` (body)."""
-    if not isinstance(text, str):
-        return None
-    match = re.match(r"^(\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2})(?:\.(\d+))? ([+-]\d{4})$", text.strip())
-    if match is None:
-        return None
-    try:
-        base = datetime.strptime(f"{match[1]} {match[3]}", "%Y-%m-%d %H:%M:%S %z").timestamp()
-    except ValueError:
-        return None
-    return base + (float("0." + match[2]) if match[2] else 0.0)
-
-
-def ips_bug_type(first_line: str) -> tuple[str, dict[str, Any]]:
-    """The `bug_type` (as a string) and the header object of an `.ips` file's first line."""
-    try:
-        header = json.loads(first_line)
-    except ValueError as err:
-        raise ReportError(f"header is not JSON: {err}") from None
-    if not isinstance(header, dict) or "bug_type" not in header:
-        raise ReportError("header has no bug_type")
-    return str(header["bug_type"]), header
-
-
-def parse_ips(text: str) -> Report:
-    """Parse an `.ips` report; raises `UnknownType` for a type that is not counted."""
-    first, _, body_text = text.partition("\n")
-    bug_type, header = ips_bug_type(first)
-    if bug_type not in CRASH_BUG_TYPES:
-        raise UnknownType(f"bug_type {bug_type[:16]!r} is not counted")
-    fixed_reason = CRASH_BUG_TYPES[bug_type]
-    body: dict[str, Any] = {}
-    if body_text.strip():
-        try:
-            parsed = json.loads(body_text)
-        except ValueError as err:
-            if fixed_reason is None:
-                raise ReportError(f"crash body is not JSON: {err}") from None
-            parsed = {}  # a watchdog report counts from its header alone
-        body = parsed if isinstance(parsed, dict) else {}
-    elif fixed_reason is None:
-        raise ReportError("crash report has no body")
-    report_id = header.get("incident_id") or body.get("incident")
-    name = body.get("procName") or header.get("app_name") or header.get("name")
-    if not isinstance(report_id, str) or not report_id or not isinstance(name, str) or not name:
-        raise ReportError("report has no incident id or process name")
-    bundle_info = body.get("bundleInfo") if isinstance(body.get("bundleInfo"), dict) else {}
-    bundle_id = bundle_info.get("CFBundleIdentifier") or header.get("bundleID")
-    pid = body.get("pid")
-    path = body.get("procPath")
-    if fixed_reason is not None:
-        reason = fixed_reason
-    else:
-        exception = body.get("exception") if isinstance(body.get("exception"), dict) else {}
-        termination = body.get("termination") if isinstance(body.get("termination"), dict) else {}
-        signal_name = exception.get("signal")
-        if not signal_name and termination.get("namespace") == "SIGNAL":
-            signal_name = _signal_from_indicator(str(termination.get("indicator", "")))
-        reason = reason_of_name(signal_name) if isinstance(signal_name, str) else OTHER
-    when = _ips_time(body.get("captureTime")) or _ips_time(header.get("timestamp"))
-    return Report(kind="crash", report_id=report_id, proc_name=name, proc_path=path if isinstance(path, str) else None,
-                  bundle_id=bundle_id if isinstance(bundle_id, str) and bundle_id else None,
-                  pid=pid if isinstance(pid, int) and not isinstance(pid, bool) else None, reason=reason, time=when)
-
-
-_INDICATORS = {"segmentation fault": "SIGSEGV", "abort trap": "SIGABRT", "bus error": "SIGBUS",
-               "illegal instruction": "SIGILL", "floating point exception": "SIGFPE",
-               "bad system call": "SIGSYS", "trace/bpt trap": "SIGTRAP"}
-
-
-def _signal_from_indicator(text: str) -> str | None:
-    """`Segmentation fault: 11` -> SIGSEGV (the number is macOS's, so match the words)."""
-    lower = text.lower()
-    return next((sig for words, sig in _INDICATORS.items() if lower.startswith(words)), None)
-
-
-_FIELD = re.compile(r"^(?P<key>[A-Za-z][A-Za-z /]*?):\s+(?P<value>.*?)\s*$")
-
-
-def _text_fields(text: str) -> dict[str, str]:
-    """`Key:   value` header lines, first occurrence wins (later blocks repeat keys)."""
-    fields: dict[str, str] = {}
-    for line in text.splitlines():
-        match = _FIELD.match(line)
-        if match and match["key"] not in fields:
-            fields[match["key"]] = match["value"]
-    return fields
-
-
-def _text_time(text: str | None) -> float | None:
-    """`2021-04-03 11:41:44.312 +0900`."""
-    if not text:
-        return None
-    return _ips_time(text)
-
-
-def _name_and_pid(value: str | None) -> tuple[str | None, int | None]:
-    """`CrashingTest [8256]` -> ("CrashingTest", 8256)."""
-    if not value:
-        return None, None
-    match = re.match(r"^(?P<name>.*?)\s*\[(?P<pid>\d+)\]$", value)
-    if match is None:
-        return value, None
-    return match["name"], int(match["pid"])
-
-
-def _fallback_id(*parts: object) -> str:
-    return "sha1:" + hashlib.sha1("|".join(str(p) for p in parts).encode("utf-8", "replace")).hexdigest()
-
-
-def parse_crash_text(text: str) -> Report:
-    """Parse the header of a legacy text `.crash` report."""
-    fields = _text_fields(text)
-    name, pid = _name_and_pid(fields.get("Process"))
-    if not name or "Date/Time" not in fields:
-        raise ReportError("not a crash report: no Process or Date/Time")
-    signal_name = None
-    exception = fields.get("Exception Type", "")
-    match = re.search(r"\((SIG[A-Z0-9]+)\)", exception)
-    if match:
-        signal_name = match[1]
-    elif fields.get("Termination Signal"):
-        signal_name = _signal_from_indicator(fields["Termination Signal"])
-    report_id = fields.get("Incident Identifier") or _fallback_id(name, pid, fields["Date/Time"])
-    return Report(kind="crash", report_id=report_id, proc_name=name, proc_path=fields.get("Path"),
-                  bundle_id=fields.get("Identifier"), pid=pid, reason=reason_of_name(signal_name),
-                  time=_text_time(fields.get("Date/Time")))
-
-
-def parse_hang_text(text: str) -> Report:
-    """Parse the header of a spindump `.hang` report (`Command:`, `PID:`, `Event: hang`)."""
-    fields = _text_fields(text)
-    name = fields.get("Command")
-    if not name or "Date/Time" not in fields:
-        raise ReportError("not a hang report: no Command or Date/Time")
-    event = fields.get("Event", "hang").lower()
-    if "hang" not in event and "unresponsive" not in event:
-        raise ReportError(f"spindump event is {event!r}, not a hang")
-    pid = None
-    if fields.get("PID", "").isdigit():
-        pid = int(fields["PID"])
-    report_id = fields.get("Incident Identifier") or _fallback_id(name, pid, fields["Date/Time"])
-    return Report(kind="hang", report_id=report_id, proc_name=name, proc_path=fields.get("Path"),
-                  bundle_id=fields.get("Identifier"), pid=pid, reason="hang", time=_text_time(fields.get("Date/Time")))
 
 
 def read_report(path: Path, max_bytes: int = MAX_REPORT_BYTES) -> Report:
@@ -273,10 +102,6 @@ def read_report(path: Path, max_bytes: int = MAX_REPORT_BYTES) -> Report:
     if suffix == ".crash":
         return parse_crash_text(head)
     return parse_hang_text(head)
-
-
-class TooLarge(ReportError):
-    """A report over the size limit."""
 
 
 class SeenReports:
@@ -368,13 +193,6 @@ def _has_symlink(path: Path, below: Path) -> bool:
         return True
 
 
-def unredact(path: str | None, home: Path | None) -> str | None:
-    """`/Users/USER/x` -> `<home>/x`: `.ips` reports replace the home folder's user name with USER."""
-    if path is None or home is None or not path.startswith(REDACTED_HOME):
-        return path
-    return str(home) + "/" + path[len(REDACTED_HOME):]
-
-
 def default_naming() -> Naming:
     """The naming rules of an empty config, with bundle display names from Info.plist."""
     from atlas_exporter.apps.naming import Namer
@@ -395,7 +213,7 @@ def naming_with_bundles(name: Naming, bundle_of: Callable[[str | None], str | No
 
 
 class DarwinCrashSource:
-    """The `crash` sub-collector on macOS: polls the report folders in a background thread.
+    """The `crash` sub-collector on macOS: polls the report folders on a background loop.
 
     `all_users` (default: running as root) adds every user's folder under `users_root`.
     `bundles` names bundles by id and path; by default the process source's shared one.
@@ -431,36 +249,25 @@ class DarwinCrashSource:
         self.skipped = dict.fromkeys(SKIP_REASONS, 0)
         self._files: dict[Path, tuple[int, int]] = {}
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = BackgroundLoop("atlas-crash-reports", self.poll, interval=lambda: self.poll_interval_seconds,
+                                    log=log)
+        self.loops: Sequence[BackgroundLoop] = (self._loop,)
         self._readable: list[Path] = []
         self._reasons: list[str] = []
         self._started = False
 
     def start(self) -> None:
-        """Load the seen ids, take the first inventory, then poll in a background thread."""
+        """Load the seen ids, take the first inventory, then poll every `poll_interval_seconds` on the loop."""
         if self._started:
             return
         self._started = True
         self.seen.load()
         self.poll(count=self.seen.existed or self.seen.path is None)
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="atlas-crash-reports", daemon=True)
-        self._thread.start()
+        self._loop.start()
 
     def stop(self) -> None:
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join(timeout=10)
-            self._thread = None
+        self._loop.stop(timeout=10)
         self._started = False
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.poll_interval_seconds):
-            try:
-                self.poll()
-            except Exception:  # the watcher must survive anything one report does
-                log.exception("crash report poll failed")
 
     def current_folders(self) -> list[tuple[Path, Path | None]]:
         """(folder, home of its owner or None) to poll now: the fixed ones, then every user's as root."""
@@ -534,6 +341,9 @@ class DarwinCrashSource:
                 continue
             except OSError as err:
                 self._skip("unreadable", path, err)
+                continue
+            except Exception:  # one bad report must not lose the others of this pass
+                log.exception("crash report %s could not be read", path)
                 continue
             if report.report_id in self.seen:
                 continue
