@@ -31,8 +31,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from atlas_exporter.collectors.network.owners_linux import find_cgroup2_root  # noqa: E402
 from atlas_exporter.collectors.network.sockdiag_linux import SockDiagSocket  # noqa: E402
-from atlas_exporter.collectors.network.source_linux import LinuxNetworkSource, find_cgroup2_root  # noqa: E402
+from atlas_exporter.collectors.network.source_linux import LinuxNetworkSource  # noqa: E402
 from atlas_exporter.model import Snapshot  # noqa: E402
 
 PROCSCAN_C = Path(__file__).resolve().parent / "procscan.c"

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from atlas_exporter.collectors.network.source_linux import find_cgroup2_root
+from atlas_exporter.collectors.network.owners_linux import find_cgroup2_root
 from atlas_exporter.config import parse_config
 from atlas_exporter.exporter.runtime import Exporter
 from conftest import NOBODY, free_port, parse_exposition, wait_for

@@ -11,16 +11,10 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from atlas_exporter.collectors.network.accounts import SocketAccounts
+from atlas_exporter.collectors.network.namespaces_linux import change_key, parse_sockstat_tcp, parse_tcp_in_segs
+from atlas_exporter.collectors.network.owners_linux import CgroupApps, SocketInodeMap, parse_cgroup2_mount
 from atlas_exporter.collectors.network.sockdiag_linux import TCP_LISTEN, TcpSocketInfo
-from atlas_exporter.collectors.network.source_linux import (
-    CgroupApps,
-    SocketAccounts,
-    SocketInodeMap,
-    change_key,
-    parse_cgroup2_mount,
-    parse_sockstat_tcp,
-    parse_tcp_in_segs,
-)
 
 NS = 4026531840
 

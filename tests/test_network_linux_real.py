@@ -18,7 +18,8 @@ pytestmark = [
     pytest.mark.slow,
 ]
 
-from atlas_exporter.collectors.network.source_linux import LinuxNetworkSource, find_cgroup2_root  # noqa: E402
+from atlas_exporter.collectors.network.owners_linux import find_cgroup2_root  # noqa: E402
+from atlas_exporter.collectors.network.source_linux import LinuxNetworkSource  # noqa: E402
 
 PEER = Path(__file__).parent / "fixtures" / "network" / "peer.py"
 TIMEOUT = 30.0

@@ -1,10 +1,9 @@
-"""The Linux network source's threads, namespaces and retirement, with fake netlink subscriptions."""
+"""The Linux network source's loops, namespaces and retirement, with fake netlink subscriptions."""
 
 from __future__ import annotations
 
 import os
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,6 +12,8 @@ import pytest
 
 from atlas_exporter.collectors.network.sockdiag_linux import TcpSocketInfo
 from atlas_exporter.collectors.network.source_linux import LinuxNetworkSource
+from atlas_exporter.exporter.collector import AtlasCollector
+from atlas_exporter.model import Snapshot
 
 NS = 4026531840
 
@@ -60,7 +61,7 @@ class FakeDiag:
 
 
 class FakeSpace:
-    """Stands in for `_Namespace`: what the listener and the namespace scan touch."""
+    """Stands in for `NetNamespace`: what the listener and the namespace scan touch."""
 
     def __init__(self, ns: int, destroy: FakeDestroy | None) -> None:
         self.ns = ns
@@ -94,23 +95,20 @@ def poll(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
 
 @pytest.fixture
 def listening(tmp_path: Path) -> Iterator[Callable[[FakeDestroy], LinuxNetworkSource]]:
-    """A source whose only namespace has the given fake destroy subscription, with its listener thread running."""
-    made: list[tuple[LinuxNetworkSource, threading.Thread, FakeSpace]] = []
+    """A source whose only namespace has the given fake destroy subscription, with its listener loop running."""
+    made: list[tuple[LinuxNetworkSource, FakeSpace]] = []
 
     def make(destroy: FakeDestroy) -> LinuxNetworkSource:
         source = LinuxNetworkSource(lambda pid: None, procfs=tmp_path, euid=1000)
         space = FakeSpace(NS, destroy)
         source._namespaces[NS] = space  # type: ignore[assignment]
-        thread = threading.Thread(target=source._listener, daemon=True)
-        thread.start()
-        source._listener_thread = thread
-        made.append((source, thread, space))
+        source.listener.start()
+        made.append((source, space))
         return source
 
     yield make
-    for source, thread, space in made:
-        source._stop.set()
-        thread.join(timeout=5)
+    for source, space in made:
+        source.listener.stop()
         space.close()
 
 
@@ -125,7 +123,7 @@ def test_listener_counts_an_error_and_keeps_reading_destroy_events(listening) ->
     poll(lambda: source.errors == 1, "the error to be counted")
     destroy.wake()
     poll(lambda: source.unattributed() == (7.0, 500.0), "the next destroy message to be applied")
-    assert source._listener_thread is not None and source._listener_thread.is_alive()
+    assert source.listener.running and not source.listener.dead
     status = destroy_status(source)
     assert status.active and status.reason == ""
 
@@ -134,20 +132,28 @@ class ThreadKilled(BaseException):
     """Not an `Exception`: the listener's boundary lets it end the thread."""
 
 
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
-def test_listener_that_ended_reports_destroy_events_inactive(listening) -> None:
+class NoSnapshots:
+    def get(self) -> Snapshot:
+        return Snapshot(wall_time=time.time(), monotonic=time.monotonic())
+
+
+def test_listener_that_ended_fails_the_collector_and_reports_destroy_events_inactive(listening) -> None:
     destroy = FakeDestroy([fails(ThreadKilled())])
     source = listening(destroy)
-    assert destroy_status(source).active
+    source._opened = True  # as after start(): the totals are exported
+    collector = AtlasCollector(NoSnapshots(), [source])  # type: ignore[arg-type]
+    statuses = {s.name: s for s in collector.statuses()}
+    assert statuses["network.destroy_events"].active
     destroy.wake()
-    thread = source._listener_thread
-    assert thread is not None
-    thread.join(timeout=5)
-    assert not thread.is_alive()
-    status = destroy_status(source)
-    assert not status.active and status.privilege == "none"
-    assert "listener thread ended" in status.reason
-    assert not source.destroy_active()
+    poll(lambda: source.listener.dead, "the listener loop to end")
+    assert source.listener in source.loops
+    statuses = {s.name: s for s in collector.statuses()}
+    assert not statuses["network.destroy_events"].active
+    assert "atlas-network-destroy has ended" in statuses["network.destroy_events"].reason
+    families = list(collector.collect())
+    success = next(m for m in families if m.name == "atlas_scrape_collector_success")
+    assert [(s.labels["collector"], s.value) for s in success.samples] == [("network", 0)]
+    assert "atlas_network_destroy_events_lost" not in {m.name for m in families}
 
 
 def namespace_scan(tmp_path: Path, destroy: FakeDestroy) -> tuple[LinuxNetworkSource, FakeSpace]:

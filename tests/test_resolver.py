@@ -269,7 +269,7 @@ def tcp(cookie: int, acked: int, received: int, inode: int):
 
 
 def test_a_socket_follows_its_owner_across_an_exec() -> None:
-    from atlas_exporter.collectors.network.source_linux import SocketAccounts
+    from atlas_exporter.collectors.network.accounts import SocketAccounts
 
     owners = Owners()
     owners.pid_of[9001] = 77
@@ -285,7 +285,7 @@ def test_a_socket_follows_its_owner_across_an_exec() -> None:
 
 
 def test_network_apps_take_a_slot_when_first_credited() -> None:
-    from atlas_exporter.collectors.network.source_linux import SocketAccounts
+    from atlas_exporter.collectors.network.accounts import SocketAccounts
 
     res = resolver(World(), max_apps=1)
     owners = Owners()
@@ -299,7 +299,7 @@ def test_network_apps_take_a_slot_when_first_credited() -> None:
 
 
 def test_a_cgroup_whose_processes_are_gone_still_names_its_app(tmp_path: Path) -> None:
-    from atlas_exporter.collectors.network.source_linux import CgroupApps
+    from atlas_exporter.collectors.network.owners_linux import CgroupApps
 
     world = World()
     res = resolver(world)
@@ -315,7 +315,7 @@ def test_a_cgroup_whose_processes_are_gone_still_names_its_app(tmp_path: Path) -
 
 
 def test_tcp_opens_counter() -> None:
-    from atlas_exporter.collectors.network.source_linux import parse_tcp_opens
+    from atlas_exporter.collectors.network.namespaces_linux import parse_tcp_opens
 
     snmp = ("Ip: Forwarding DefaultTTL\nIp: 1 64\n"
             "Tcp: RtoAlgorithm RtoMin RtoMax MaxConn ActiveOpens PassiveOpens AttemptFails EstabResets CurrEstab "

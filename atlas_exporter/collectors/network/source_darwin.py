@@ -30,7 +30,7 @@ from pathlib import Path
 
 from prometheus_client.metrics_core import Metric
 
-from atlas_exporter.collectors.network.metrics import byte_families
+from atlas_exporter.collectors.network.metrics import DARWIN_BYTES, byte_families
 from atlas_exporter.config import Config
 from atlas_exporter.model import AppOfPid, Snapshot, Source, SourceStatus
 
@@ -146,6 +146,7 @@ class NettopDeltas:
     def apply(self, frame: NettopFrame) -> None:
         now = self._clock()
         seen: dict[int, _Seen] = {}
+        target: list[float] | None
         for pid, row in frame.rows.items():
             old = self._seen.get(pid)
             if old is None or old.name != row.name:
@@ -203,20 +204,6 @@ class NettopRunner:
             return None
         self.last_error = ""
         return done.stdout.decode("utf-8", "replace")
-
-
-APP_METRICS: tuple[tuple[str, str, int], ...] = (
-    ("atlas_app_network_receive_bytes_total",
-     "Bytes the application's processes received over the network, as nettop counts them (TCP and UDP).", 0),
-    ("atlas_app_network_transmit_bytes_total",
-     "Bytes the application's processes sent over the network, as nettop counts them (TCP and UDP).", 1),
-)
-UNATTRIBUTED_METRICS: tuple[tuple[str, str, int], ...] = (
-    ("atlas_network_unattributed_receive_bytes_total",
-     "Bytes received by processes that could not be attributed to any application.", 0),
-    ("atlas_network_unattributed_transmit_bytes_total",
-     "Bytes sent by processes that could not be attributed to any application.", 1),
-)
 
 
 class DarwinNetworkSource:
@@ -302,7 +289,7 @@ class DarwinNetworkSource:
                 return
             totals = self.deltas.totals()
             unattributed = tuple(self.deltas.unattributed)
-        yield from byte_families(APP_METRICS, UNATTRIBUTED_METRICS, totals, unattributed)
+        yield from byte_families(DARWIN_BYTES, totals, unattributed)
 
     def statuses(self) -> list[SourceStatus]:
         with self._lock:
