@@ -53,10 +53,10 @@ def test_a_blocked_cmdline_read_does_not_hold_up_the_scrape(tmp_path: Path) -> N
         for _ in range(3):  # every scrape in time; the blocked read is not waited for again
             started = time.monotonic()
             values = parse_exposition(exporter.render_metrics()[0].decode())
-            assert time.monotonic() - started < source.identity_pass_budget_seconds + 1.5
+            assert time.monotonic() - started < source.identities.pass_budget_seconds + 1.5
             assert values['atlas_app_processes{app="nginx"}'] == 3  # everyone else is named
             assert not any('app="etl"' in key for key in values)
-        assert source.identity_timeouts == 1
+        assert source.identities.timeouts == 1
         assert "could not be named" in source.statuses()[0].reason
         _release(fifo, b"python3\0/srv/etl/etl.py\0")
         deadline = time.monotonic() + 20
@@ -77,14 +77,14 @@ def test_a_watcher_gives_up_and_gets_the_answer_later(tmp_path: Path) -> None:
     """A watcher (crash, network) naming a pid whose read blocks: its deadline, then the answer on a later ask."""
     procfs, fifo = _blocking_procfs(tmp_path)
     source = LinuxProcessSource(procfs)
-    source.identity_watcher_deadline_seconds = 0.5
+    source.identities.watcher_deadline_seconds = 0.5
     pid = source.start_token(900)
     assert pid is not None
     started = time.monotonic()
     assert source.identity(pid) is None
-    assert time.monotonic() - started < source.identity_watcher_deadline_seconds + 0.5
+    assert time.monotonic() - started < source.identities.watcher_deadline_seconds + 0.5
     assert source.identity(pid) is None  # still blocked: not waited for twice
-    assert time.monotonic() - started < source.identity_watcher_deadline_seconds + 0.5
+    assert time.monotonic() - started < source.identities.watcher_deadline_seconds + 0.5
     _release(fifo, b"python3\0/srv/etl/etl.py\0")
     deadline = time.monotonic() + 10
     ident = None
@@ -110,7 +110,7 @@ def test_many_blocked_processes_share_one_budget(tmp_path: Path) -> None:
         values = parse_exposition(exporter.render_metrics()[0].decode())
         spent = time.monotonic() - started
         # six blocked reads at 1 s each would be 6 s: one budget of 2 s from the first one
-        assert spent < source.identity_pass_budget_seconds + 1.5, spent
+        assert spent < source.identities.pass_budget_seconds + 1.5, spent
         assert values['atlas_app_processes{app="nginx"}'] == 3
         assert not any("stuck" in key for key in values)
     finally:

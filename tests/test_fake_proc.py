@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from atlas_exporter.collectors.process.source_linux import CLK_TCK, PAGE_SIZE, LinuxProcessSource
+from atlas_exporter.collectors.process.parsers_linux import CLK_TCK, PAGE_SIZE
+from atlas_exporter.collectors.process.source_linux import LinuxProcessSource
 from atlas_exporter.config import parse_config
 from atlas_exporter.exporter.runtime import Exporter
 from conftest import normalised_exposition, parse_exposition

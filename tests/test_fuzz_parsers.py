@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from atlas_exporter.collectors.crash import connector_linux, reports_darwin, reports_linux
 from atlas_exporter.collectors.hang import source_linux as hang_linux
 from atlas_exporter.collectors.network import source_darwin as network_darwin
-from atlas_exporter.collectors.process import source_linux as process_linux
+from atlas_exporter.collectors.process import parsers_linux as process_parsers
 from atlas_exporter.config import ConfigError, parse_config
 from atlas_exporter.exporter.webconfig import WebConfigError, parse_basic_authorization, parse_web_config
 
@@ -33,7 +33,7 @@ def mutations(seed: bytes) -> st.SearchStrategy[bytes]:
 @FUZZ
 @given(mutations(STAT))
 def test_fuzz_proc_stat(data: bytes) -> None:
-    for parse in (process_linux.parse_stat, lambda d: process_linux.sample_from_stat(1, d, 0.0),
+    for parse in (process_parsers.parse_stat, lambda d: process_parsers.sample_from_stat(1, d, 0.0),
                   hang_linux.parse_task_stat):
         try:
             parse(data)
@@ -45,13 +45,13 @@ def test_fuzz_proc_stat(data: bytes) -> None:
 @given(mutations(IO))
 def test_fuzz_proc_io_and_status(data: bytes) -> None:
     try:
-        io = process_linux.parse_io(data)
+        io = process_parsers.parse_io(data)
         assert min(io.read_bytes, io.write_bytes, io.syscr, io.syscw) >= -(2**63)
-    except process_linux.ParseError:
+    except process_parsers.ParseError:
         pass
     text = data.decode("utf-8", "replace")
-    for parse in (process_linux.parse_cgroup, process_linux.parse_btime, process_linux.parse_uid,
-                  process_linux.parse_capabilities):
+    for parse in (process_parsers.parse_cgroup, process_parsers.parse_btime, process_parsers.parse_uid,
+                  process_parsers.parse_capabilities):
         try:
             parse(text)
         except ValueError:

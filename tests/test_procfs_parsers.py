@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+
 import pytest
 
-from atlas_exporter.collectors.process.source_linux import (
+from atlas_exporter.collectors.process.parsers_linux import (
+    CLK_TCK,
+    PAGE_SIZE,
     PF_KTHREAD,
     ParseError,
     parse_btime,
@@ -14,7 +19,9 @@ from atlas_exporter.collectors.process.source_linux import (
     parse_stat,
     parse_uid,
     privilege_of,
+    sample_from_stat,
 )
+from atlas_exporter.model import ProcessId, ProcSample
 
 STAT = ("4312 (nginx: worker) S 4311 4311 4311 0 -1 4194624 1520 0 0 0 250 75 0 0 20 0 3 0 123456 "
         "110968832 2813 18446744073709551615 1 1 0 0 0 0 0 4096 0 0 0 0 17 1 0 0 0 0 0 0 0 0 0 0 0 0 0\n")
@@ -27,6 +34,25 @@ def test_stat_fields() -> None:
     assert (st.comm, st.state, st.ppid) == ("nginx: worker", "S", 4311)
     assert (st.utime, st.stime, st.num_threads, st.starttime, st.rss_pages) == (250, 75, 3, 123456, 2813)
     assert not st.flags & PF_KTHREAD
+
+
+def test_sample_from_stat_in_base_units() -> None:
+    sample = sample_from_stat(4312, STAT.encode(), 1_700_000_000.0)
+    assert sample is not None
+    assert (sample.id, sample.ppid, sample.state, sample.comm) == (ProcessId(4312, 123456), 4311, "S", "nginx: worker")
+    assert (sample.cpu_user_seconds, sample.cpu_system_seconds) == (250 / CLK_TCK, 75 / CLK_TCK)
+    assert (sample.threads, sample.resident_bytes, sample.virtual_bytes) == (3, 2813 * PAGE_SIZE, 110968832)
+    assert sample.start_time_seconds == 1_700_000_000.0 + 123456 / CLK_TCK
+    assert (sample.minor_faults, sample.major_faults) == (1520, 0)
+    assert sample.open_fds is None and sample.read_bytes is None  # read from other files by the scan
+
+
+def test_proc_sample_from_stat_fills_each_named_field_and_leaves_the_rest_none() -> None:
+    names = list(inspect.signature(ProcSample.from_stat).parameters)
+    values = {name: f"value of {name}" for name in names}
+    sample = ProcSample.from_stat(**values)  # type: ignore[arg-type]
+    for field in dataclasses.fields(ProcSample):
+        assert getattr(sample, field.name) == values.get(field.name), field.name
 
 
 def test_stat_comm_with_parentheses_and_spaces() -> None:

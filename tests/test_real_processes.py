@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from atlas_exporter.collectors.process.source_linux import PAGE_SIZE
+from atlas_exporter.collectors.process.parsers_linux import PAGE_SIZE
 from atlas_exporter.config import parse_config
 from atlas_exporter.exporter.runtime import Exporter
 from conftest import parse_exposition

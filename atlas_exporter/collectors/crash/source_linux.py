@@ -75,7 +75,7 @@ from atlas_exporter.collectors.crash.reports_linux import (
     parse_core_pattern,
     parse_kmsg_record,
 )
-from atlas_exporter.collectors.process.source_linux import CAP_NET_ADMIN, parse_capabilities, privilege_of
+from atlas_exporter.collectors.process.parsers_linux import CAP_NET_ADMIN, parse_capabilities, privilege_of
 from atlas_exporter.config import Config
 from atlas_exporter.loop import BackgroundLoop
 from atlas_exporter.model import AppOfPid, Snapshot, Source, SourceStatus

@@ -5,7 +5,7 @@ Emits (sub-collector `hang`):
     atlas_app_hung_processes{app="backup"} 1.0
     atlas_app_hangs_total{app="backup"} 3.0
 
-Every `hang.check_interval_seconds` a background thread reads `/proc/<pid>/task/<tid>/stat`
+Every `hang.check_interval_seconds` a background loop (`BackgroundLoop`) reads `/proc/<pid>/task/<tid>/stat`
 of every task and, for tasks in D, their context-switch counts from `.../status`. A task
 is hung once it has stayed in D with an unchanged count for `hang.threshold_seconds`
 (the rule of the kernel's hung-task detector); a process is hung while any of its threads
@@ -30,13 +30,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from atlas_exporter.apps.crashes import CrashBook, HangTracker, HangUpdate, TaskObservation
 from atlas_exporter.apps.resolver import AppNaming, as_naming
-from atlas_exporter.collectors.process.source_linux import PF_KTHREAD, current_privilege, read_proc_file, split_stat
+from atlas_exporter.collectors.hang.metrics import HANGS, HUNG_PROCESSES
+from atlas_exporter.collectors.process.parsers_linux import PF_KTHREAD, split_stat
+from atlas_exporter.collectors.process.readers_linux import current_privilege, read_proc_file
 from atlas_exporter.config import Config
+from atlas_exporter.loop import BackgroundLoop
 from atlas_exporter.model import AppOfPid, Snapshot, Source, SourceStatus
 
 log = logging.getLogger(__name__)
@@ -145,16 +147,8 @@ def scan_blocked_tasks(procfs: Path) -> BlockedScan:
     return BlockedScan(blocked, comms, tasks, errors)
 
 
-METRICS = (
-    ("atlas_app_hung_processes", "gauge",
-     "Processes of the app with a thread blocked in uninterruptible sleep (D) without progress "
-     "for at least the hang threshold."),
-    ("atlas_app_hangs_total", "counter", "Hang episodes that started in the app's processes."),
-)
-
-
 class LinuxHangSource:
-    """The `hang` sub-collector on Linux: a background checker plus per-app hang gauges."""
+    """The `hang` sub-collector on Linux: a background loop that checks, plus per-app hang series."""
 
     name = "hang"
 
@@ -179,35 +173,26 @@ class LinuxHangSource:
         self._apps: dict[tuple[int, int], str] = {}
         self._hung_by_app: dict[str, int] = {}
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._status = SourceStatus("hang_task_scan", False, "none", "not started")
+        # a failed check is logged and the next one runs an interval later
+        self.loops: list[BackgroundLoop] = []
 
     def start(self) -> None:
-        if self._thread is not None:
+        if self.loops:
             return
         if not (self.procfs / "self" / "task").is_dir():
             self._status = SourceStatus("hang_task_scan", False, "none", f"{self.procfs} has no task folders")
             return
         self._status = SourceStatus("hang_task_scan", True, current_privilege(self.procfs), "")
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="atlas-hang-watcher", daemon=True)
-        self._thread.start()
+        loop = BackgroundLoop("atlas-hang-watcher", self.check, interval=self.check_interval_seconds, log=log,
+                              immediate=True)
+        self.loops = [loop]
+        loop.start()
 
     def stop(self) -> None:
-        if self._thread is None:
-            return
-        self._stop.set()
-        self._thread.join(timeout=10)
-        self._thread = None
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.check()
-            except Exception:  # the watcher must survive one bad pass
-                log.exception("hang check failed")
-            self._stop.wait(self.check_interval_seconds)
+        for loop in self.loops:
+            loop.stop(timeout=10)
+        self.loops = []
 
     def _app(self, process: tuple[int, int], comms: dict[tuple[int, int], str]) -> str:
         app = self._apps.get(process)
@@ -256,16 +241,13 @@ class LinuxHangSource:
     def collect(self, snapshot: Snapshot) -> Iterable[Metric]:
         if not self._status.active:
             return []
-        thread = self._thread
-        if thread is not None and not thread.is_alive() and not self._stop.is_set():
-            raise RuntimeError("the hang watcher thread has ended: hangs are no longer detected")
         with self._lock:
             hung = dict(self._hung_by_app)
         totals = self.book.hangs()
-        gauge = GaugeMetricFamily(METRICS[0][0], METRICS[0][2], labels=["app"])
+        gauge = HUNG_PROCESSES.family()
         for app in sorted(set(snapshot.apps) | set(hung)):
             gauge.add_metric([app], hung.get(app, 0))
-        counter = CounterMetricFamily("atlas_app_hangs", METRICS[1][2], labels=["app"])
+        counter = HANGS.family()
         for app in sorted(set(snapshot.apps) | set(totals)):
             counter.add_metric([app], totals.get(app, 0))
         return [gauge, counter]
