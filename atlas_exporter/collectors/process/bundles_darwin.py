@@ -80,7 +80,7 @@ class PlistError(ValueError):
     """An Info.plist that cannot be parsed or is not a dictionary."""
 
 
-def parse_info_plist(data: bytes) -> dict:
+def parse_info_plist(data: bytes) -> dict[str, object]:
     """Parse Info.plist bytes (XML or binary); raises `PlistError` when it is not a dict."""
     try:
         value = plistlib.loads(data)
@@ -92,7 +92,7 @@ def parse_info_plist(data: bytes) -> dict:
     return value
 
 
-def name_from_info(info: dict) -> str | None:
+def name_from_info(info: dict[str, object]) -> str | None:
     """CFBundleDisplayName, else CFBundleName: the first non-empty string without unexpanded `$(...)`."""
     for key in NAME_KEYS:
         value = info.get(key)
@@ -142,7 +142,7 @@ class BundleNamer:
                 self._ids.move_to_end(bundle_id)
             return name
 
-    def _remember_id(self, info: dict, name: str) -> None:
+    def _remember_id(self, info: dict[str, object], name: str) -> None:
         bundle_id = info.get("CFBundleIdentifier")
         if not isinstance(bundle_id, str) or not bundle_id or len(bundle_id) > 255:
             return

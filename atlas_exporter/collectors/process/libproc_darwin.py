@@ -400,10 +400,10 @@ class LibProc:
                 return flavor
         return RUSAGE_INFO_V2
 
-    def _pidinfo(self, pid: int, flavor: int, arg: int, buf: ctypes.Array | ctypes.Structure, size: int,
+    def _pidinfo(self, pid: int, flavor: int, arg: int, buf: ctypes.Array[c_uint64] | ctypes.Structure, size: int,
                  what: str) -> int:
         ctypes.set_errno(0)
-        got = self.lib.proc_pidinfo(pid, flavor, arg, ctypes.byref(buf), size)
+        got: int = self.lib.proc_pidinfo(pid, flavor, arg, ctypes.byref(buf), size)
         if got <= 0:
             _raise_for_errno(ctypes.get_errno(), f"{what} of pid {pid}")
         return got
@@ -445,7 +445,7 @@ class LibProc:
             if need > len(self._fd_buf):
                 self._fd_buf = ctypes.create_string_buffer(need + 8 * 64)
             ctypes.set_errno(0)
-            got = lib.proc_pidinfo(pid, PROC_PIDLISTFDS, 0, ctypes.byref(self._fd_buf), len(self._fd_buf))
+            got: int = lib.proc_pidinfo(pid, PROC_PIDLISTFDS, 0, ctypes.byref(self._fd_buf), len(self._fd_buf))
             if got < 0 or (got == 0 and ctypes.get_errno()):
                 _raise_for_errno(ctypes.get_errno(), f"PROC_PIDLISTFDS of pid {pid}")
         return got // ctypes.sizeof(ProcFdInfo)

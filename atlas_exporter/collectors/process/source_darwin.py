@@ -40,7 +40,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from atlas_exporter.collectors.process.bundles_darwin import BundleNamer, shared_bundle_namer
 from atlas_exporter.collectors.process.libproc_darwin import (
@@ -57,6 +57,9 @@ from atlas_exporter.collectors.process.libproc_darwin import (
     pick_ticks_per_second,
 )
 from atlas_exporter.model import ProcessId, ProcessScan, ProcIdentity, ProcSample, ReadErrors, SourceStatus
+
+if TYPE_CHECKING:
+    import psutil
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +120,7 @@ class PsutilTable:
         self._psutil = psutil
         self._darwin = darwin
 
-    def _process(self, pid: int):  # noqa: ANN202 - psutil.Process
+    def _process(self, pid: int) -> psutil.Process:
         try:
             return self._psutil.Process(pid)
         except self._psutil.NoSuchProcess:
@@ -429,10 +432,10 @@ class DarwinProcessSource:
             id=ProcessId(pid, kinfo.started_us),
             ppid=kinfo.ppid,
             state=state_letter(kinfo.status, task, threads, threads_unreadable=threads_unreadable),
-            cpu_user_seconds=cpu_user,  # type: ignore[arg-type]  # None: not readable here
-            cpu_system_seconds=cpu_system,  # type: ignore[arg-type]
-            threads=threads_now,  # type: ignore[arg-type]
-            resident_bytes=resident,  # type: ignore[arg-type]
+            cpu_user_seconds=cpu_user,  # None: not readable here
+            cpu_system_seconds=cpu_system,
+            threads=threads_now,
+            resident_bytes=resident,
             start_time_seconds=kinfo.start_time,
             open_fds=fds,
             read_bytes=usage.diskio_bytes_read if usage is not None else None,
