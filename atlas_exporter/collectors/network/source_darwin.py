@@ -30,7 +30,7 @@ from pathlib import Path
 
 from prometheus_client.metrics_core import Metric
 
-from atlas_exporter.collectors.network.metrics import DARWIN_BYTES, byte_families
+from atlas_exporter.collectors.network.metrics import byte_families
 from atlas_exporter.config import Config
 from atlas_exporter.model import AppOfPid, Snapshot, Source, SourceStatus
 
@@ -289,7 +289,7 @@ class DarwinNetworkSource:
                 return
             totals = self.deltas.totals()
             unattributed = tuple(self.deltas.unattributed)
-        yield from byte_families(DARWIN_BYTES, totals, unattributed)
+        yield from byte_families(totals, unattributed)
 
     def statuses(self) -> list[SourceStatus]:
         with self._lock:

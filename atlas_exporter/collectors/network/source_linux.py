@@ -44,7 +44,7 @@ from prometheus_client.metrics_core import Metric
 
 from atlas_exporter.apps.resolver import AppNaming, as_naming
 from atlas_exporter.collectors.network.accounts import SocketAccounts
-from atlas_exporter.collectors.network.metrics import DESTROY_EVENTS_LOST, LINUX_BYTES, byte_families
+from atlas_exporter.collectors.network.metrics import DESTROY_EVENTS_LOST, byte_families
 from atlas_exporter.collectors.network.namespaces_linux import NetNamespace, namespaces_of_processes
 from atlas_exporter.collectors.network.owners_linux import (
     CgroupApps,
@@ -338,7 +338,7 @@ class LinuxNetworkSource:
     def collect(self, snapshot: Snapshot) -> Iterator[Metric]:
         if not self._opened:  # sock_diag never worked: nothing was measured, so no series
             return
-        yield from byte_families(LINUX_BYTES, self.app_totals(), self.unattributed())
+        yield from byte_families(self.app_totals(), self.unattributed())
         if self.destroy_active():
             yield DESTROY_EVENTS_LOST.value(self.lost_events)
 
