@@ -14,11 +14,16 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from atlas_exporter import __version__
 from atlas_exporter.config import ConfigError, load_config
 from atlas_exporter.platform import COLLECTORS, PLATFORM_NAME
+
+if TYPE_CHECKING:
+    from atlas_exporter.exporter.runtime import Exporter
+    from atlas_exporter.exporter.server import RunningServer
+    from atlas_exporter.exporter.webconfig import WebConfig
 
 DEFAULT_PORT = 9858
 DEFAULT_LISTEN = f":{DEFAULT_PORT}"
@@ -119,13 +124,14 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config_file)
     web_config = None
     if args.web_config:
-        from atlas_exporter.exporter.webconfig import WebConfigError, load_web_config
+        from atlas_exporter.exporter.webconfig import WebConfigError
+        from atlas_exporter.exporter.websettings import load_web_config
 
         try:
             web_config = load_web_config(args.web_config)
         except WebConfigError as err:
             return _fail(str(err))
-    from atlas_exporter.exporter.server import ServerError, parse_listen_address
+    from atlas_exporter.exporter.listen import ServerError, parse_listen_address
 
     try:
         parse_listen_address(args.listen_address)
@@ -180,13 +186,12 @@ def _file_digest(path: str | None) -> bytes | None:
         return None
 
 
-def reload_on_hangup(args: argparse.Namespace, server: object, config_digest: bytes | None) -> None:
+def reload_on_hangup(args: argparse.Namespace, server: RunningServer, config_digest: bytes | None) -> None:
     """SIGHUP: reread --web.config.file (certificates, users, headers) and use it for new requests;
     report whether --config.file changed, since that one is applied at a restart. Never fatal."""
-    from atlas_exporter.exporter.server import RunningServer
-    from atlas_exporter.exporter.webconfig import WebConfigError, load_web_config
+    from atlas_exporter.exporter.webconfig import WebConfigError
+    from atlas_exporter.exporter.websettings import load_web_config
 
-    assert isinstance(server, RunningServer)
     if args.web_config:
         try:
             server.reload(load_web_config(args.web_config))
@@ -206,22 +211,22 @@ def reload_on_hangup(args: argparse.Namespace, server: object, config_digest: by
                         "reloaded)", args.config_file)
 
 
-def serve(args: argparse.Namespace, exporter: object, web_config: object) -> int:
-    from atlas_exporter.exporter.runtime import Exporter
-    from atlas_exporter.exporter.server import ServerError, ServerMetrics, raise_open_files_limit, start_server
+def serve(args: argparse.Namespace, exporter: Exporter, web_config: WebConfig | None) -> int:
+    from atlas_exporter.exporter.connections import raise_open_files_limit
+    from atlas_exporter.exporter.listen import ServerError
+    from atlas_exporter.exporter.server import ServerMetrics, start_server
     from atlas_exporter.exporter.webconfig import WebConfigError
 
-    assert isinstance(exporter, Exporter)
     config_digest = _file_digest(args.config_file)
     before, after = raise_open_files_limit()
     if after != before:
         log.debug("raised the open files limit (RLIMIT_NOFILE) from %d to %d", before, after)
     try:
         server = start_server(args.listen_address, args.telemetry_path, exporter.render_metrics,
-                              exporter.render_status, web_config)  # type: ignore[arg-type]
+                              exporter.render_status, web_config)
     except (ServerError, WebConfigError) as err:
         return _fail(str(err))
-    exporter.registry.register(ServerMetrics(server))  # type: ignore[arg-type]
+    exporter.registry.register(ServerMetrics(server))
     wake = threading.Event()
     pending: list[int] = []
 
@@ -233,7 +238,7 @@ def serve(args: argparse.Namespace, exporter: object, web_config: object) -> int
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
     host, port = server.address[:2]
-    scheme = "https" if web_config is not None and getattr(web_config, "tls", None) else "http"
+    scheme = "https" if web_config is not None and web_config.tls is not None else "http"
     log.info("atlas-exporter %s listening on %s://%s:%s%s (collectors: %s)", __version__, scheme,
              f"[{host}]" if ":" in str(host) else host, port, args.telemetry_path,
              ", ".join(s.name for s in exporter.sources) or "none")

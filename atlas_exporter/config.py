@@ -14,6 +14,7 @@ import math
 import os
 import re
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -64,7 +65,8 @@ def compile_rule_regex(text: str) -> RulePattern:
     options = re2.Options()
     options.log_errors = False  # RE2 would print its own copy of the error to stderr
     try:
-        return re2.compile(text, options)  # type: ignore[no-any-return]
+        pattern: RulePattern = re2.compile(text, options)
+        return pattern
     except re2.error as err:
         reason = err.args[0] if err.args else err
         if isinstance(reason, bytes):
@@ -191,10 +193,11 @@ class _Checker:
     def boolean(self, raw: dict[str, Any], key: str, path: str, default: bool) -> bool:
         if key not in raw:
             return default
-        if not isinstance(raw[key], bool):
-            self.fail(f"{path}.{key}", f"must be true or false, got {_kind(raw[key])}")
+        value = raw[key]
+        if not isinstance(value, bool):
+            self.fail(f"{path}.{key}", f"must be true or false, got {_kind(value)}")
             return default
-        return raw[key]
+        return value
 
     def string(self, raw: dict[str, Any], key: str, path: str, default: str | None) -> Any:
         if key not in raw:
@@ -386,8 +389,10 @@ def _depth_limited_loader() -> type:
             self._depth += 1
             try:
                 if self._depth > MAX_YAML_DEPTH:
-                    raise yaml.composer.ComposerError(
-                        None, None, f"nested deeper than {MAX_YAML_DEPTH} levels", self.peek_event().start_mark)
+                    peek: Callable[[], yaml.events.Event] = self.peek_event  # untyped in the yaml stubs
+                    mark = peek().start_mark  # the pure-Python loader's: a yaml.error.Mark
+                    raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_YAML_DEPTH} levels",
+                                                      mark if isinstance(mark, yaml.error.Mark) else None)
                 return super().compose_node(parent, index)
             finally:
                 self._depth -= 1

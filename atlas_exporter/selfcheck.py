@@ -20,284 +20,43 @@ disagreements; values no reference can read (another user's process, unprivilege
 compared. It prints one table (app, quantity, exporter, reference, difference, verdict), a
 line per data source saying whether it was used and why not, and returns 0 when every row
 agrees, 1 otherwise. Nothing here needs root or writes a file.
+
+This module runs the check; the references are in `selfcheck_references`, the tolerances,
+result and report in `selfcheck_report`.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import logging
 import os
 import shutil
-import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from atlas_exporter.apps.naming import Namer
 from atlas_exporter.apps.resolver import AppResolver
 from atlas_exporter.config import Config
 from atlas_exporter.model import ProcessScan, ProcessSource, ProcSample
+from atlas_exporter.selfcheck_references import (
+    PsReference,
+    PsutilReference,
+    Reading,
+    Reference,
+    parse_nettop_reference,
+    reference_report_kind,
+    run_command,
+)
+from atlas_exporter.selfcheck_report import TOLERANCES, Result, Row, SourceLine, privilege_word, render
 
 log = logging.getLogger(__name__)
 
 DEFAULT_INTERVAL_SECONDS = 3.0
 DEFAULT_TOP_APPS = 5
 MAX_PIDS_PER_APP = 64  # a browser with hundreds of helpers is compared on its 64 biggest
-MAX_PS_THREAD_CALLS = 48  # macOS: one `ps -M` per process; the threads of further processes are not compared
-MIB = 1024 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class Tolerance:
-    """Allowed |exporter - reference| beyond the before/after range: `absolute` plus `relative` of the reference."""
-
-    absolute: float
-    relative: float
-    why: str
-    per_process: bool = False  # `absolute` applies to each process summed
-
-    def allowed(self, reference: float, processes: int = 1) -> float:
-        return self.absolute * (max(processes, 1) if self.per_process else 1) + self.relative * abs(reference)
-
-
-TOLERANCES: dict[str, Tolerance] = {
-    "processes": Tolerance(0, 0.0, "exact: every pid the exporter counts is alive in ps"),
-    "cpu_seconds": Tolerance(0.05, 0.02, "0.05 s + 2 %"),
-    "cpu_seconds_ps": Tolerance(1.0, 0.02, "1 s per process + 2 % (ps truncates to whole seconds on Linux)",
-                                per_process=True),
-    "resident_bytes": Tolerance(1 * MIB, 0.05, "1 MiB + 5 %"),
-    "threads": Tolerance(2, 0.0, "2 threads"),
-    "open_fds": Tolerance(2, 0.0, "2 fds (the reference opens one to count them)"),
-    "virtual_bytes": Tolerance(4 * MIB, 0.05, "4 MiB + 5 %"),
-    "disk_read_bytes": Tolerance(64 * 1024, 0.05, "64 KiB + 5 %"),
-    "disk_written_bytes": Tolerance(64 * 1024, 0.05, "64 KiB + 5 %"),
-    "network_bytes": Tolerance(64 * 1024, 0.05, "64 KiB + 5 % (sockets can close between runs)"),
-    "reports": Tolerance(0, 0.0, "exact"),
-}
-
-
-@dataclass(frozen=True, slots=True)
-class Reading:
-    """One process as a reference tool sees it; None where that tool cannot read the value."""
-
-    cpu_seconds: float | None = None
-    resident_bytes: int | None = None
-    threads: int | None = None
-    open_fds: int | None = None
-    disk_read_bytes: int | None = None
-    disk_written_bytes: int | None = None
-    virtual_bytes: int | None = None
-    start_time: float | None = None  # psutil's create_time: the same before and after means the same process
-    name: str | None = None  # psutil's name: the same before and after means it did not exec in between
-
-
-@dataclass(slots=True)
-class Row:
-    """One line of the table."""
-
-    app: str
-    quantity: str
-    exporter: float | None
-    reference: float | None
-    low: float = 0.0  # the reference's range over the exporter's reading
-    high: float = 0.0
-    tolerance: Tolerance | None = None
-    note: str = ""
-    processes: int = 1  # how many processes the sums cover
-
-    @property
-    def difference(self) -> float | None:
-        if self.exporter is None or self.reference is None:
-            return None
-        return self.exporter - self.reference
-
-    @property
-    def ok(self) -> bool:
-        if self.exporter is None or self.reference is None:
-            return False
-        assert self.tolerance is not None
-        slack = self.tolerance.allowed(self.high, self.processes)
-        return self.low - slack <= self.exporter <= self.high + slack
-
-
-@dataclass(slots=True)
-class SourceLine:
-    name: str
-    active: bool
-    detail: str
-
-
-@dataclass(slots=True)
-class Result:
-    rows: list[Row] = field(default_factory=list)
-    sources: list[SourceLine] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.errors and bool(self.rows) and all(r.ok for r in self.rows)
-
-
-# --- references -------------------------------------------------------------------------------
-
-
-class PsutilReference:
-    """psutil's view of a process (its own code: /proc parsing on Linux, sysctl/libproc in C on macOS)."""
-
-    name = "psutil"
-
-    def __init__(self, darwin: bool = sys.platform == "darwin") -> None:
-        import psutil
-
-        self._psutil = psutil
-        self.darwin = darwin
-        self.version = psutil.__version__
-
-    def read(self, pids: Iterable[int]) -> dict[int, Reading]:
-        psutil = self._psutil
-        out: dict[int, Reading] = {}
-        for pid in pids:
-            try:
-                proc = psutil.Process(pid)
-            except psutil.Error:
-                continue
-            values: dict[str, Any] = {}
-            with proc.oneshot():
-                for key, get in (
-                    ("start_time", lambda p: p.create_time()),
-                    ("name", lambda p: p.name()),
-                    ("cpu_seconds", lambda p: p.cpu_times().user + p.cpu_times().system),
-                    ("resident_bytes", lambda p: p.memory_info().rss),
-                    ("threads", lambda p: p.num_threads()),
-                    ("open_fds", lambda p: p.num_fds()),
-                    ("virtual_bytes", lambda p: p.memory_info().vms),
-                    ("disk_read_bytes", None if self.darwin else (lambda p: p.io_counters().read_bytes)),
-                    ("disk_written_bytes", None if self.darwin else (lambda p: p.io_counters().write_bytes)),
-                ):
-                    if get is None:
-                        continue
-                    try:
-                        values[key] = get(proc)
-                    except psutil.NoSuchProcess:
-                        values = {}
-                        break
-                    except (psutil.AccessDenied, psutil.ZombieProcess, OSError, AttributeError):
-                        continue
-            if values:
-                out[pid] = Reading(**values)
-        return out
-
-
-def parse_ps_time(text: str) -> float:
-    """`ps -o time` as seconds: `[[dd-]hh:]mm:ss` (procps) or `[hh:]mm:ss.cc` (macOS)."""
-    text = text.strip()
-    days = 0
-    if "-" in text:
-        day_text, text = text.split("-", 1)
-        days = int(day_text)
-    seconds = 0.0
-    for part in text.split(":"):
-        seconds = seconds * 60 + float(part)
-    return days * 86400 + seconds
-
-
-def parse_ps_rows(text: str, with_threads: bool) -> dict[int, Reading]:
-    """`ps -o pid=,rss=,time=[,nlwp=]` lines -> pid -> Reading (rss in KiB becomes bytes)."""
-    out: dict[int, Reading] = {}
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) != (4 if with_threads else 3) or not parts[0].isdigit():
-            continue
-        try:
-            out[int(parts[0])] = Reading(cpu_seconds=parse_ps_time(parts[2]), resident_bytes=int(parts[1]) * 1024,
-                                         threads=int(parts[3]) if with_threads else None)
-        except ValueError:
-            continue
-    return out
-
-
-def parse_ps_threads(text: str) -> int | None:
-    """Threads of one process from macOS `ps -M -p PID`: a header, then one line per thread."""
-    lines = [line for line in text.splitlines() if line.strip()]
-    return len(lines) - 1 if len(lines) >= 2 else None
-
-
-Runner = Callable[[Sequence[str]], str]
-
-
-def run_command(argv: Sequence[str], timeout: float = 15.0, accept: tuple[int, ...] = (0,)) -> str:
-    """Run a command without a shell and return its stdout; OSError when it cannot run or exits otherwise."""
-    try:
-        done = subprocess.run(list(argv), stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired:
-        raise OSError(f"{argv[0]} did not finish within {timeout:g} s") from None
-    if done.returncode not in accept:
-        first = done.stderr.decode("utf-8", "replace").strip().splitlines()[:1]
-        raise OSError(f"{argv[0]} exited with status {done.returncode}" + (f": {first[0]}" if first else ""))
-    return done.stdout.decode("utf-8", "replace")
-
-
-class PsReference:
-    """`ps -o pid=,rss=,time=` for the given pids; threads from `nlwp` (Linux) or `ps -M` (macOS)."""
-
-    name = "ps"
-
-    def __init__(self, run: Runner | None = None, darwin: bool = sys.platform == "darwin",
-                 ps: str | None = None) -> None:
-        # ps exits 1 when a listed pid is gone (procps: when none matched) and still prints the others
-        self.run = run or (lambda argv: run_command(argv, accept=(0, 1)))
-        self.darwin = darwin
-        self.ps = ps or ("/bin/ps" if os.path.exists("/bin/ps") else (shutil.which("ps") or "ps"))
-
-    def read(self, pids: Iterable[int]) -> dict[int, Reading]:
-        pid_list = sorted(set(pids))
-        if not pid_list:
-            return {}
-        fields = "pid=,rss=,time=" if self.darwin else "pid=,rss=,time=,nlwp="
-        selection = [arg for pid in pid_list for arg in ("-p", str(pid))]  # repeated -p: both ps accept it
-        text = self.run([self.ps, "-o", fields, *selection])
-        rows = parse_ps_rows(text, with_threads=not self.darwin)
-        if self.darwin:
-            for pid, row in list(rows.items())[:MAX_PS_THREAD_CALLS]:
-                try:
-                    threads = parse_ps_threads(self.run([self.ps, "-M", "-p", str(pid)]))
-                except OSError:
-                    threads = None
-                rows[pid] = Reading(cpu_seconds=row.cpu_seconds, resident_bytes=row.resident_bytes, threads=threads)
-        return rows
-
-
-def parse_nettop_reference(text: str) -> dict[int, tuple[int, int]]:
-    """A plain reader of `nettop -P -L 1 -x -J bytes_in,bytes_out` CSV, kept apart from the exporter's parser.
-
-    pid -> (bytes_in, bytes_out); the last frame wins.
-    """
-    out: dict[int, tuple[int, int]] = {}
-    header: list[str] | None = None
-    for record in csv.reader(io.StringIO(text)):
-        if "bytes_in" in record and "bytes_out" in record:
-            header = record
-            out = {}
-            continue
-        if header is None or len(record) < len(header):
-            continue
-        shift = len(record) - len(header)  # commas inside a process name
-        label = ",".join(record[header.index(""):header.index("") + 1 + shift]) if "" in header else record[0]
-        name, _, pid = label.rpartition(".")
-        try:
-            out[int(pid)] = (int(record[header.index("bytes_in") + shift]),
-                             int(record[header.index("bytes_out") + shift]))
-        except ValueError:
-            continue
-    return out
-
-
-# --- the check ---------------------------------------------------------------------------------
 
 
 @dataclass(slots=True)
@@ -311,7 +70,7 @@ class SelfCheck:
     """Runs the comparison. Every outside dependency is injectable; the defaults are the real machine."""
 
     def __init__(self, source: ProcessSource, namer: Namer, *, max_apps: int = 500,
-                 psutil_reference: PsutilReference | None = None, ps_reference: PsReference | None = None,
+                 psutil_reference: Reference | None = None, ps_reference: Reference | None = None,
                  nettop: Callable[[], str] | None = None, exporter_nettop: Callable[[], str] | None = None,
                  report_folders: Callable[[], list[tuple[Path, Path | None]]] | None = None,
                  darwin: bool = sys.platform == "darwin", interval_seconds: float = DEFAULT_INTERVAL_SECONDS,
@@ -379,7 +138,7 @@ class SelfCheck:
                                          f"{len(second.samples)} processes read; {statuses}"))
         chosen = self.choose(first, second)
         pids = sorted({p for a in chosen for p in a.pids})
-        references = [r for r in (self.psutil_reference, self.ps_reference) if r is not None]
+        references: list[Reference] = [r for r in (self.psutil_reference, self.ps_reference) if r is not None]
         before: dict[str, dict[int, Reading]] = {}
         failed: dict[str, str] = {}
         for ref in references:
@@ -413,8 +172,7 @@ class SelfCheck:
             if ref.name in failed:
                 result.sources.append(SourceLine(ref.name, False, failed[ref.name]))
             else:
-                detail = f"version {ref.version}" if ref.name == "psutil" else getattr(ref, "ps", "")
-                result.sources.append(SourceLine(ref.name, True, detail))
+                result.sources.append(SourceLine(ref.name, True, ref.detail))
         if self.psutil_reference is None:
             result.sources.append(SourceLine("psutil", False, "not installed"))
         for app in chosen:
@@ -567,80 +325,6 @@ def exporter_value(sample: ProcSample, quantity: str) -> float | None:
     raise KeyError(quantity)
 
 
-_COUNTED_BUG_TYPES = ("309", "409")
-
-
-def reference_report_kind(path: Path) -> str | None:
-    """What a report file is, by a plain reading: crash (.ips 309/409, .crash), hang (.hang), or None."""
-    name = path.name.lower()
-    if name.startswith(".") or path.is_symlink() or not path.is_file() or not os.access(path, os.R_OK):
-        return None  # neither side can read it
-    if name.endswith(".crash"):
-        return "crash"
-    if name.endswith(".hang"):
-        return "hang"
-    if not name.endswith(".ips"):
-        return None
-    try:
-        with path.open("rb") as handle:
-            header = json.loads(handle.readline(64 * 1024))
-    except OSError:
-        return None
-    except ValueError:
-        return "crash?"  # a header that is not JSON: shows up as a report the exporter cannot parse
-    return "crash" if isinstance(header, dict) and str(header.get("bug_type")) in _COUNTED_BUG_TYPES else None
-
-
-# --- output ------------------------------------------------------------------------------------
-
-
-def _number(value: float | None, quantity: str) -> str:
-    if value is None:
-        return "absent"
-    if quantity.startswith("cpu_seconds"):
-        return f"{value:.2f}"
-    return f"{value:.0f}" if abs(value - round(value)) < 1e-9 or abs(value) >= 100 else f"{value:.1f}"
-
-
-def render(result: Result, out: TextIO, *, platform_name: str, privilege: str) -> None:
-    """The table, the data source lines, the tolerances and a one-line verdict."""
-    print(f"atlas-exporter self-check on {platform_name}, as {privilege}", file=out)
-    header = ("app", "quantity", "exporter", "reference", "difference", "verdict")
-    table = [header]
-    for row in result.rows:
-        diff = row.difference
-        verdict = "ok" if row.ok else "DIFFERS"
-        if row.note:
-            verdict += f" ({row.note})"
-        table.append((row.app, row.quantity, _number(row.exporter, row.quantity),
-                      _number(row.reference, row.quantity), "" if diff is None else _number(diff, row.quantity),
-                      verdict))
-    widths = [max(len(r[i]) for r in table) for i in range(len(header) - 1)]
-    for r in table:
-        print("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=False)))
-              + "  " + r[-1], file=out)
-    print("", file=out)
-    print("data sources:", file=out)
-    for line in result.sources:
-        state = "active" if line.active else "not used"
-        print(f"  {line.name}: {state}" + (f" ({line.detail})" if line.detail else ""), file=out)
-    used = sorted({r.quantity.split(" ")[0] for r in result.rows})
-    keys = {q: ("cpu_seconds" if q == "cpu_seconds" else q) for q in used}
-    print("tolerances (beyond the reference's before/after range): " + "; ".join(
-        f"{q} {TOLERANCES[keys[q]].why}" for q in used if keys[q] in TOLERANCES)
-        + ("; cpu_seconds vs ps " + TOLERANCES["cpu_seconds_ps"].why if "cpu_seconds" in used else ""), file=out)
-    for err in result.errors:
-        print(f"error: {err}", file=out)
-    bad = [r for r in result.rows if not r.ok]
-    if result.ok:
-        print(f"self-check: OK, all {len(result.rows)} comparisons agree", file=out)
-    elif not result.rows and not result.errors:
-        print("self-check: FAILED, nothing could be compared", file=out)
-    else:
-        print(f"self-check: FAILED, {len(bad)} of {len(result.rows)} comparisons disagree"
-              + (f", {len(result.errors)} errors" if result.errors else ""), file=out)
-
-
 def build(config: Config, procfs: Path, *, interval_seconds: float = DEFAULT_INTERVAL_SECONDS,
           process_source: ProcessSource | None = None) -> SelfCheck:
     """A self-check over this machine's real process source and reference tools."""
@@ -670,10 +354,6 @@ def build(config: Config, procfs: Path, *, interval_seconds: float = DEFAULT_INT
                      report_folders=folders, darwin=darwin, interval_seconds=interval_seconds)
 
 
-def privilege_word() -> str:
-    return "root" if os.geteuid() == 0 else f"uid {os.geteuid()} (unprivileged)"
-
-
 def main(config: Config, procfs: Path, out: TextIO | None = None, *,
          interval_seconds: float | None = None) -> int:
     """Run the self-check on this machine and print its report; 0 when everything agrees."""
@@ -685,6 +365,3 @@ def main(config: Config, procfs: Path, out: TextIO | None = None, *,
     render(result, out or sys.stdout, platform_name=platform.PLATFORM_NAME, privilege=privilege_word())
     return 0 if result.ok else 1
 
-
-__all__ = ["SelfCheck", "Result", "Row", "Reading", "TOLERANCES", "main", "render", "parse_ps_rows", "parse_ps_time",
-           "parse_ps_threads", "parse_nettop_reference"]

@@ -16,11 +16,13 @@ from test_darwin_process import FakeLibProc, FakeTable
 from test_macos_exporter import machine
 
 from atlas_exporter import selfcheck as sc
+from atlas_exporter import selfcheck_references as refs
 from atlas_exporter.apps.naming import Namer
 from atlas_exporter.collectors.process.source_darwin import DarwinProcessSource
 from atlas_exporter.collectors.process.source_linux import make_process_source
 from atlas_exporter.config import parse_config
 from atlas_exporter.model import ProcessScan
+from atlas_exporter.selfcheck_report import render
 
 REPO = Path(__file__).resolve().parent.parent
 WORKLOAD = Path(__file__).with_name("workload.py")
@@ -106,8 +108,8 @@ def test_self_check_disagrees_when_a_reading_is_wrong(burner, field, change, qua
     real = make_process_source(Path("/proc"))
 
     def check_over(source) -> sc.SelfCheck:
-        check = sc.SelfCheck(source, Namer(()), psutil_reference=sc.PsutilReference(False),
-                             ps_reference=sc.PsReference(darwin=False), darwin=False, interval_seconds=0.5, top=0)
+        check = sc.SelfCheck(source, Namer(()), psutil_reference=refs.PsutilReference(False),
+                             ps_reference=refs.PsReference(darwin=False), darwin=False, interval_seconds=0.5, top=0)
         check.include = (check.resolver.app_of_pid(burner.pid),)
         return check
 
@@ -120,7 +122,7 @@ def test_self_check_disagrees_when_a_reading_is_wrong(burner, field, change, qua
     again = check_over(real).run()
     assert again.ok, [(r.app, r.quantity, r.exporter, r.low, r.high, r.note) for r in again.rows if not r.ok]
     out = __import__("io").StringIO()
-    sc.render(result, out, platform_name="linux", privilege="root")
+    render(result, out, platform_name="linux", privilege="root")
     text = out.getvalue()
     assert "DIFFERS" in text and "self-check: FAILED" in text
 
@@ -153,24 +155,24 @@ def test_self_check_cli_exit_status_when_it_disagrees(monkeypatch, capsys) -> No
     ("0:01.50", 1.5), ("12:34.56", 754.56), ("1:02:03.45", 3723.45),  # macOS
 ])
 def test_parse_ps_time(text, seconds) -> None:
-    assert sc.parse_ps_time(text) == pytest.approx(seconds)
+    assert refs.parse_ps_time(text) == pytest.approx(seconds)
 
 
 def test_parse_ps_rows_and_threads() -> None:
-    rows = sc.parse_ps_rows("  101  2048 00:00:03    4\n garbage\n  102   512 00:01:00    1\n", with_threads=True)
-    assert rows == {101: sc.Reading(cpu_seconds=3.0, resident_bytes=2048 * 1024, threads=4),
-                    102: sc.Reading(cpu_seconds=60.0, resident_bytes=512 * 1024, threads=1)}
-    assert sc.parse_ps_rows("  400 409600   2:30.75\n", with_threads=False) == {
-        400: sc.Reading(cpu_seconds=150.75, resident_bytes=409600 * 1024)}
-    assert sc.parse_ps_threads(DARWIN_PS_M) == 3
-    assert sc.parse_ps_threads("USER PID\n") is None
+    rows = refs.parse_ps_rows("  101  2048 00:00:03    4\n garbage\n  102   512 00:01:00    1\n", with_threads=True)
+    assert rows == {101: refs.Reading(cpu_seconds=3.0, resident_bytes=2048 * 1024, threads=4),
+                    102: refs.Reading(cpu_seconds=60.0, resident_bytes=512 * 1024, threads=1)}
+    assert refs.parse_ps_rows("  400 409600   2:30.75\n", with_threads=False) == {
+        400: refs.Reading(cpu_seconds=150.75, resident_bytes=409600 * 1024)}
+    assert refs.parse_ps_threads(DARWIN_PS_M) == 3
+    assert refs.parse_ps_threads("USER PID\n") is None
 
 
 def test_parse_nettop_reference_reads_real_samples() -> None:
     text = (FIXTURES / "network" / "nettop_n1_macos12.csv").read_text()
-    assert sc.parse_nettop_reference(text)[533] == (11417, 23504)
+    assert refs.parse_nettop_reference(text)[533] == (11417, 23504)
     frames = (FIXTURES / "network" / "nettop_n4_two_frames.csv").read_text()
-    assert sc.parse_nettop_reference(frames)[51458] == (0, 702)  # last frame, name with spaces and "("
+    assert refs.parse_nettop_reference(frames)[51458] == (0, 702)  # last frame, name with spaces and "("
 
 
 # --- macOS over fakes -------------------------------------------------------------------------
@@ -187,7 +189,7 @@ class FakeDarwinPsutil:
     """psutil as it reads the fake machine (what libproc's task info says, through psutil's own code)."""
 
     name = "psutil"
-    version = "7.2.2"
+    detail = "version 7.2.2"
 
     def __init__(self, table: FakeTable) -> None:
         self.table = table
@@ -197,7 +199,7 @@ class FakeDarwinPsutil:
         for pid in pids:
             p = self.table.procs.get(pid)
             if p is not None and p.status != "zombie":
-                out[pid] = sc.Reading(start_time=p.started_us / 1e6,
+                out[pid] = refs.Reading(start_time=p.started_us / 1e6,
                                       cpu_seconds=p.user_seconds + p.system_seconds, resident_bytes=p.resident,
                                       threads=p.threads, open_fds=p.fds, virtual_bytes=None)
         return out
@@ -236,7 +238,7 @@ def darwin_check(tmp_path: Path, *, exporter_nettop: str = NETTOP, threads_off: 
                                                      "hang_macos12.hang", "ips_stackshot_288.ips"):
         shutil.copy(FIXTURES / "crash" / name, folder / name)
     check = sc.SelfCheck(source, Namer(()), psutil_reference=FakeDarwinPsutil(table),
-                         ps_reference=sc.PsReference(fake_ps(table, threads_off), darwin=True, ps="/bin/ps"),
+                         ps_reference=refs.PsReference(fake_ps(table, threads_off), darwin=True, ps="/bin/ps"),
                          nettop=lambda: NETTOP, exporter_nettop=lambda: exporter_nettop,
                          report_folders=lambda: [(folder, None), (tmp_path / "missing", None)],
                          darwin=True, interval_seconds=0, top=3, own_pid=600,
@@ -295,7 +297,7 @@ def test_self_check_reference_tools_missing(tmp_path) -> None:
     def broken(argv):
         raise OSError("/bin/ps exited with status 2: ps: illegal option")
 
-    check.ps_reference = sc.PsReference(broken, darwin=True, ps="/bin/ps")
+    check.ps_reference = refs.PsReference(broken, darwin=True, ps="/bin/ps")
     check.nettop = None
     result = check.run()
     names = {s.name: s for s in result.sources}
@@ -327,7 +329,7 @@ def test_self_check_skips_a_pid_reused_during_the_check(tmp_path) -> None:
     calls = []
 
     class Reused:
-        name, version = "psutil", "7.2.2"
+        name, detail = "psutil", "version 7.2.2"
 
         def read(self, pids):
             calls.append(1)

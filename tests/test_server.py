@@ -15,8 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from test_server_support import METRICS_BODY, METRICS_TYPE, open_fds, poll, raw_exchange, request, serving
 
-from atlas_exporter.exporter import server as server_module
-from atlas_exporter.exporter.server import ServerError, accepts_gzip, parse_listen_address, start_server
+from atlas_exporter.exporter import handler as handler_module
+from atlas_exporter.exporter.http_request import accepts_gzip
+from atlas_exporter.exporter.listen import ServerError, parse_listen_address
+from atlas_exporter.exporter.server import start_server
 
 
 def test_metrics_status_and_head():
@@ -94,7 +96,7 @@ def test_render_failure_is_a_500_and_the_server_survives(caplog):
             raise RuntimeError("snapshot broke\nsecond line")
         return METRICS_BODY, METRICS_TYPE
 
-    caplog.set_level(logging.DEBUG, logger="atlas_exporter.exporter.server")
+    caplog.set_level(logging.DEBUG, logger="atlas_exporter.exporter.handler")
     with serving(render_metrics=render) as srv:
         status, headers, body = request(srv.address[1])
         assert status == 500
@@ -186,7 +188,7 @@ def test_garbage_request_is_400_and_the_server_survives():
 
 
 def test_slow_client_is_cut_off_and_does_not_block_others(monkeypatch):
-    monkeypatch.setattr(server_module, "HEAD_TIMEOUT", 1.0)
+    monkeypatch.setattr(handler_module, "HEAD_TIMEOUT", 1.0)
     with serving() as srv:
         port = srv.address[1]
         with socket.create_connection(("127.0.0.1", port), timeout=30) as slow:
@@ -219,7 +221,7 @@ def _closed_by_server(sock: socket.socket, wait: float) -> bool:
 
 def test_at_the_cap_the_oldest_idle_connection_makes_room():
     with serving() as srv:
-        srv.cap = 3
+        srv.connections.cap = 3
         port = srv.address[1]
         idle = []
         try:
@@ -243,7 +245,7 @@ def test_at_the_cap_the_oldest_idle_connection_makes_room():
 
 
 def test_requests_are_logged_at_debug_level_not_on_stderr(caplog, capfd):
-    caplog.set_level(logging.DEBUG, logger="atlas_exporter.exporter.server")
+    caplog.set_level(logging.DEBUG, logger="atlas_exporter.exporter.handler")
     with serving() as srv:
         request(srv.address[1], "/metrics")
         request(srv.address[1], "/nope")

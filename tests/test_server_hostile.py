@@ -36,8 +36,11 @@ from test_server_support import (
     serving,
 )
 
-from atlas_exporter.exporter import server as server_module
-from atlas_exporter.exporter.webconfig import BasicAuth, WebConfig, load_web_config
+from atlas_exporter.exporter import connections as connections_module
+from atlas_exporter.exporter import handler as handler_module
+from atlas_exporter.exporter.basicauth import BasicAuth
+from atlas_exporter.exporter.webconfig import WebConfig
+from atlas_exporter.exporter.websettings import load_web_config
 
 HOSTILE = 2000
 
@@ -111,13 +114,13 @@ def test_2000_stalled_tls_handshakes_then_10_scrapes(certs, many_fds, tmp_path):
         # The silent ones are held without TLS state; of the partial handshakes the newest
         # MAX_HANDSHAKES are held, the older ones were closed to make room.
         held = srv.open_connections
-        assert held >= HOSTILE // 2 + server_module.MAX_HANDSHAKES - 20, held
-        assert srv.evicted_connections >= HOSTILE // 2 - server_module.MAX_HANDSHAKES
+        assert held >= HOSTILE // 2 + connections_module.MAX_HANDSHAKES - 20, held
+        assert srv.evicted_connections >= HOSTILE // 2 - connections_module.MAX_HANDSHAKES
     print(f"TLS scrapes (s): {[round(t, 4) for t in times]}, {held} connections held")
 
 
 def test_stalled_tls_handshake_is_cut_off(certs, tmp_path, monkeypatch):
-    monkeypatch.setattr(server_module, "HEAD_TIMEOUT", 1.0)
+    monkeypatch.setattr(handler_module, "HEAD_TIMEOUT", 1.0)
     path = tmp_path / "web.yml"
     path.write_text(f"tls_server_config:\n  cert_file: {certs.server_cert}\n  key_file: {certs.server_key}\n")
     with serving(web_config=load_web_config(path)) as srv, _connect(srv.address[1]) as sock:
@@ -427,7 +430,7 @@ def test_sighup_without_a_web_config_is_logged(tmp_path):
 
 def test_raise_open_files_limit():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    code = ("import resource; from atlas_exporter.exporter.server import raise_open_files_limit as r; "
+    code = ("import resource; from atlas_exporter.exporter.connections import raise_open_files_limit as r; "
             "print(r(), resource.getrlimit(resource.RLIMIT_NOFILE))")
     result = subprocess.run(["sh", "-c", f"ulimit -S -n 64 && exec {sys.executable} -c '{code}'"],
                             capture_output=True, text=True, timeout=60, cwd=os.path.dirname(os.path.dirname(
@@ -464,7 +467,7 @@ def test_a_burst_of_scrapes_shares_renders():
 
 
 def test_a_client_that_never_reads_does_not_hold_up_others(monkeypatch):
-    monkeypatch.setattr(server_module, "WRITE_TIMEOUT", 2.0)
+    monkeypatch.setattr(handler_module, "WRITE_TIMEOUT", 2.0)
     big = b"x" * (32 << 20)
     with serving(render_metrics=lambda: (big, "text/plain")) as srv, _connect(srv.address[1]) as stuck:
         port = srv.address[1]
@@ -481,7 +484,7 @@ def test_a_client_that_never_reads_does_not_hold_up_others(monkeypatch):
 
 
 def test_a_render_that_hangs_answers_503_and_frees_the_connection(monkeypatch):
-    monkeypatch.setattr(server_module, "RENDER_TIMEOUT", 1.0)
+    monkeypatch.setattr(handler_module, "RENDER_TIMEOUT", 1.0)
     release = threading.Event()
 
     def render():
@@ -510,13 +513,13 @@ def test_a_render_that_hangs_answers_503_and_frees_the_connection(monkeypatch):
     ("unix-peer", "unix-peer"),
 ])
 def test_client_key_groups_ipv6_by_64(peer, key):
-    assert server_module.client_key(peer) == key
+    assert connections_module.client_key(peer) == key
 
 
 def test_at_the_cap_a_client_that_stopped_reading_makes_room():
     big = b"x" * (32 << 20)
     with serving(render_metrics=lambda: (big, "text/plain")) as srv, ExitStack() as stack:
-        srv.cap = 2
+        srv.connections.cap = 2
         port = srv.address[1]
         stuck = []
         for count in (1, 2):
@@ -524,13 +527,13 @@ def test_at_the_cap_a_client_that_stopped_reading_makes_room():
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")  # and never reads the answer
             stuck.append(sock)
-            assert poll(lambda count=count: len(srv._stalled) == count, 20)
+            assert poll(lambda count=count: len(srv.connections.stalled) == count, 20)
         with _connect(port) as scraper:
             scraper.sendall(b"HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
             scraper.settimeout(10)
             assert scraper.recv(65536).startswith(b"HTTP/1.1 200 ")
         assert srv.evicted_connections == 1 and srv.rejected_connections == 0
-        assert poll(lambda: len(srv._stalled) == 1, 20)  # the oldest stalled one was closed, not the newer
+        assert poll(lambda: len(srv.connections.stalled) == 1, 20)  # the oldest stalled one was closed, not the newer
 
 
 def test_reload_swaps_certificates_for_new_connections(certs, tmp_path):

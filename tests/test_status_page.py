@@ -312,3 +312,34 @@ def test_fold_row_and_cap_and_escaping() -> None:
     assert '<tr class="fold"' in text
     assert evil not in text and html.escape(evil) in text
     assert set(_cells(text)) == {"other", evil}
+
+
+def test_a_dead_loop_shows_its_reason_on_the_page_and_fails_its_collector() -> None:
+    """A sub-collector whose background loop ended on its own: its source row is off with the loop's
+    reason, and /metrics reports success 0 and the source inactive."""
+    from test_loop import LoopingSource
+
+    from atlas_exporter.config import parse_config
+    from atlas_exporter.exporter.runtime import Exporter
+    from conftest import parse_exposition
+
+    def die() -> None:
+        raise SystemExit("unrecoverable")
+
+    dying = LoopingSource(die)
+    exporter = Exporter(parse_config({}), enabled={"process"}, sources=[dying])
+    exporter.start()
+    try:
+        wait_for(lambda: dying.loops[0].dead, timeout=5, message="the loop to die")
+        tables = Tables()
+        tables.feed(exporter.render_status())
+        rows = {row[0]: row for row in tables.tables["sources"][1:]}
+        _, state, privilege, why = rows["fake-events"]
+        assert state == "off" and privilege == "root"
+        assert "atlas-fake-watcher has ended" in why and "unrecoverable" in why
+        values = parse_exposition(exporter.render_metrics()[0].decode())
+        assert values['atlas_scrape_collector_success{collector="fake"}'] == 0
+        assert values['atlas_scrape_collector_success{collector="process"}'] == 1
+        assert values['atlas_source_active{privilege="root",source="fake-events"}'] == 0
+    finally:
+        exporter.stop()

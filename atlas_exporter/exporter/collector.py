@@ -21,10 +21,17 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from atlas_exporter import __version__
+from atlas_exporter.exporter.metrics import (
+    BUILD_INFO,
+    COLLECTOR_DURATION,
+    COLLECTOR_SUCCESS,
+    HOST_CPUS,
+    NAMES_FOLDED,
+    SOURCE_ACTIVE,
+)
 from atlas_exporter.exporter.snapshot import Snapshotter
 from atlas_exporter.loop import BackgroundLoop
 from atlas_exporter.model import Looping, Source, SourceStatus
@@ -79,11 +86,8 @@ class AtlasCollector:
             yield from self._collect()
 
     def _collect(self) -> Iterable[Metric]:
-        success = GaugeMetricFamily("atlas_scrape_collector_success",
-                                    "Whether a collector succeeded in this scrape (1) or failed (0).",
-                                    labels=["collector"])
-        duration = GaugeMetricFamily("atlas_scrape_collector_duration_seconds",
-                                     "How long a collector took in this scrape.", labels=["collector"])
+        success = COLLECTOR_SUCCESS.family()
+        duration = COLLECTOR_DURATION.family()
         t0 = self.clock()
         snapshot = self.snapshotter.get()
         duration.add_metric(["snapshot"], self.clock() - t0)
@@ -104,24 +108,15 @@ class AtlasCollector:
             yield from metrics
         yield success
         yield duration
-        info = GaugeMetricFamily("atlas_exporter_build_info", "Build information of atlas-exporter (always 1).",
-                                 labels=["version", "python", "platform"])
+        info = BUILD_INFO.family()
         info.add_metric([__version__, platform.python_version(), self.platform_name], 1)
         yield info
         if self.folded is not None:
-            yield CounterMetricFamily("atlas_app_names_folded",
-                                      "App names counted as app=\"other\" because max_apps apps were already "
-                                      "exported.", value=self.folded()[0])
+            yield NAMES_FOLDED.value(self.folded()[0])
         cpus = self.host_cpus()
         if cpus:
-            host = GaugeMetricFamily("atlas_host_cpus",
-                                     "Logical CPUs of the host: what 100 % of the host's CPU means, for CPU as a "
-                                     "percentage of the host.")
-            host.add_metric([], cpus)
-            yield host
-        active = GaugeMetricFamily("atlas_source_active",
-                                   "Whether a data source is active (1) or off (0), with the privilege it runs at.",
-                                   labels=["source", "privilege"])
+            yield HOST_CPUS.value(cpus)
+        active = SOURCE_ACTIVE.family()
         for status in self.statuses():
             active.add_metric([status.name, status.privilege or "none"], 1 if status.active else 0)
         yield active

@@ -7,13 +7,14 @@ is handed to prometheus_client's `generate_latest`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.utils import floatToGoString
 
 MAX_CACHED_LABELS = 50_000
+_go_float: Callable[[float], str] = floatToGoString  # a float as Go formats it: "+Inf", "1e+06", "0.5"
 
 
 class _One:
@@ -53,7 +54,7 @@ class TextRenderer:
         for metric in metrics:
             mtype = metric.type
             if mtype not in ("counter", "gauge") or any(s.timestamp is not None for s in metric.samples):
-                append(generate_latest(_One(metric)).decode("utf-8"))  # type: ignore[arg-type]
+                append(generate_latest(_One(metric)).decode("utf-8"))
                 continue
             name = metric.name + "_total" if mtype == "counter" else metric.name
             doc = metric.documentation.replace("\\", r"\\").replace("\n", r"\n")
@@ -61,7 +62,7 @@ class TextRenderer:
             created = metric.name + "_created"
             late: list[str] = []
             for s in metric.samples:
-                line = f"{s.name}{label_text(s.labels) if s.labels else ''} {floatToGoString(s.value)}\n"
+                line = f"{s.name}{label_text(s.labels) if s.labels else ''} {_go_float(s.value)}\n"
                 (late if s.name == created else out).append(line)
             if late:
                 append(f"# HELP {created} {doc}\n# TYPE {created} gauge\n")

@@ -25,7 +25,7 @@ from atlas_exporter.exporter.collector import AtlasCollector
 from atlas_exporter.exporter.exposition import TextRenderer
 from atlas_exporter.exporter.snapshot import Snapshotter
 from atlas_exporter.exporter.status import StatusPage
-from atlas_exporter.model import ProcessSource, Source, SourceStatus
+from atlas_exporter.model import NetworkTotals, ProcessSource, PssReading, Retiring, Source, SourceStatus
 
 log = logging.getLogger(__name__)
 
@@ -50,23 +50,22 @@ class Exporter:
         self.enabled = ({name for name, on in platform.COLLECTORS.items() if on} if enabled is None
                         else set(enabled))  # the defaults, as on the command line: smaps is off
         self.process_source = process_source or platform.build_process_source(self.procfs)
-        if hasattr(self.process_source, "read_pss"):  # smaps_rollup is read only for --collector.smaps
+        if isinstance(self.process_source, PssReading):  # smaps_rollup is read only for --collector.smaps
             self.process_source.read_pss = "smaps" in self.enabled
         self.resolver = AppResolver(self.process_source, Namer(config.apps), config.max_apps)
-        self.tracker = Tracker(config.retention_seconds,
-                               reaped_io_in_parent=getattr(self.process_source, "reaped_io_in_parent", True))
+        self.tracker = Tracker(config.retention_seconds, reaped_io_in_parent=self.process_source.reaped_io_in_parent)
         if sources is None:
             sources = platform.build_sources(config, self.procfs, self.resolver, self.enabled)
         self.extra_sources = list(sources)
         network = next((s for s in self.extra_sources if s.name == "network"), None)
+        totals = network.app_totals if isinstance(network, NetworkTotals) else None
         self.snapshotter = Snapshotter(self.process_source, self.resolver, self.tracker,
-                                       max_age_seconds=config.snapshot_max_age_seconds,
-                                       network_totals=getattr(network, "app_totals", None),
-                                       on_retired=[s.retire for s in self.extra_sources if hasattr(s, "retire")])
+                                       max_age_seconds=config.snapshot_max_age_seconds, network_totals=totals,
+                                       on_retired=[s.retire for s in self.extra_sources if isinstance(s, Retiring)])
         all_sources: list[Source] = []
         if "process" in self.enabled:
             all_sources.append(ProcessMetrics(self.snapshotter, self.process_source.statuses))
-        if "smaps" in self.enabled and hasattr(self.process_source, "read_pss"):
+        if "smaps" in self.enabled and isinstance(self.process_source, PssReading):
             all_sources.append(SmapsMetrics(self.snapshotter))
         all_sources.extend(self.extra_sources)
         if config.csv.enabled:

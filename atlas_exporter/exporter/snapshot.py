@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from atlas_exporter.apps.resolver import AppResolver
 from atlas_exporter.apps.tracker import Tracker
@@ -19,15 +19,15 @@ from atlas_exporter.model import ProcessSource, ProcSample, Snapshot
 log = logging.getLogger(__name__)
 
 # app -> (receive bytes total, transmit bytes total)
-NetworkTotals = Callable[[], dict[str, tuple[float, float]]]
+AppNetworkTotals = Callable[[], Mapping[str, tuple[float, float]]]
 
 
 class Snapshotter:
     """Builds snapshots from a process source, a resolver and a tracker."""
 
     def __init__(self, source: ProcessSource, resolver: AppResolver, tracker: Tracker, *,
-                 max_age_seconds: float = 1.0, network_totals: NetworkTotals | None = None,
-                 on_retired: Sequence[Callable[[list[str]], None]] = (),
+                 max_age_seconds: float = 1.0, network_totals: AppNetworkTotals | None = None,
+                 on_retired: Sequence[Callable[[Iterable[str]], None]] = (),
                  clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time) -> None:
         self.source = source
         self.resolver = resolver

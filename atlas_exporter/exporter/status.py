@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from prometheus_client.metrics_core import Metric
 
 from atlas_exporter import __version__
+from atlas_exporter.loop import BackgroundLoop
 from atlas_exporter.model import AppView, Snapshot, SourceStatus
 
 log = logging.getLogger(__name__)
@@ -175,8 +176,7 @@ class StatusPage:
         self._lock = threading.Lock()
         self._snaps: deque[Snapshot] = deque(maxlen=4)
         self._history: deque[Counts] = deque()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.loop = BackgroundLoop("atlas-status-sampler", self.sample, interval=sample_seconds, log=log)
 
     # ------------------------------------------------------------ sampling
 
@@ -217,22 +217,10 @@ class StatusPage:
             self.sample()
         except Exception:  # a status page must never stop the exporter from starting
             log.debug("status page: priming sample failed", exc_info=True)
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="atlas-status-sampler", daemon=True)
-        self._thread.start()
+        self.loop.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.sample_seconds):
-            try:
-                self.sample()
-            except Exception:  # the next sample may work; the page shows what it has
-                log.debug("status page: sample failed", exc_info=True)
+        self.loop.stop()
 
     # ------------------------------------------------------------ rows
 
@@ -276,16 +264,16 @@ class StatusPage:
                                            seconds)
             rows[name] = row
         if now is not None:
-            for (metric, app, label), value in now.values.items():
-                if app not in rows:
-                    if not hour.get((metric, app, label)):
+            for (metric, app_name, label), value in now.values.items():
+                if app_name not in rows:
+                    if not hour.get((metric, app_name, label)):
                         continue  # an app with no processes and nothing in the last hour
-                    rows[app] = Row(AppView(name=app))
-                row = rows[app]
+                    rows[app_name] = Row(AppView(name=app_name))
+                row = rows[app_name]
                 if metric in GAUGES:
                     row.hung_now = (row.hung_now or 0.0) + value
                     continue
-                counted = hour.get((metric, app, label), 0.0)
+                counted = hour.get((metric, app_name, label), 0.0)
                 if metric == "atlas_app_crashes_total":
                     row.crashes = (row.crashes or 0.0) + counted
                 elif metric == "atlas_app_hangs_total":
