@@ -107,38 +107,54 @@ class Tracker:
         so they neither credit their parent nor count in full again when they are read next.
         """
         named = list(named)
+        gone = self._settle_deaths(named, keep)
+        self._add_deltas(named, now)
+        views, known_state = _gauge_views(named)
+        retired = self._retire(views, now)
+        self._add_totals(views, known_state)
+        self._age_credits()
+        return TrackerUpdate(apps=views, gone=gone, retired=retired)
+
+    def _settle_deaths(self, named: list[tuple[ProcSample, str]], keep: frozenset[int]) -> list[ProcessId]:
+        """Deaths and credits: forget the processes that are gone, and hand each one's reap credit
+        to its parent (or nearest live ancestor, and the orphan pool). Returns the gone ids."""
         procs = self._procs
         current = {sample.id for sample, _ in named}
         gone = [pid for pid in procs if pid not in current and pid.pid not in keep]
-        if gone:
-            live_by_pid = {pid.pid: pid for pid in current}
-            gone_procs = [(pid, procs.pop(pid)) for pid in gone]
-            for pid, child in gone_procs:
-                self._gone_parents[pid.pid] = (child.ppid, 0)
-            gone_parent = {pid: ppid for pid, (ppid, _) in self._gone_parents.items()}
-            for _pid, child in gone_procs:
-                credit = _credit_of(child.last, self.reaped_io_in_parent)
-                if credit is None:
-                    continue
-                ancestor, orphan, hops = child.ppid, False, 0
-                while ancestor not in live_by_pid and ancestor in gone_parent and hops < 64:
-                    ancestor, orphan, hops = gone_parent[ancestor], True, hops + 1
-                parent_id = live_by_pid.get(ancestor)
-                parent = procs.get(parent_id) if parent_id is not None else None
-                if parent is not None:
-                    if parent.credits is None:
-                        parent.credits = []
-                    parent.credits.append(credit)
-                if parent is None or orphan:
-                    self._orphans.append(credit)
+        if not gone:
+            return gone
+        live_by_pid = {pid.pid: pid for pid in current}
+        gone_procs = [(pid, procs.pop(pid)) for pid in gone]
+        for pid, child in gone_procs:
+            self._gone_parents[pid.pid] = (child.ppid, 0)
+        gone_parent = {pid: ppid for pid, (ppid, _) in self._gone_parents.items()}
+        for _pid, child in gone_procs:
+            credit = _credit_of(child.last, self.reaped_io_in_parent)
+            if credit is None:
+                continue
+            ancestor, orphan, hops = child.ppid, False, 0
+            while ancestor not in live_by_pid and ancestor in gone_parent and hops < 64:
+                ancestor, orphan, hops = gone_parent[ancestor], True, hops + 1
+            parent_id = live_by_pid.get(ancestor)
+            parent = procs.get(parent_id) if parent_id is not None else None
+            if parent is not None:
+                if parent.credits is None:
+                    parent.credits = []
+                parent.credits.append(credit)
+            if parent is None or orphan:
+                self._orphans.append(credit)
+        return gone
 
-        views: dict[str, AppView] = {}
-        known_state: set[str] = set()
+    def _add_deltas(self, named: list[tuple[ProcSample, str]], now: float) -> None:
+        """Deltas: what each process added since the previous pass (all of it when new), less the
+        reaps of children already counted, added to its app's totals; marks each app seen at `now`."""
+        procs = self._procs
         apps = self._apps
         leftover: list[tuple[_Proc, _App, list[float]]] = []  # reaped growth no own credit explained
         for sample, app in named:
             now_values = counters_of(sample)
             proc = procs.get(sample.id)
+            delta: list[float] | None
             if proc is None:
                 delta = [v or 0.0 for v in now_values]
                 proc = procs[sample.id] = _Proc(app=app, ppid=sample.ppid, last=now_values)
@@ -147,20 +163,7 @@ class Tracker:
                 proc.ppid = sample.ppid
                 proc.io_pending = None  # the reaped I/O it waited for did not come: never take it from later I/O
             else:
-                delta = [
-                    (now_v if prev_v is None else max(now_v - prev_v, 0.0)) if now_v is not None else 0.0
-                    for now_v, prev_v in zip(now_values, proc.last, strict=True)
-                ]
-                if proc.io_pending is not None:
-                    _use_io(proc.io_pending, delta)
-                    proc.io_pending = None
-                if proc.credits:
-                    _use_credits(proc, delta, proc.credits)
-                    proc.credits = [c for c in proc.credits if not c.used] or None
-                proc.last = tuple(now if now is not None else prev for now, prev in zip(now_values, proc.last,
-                                                                                         strict=True))
-                proc.ppid = sample.ppid
-                proc.app = app
+                delta = _advance(proc, now_values, sample.ppid, app)
             state = apps.get(app)
             if state is None:
                 state = apps[app] = _App()
@@ -174,50 +177,21 @@ class Tracker:
                 for i in range(TOTALS):
                     if now_values[i] is not None or totals[i] is not None:
                         totals[i] = (totals[i] or 0.0) + delta[i]
-            view = views.get(app)
-            if view is None:
-                view = views[app] = AppView(name=app)
-            state_name = STATE_NAMES.get(sample.state)
-            if state_name is not None:
-                states = view.states
-                if states is None:
-                    states = view.states = dict.fromkeys(STATES, 0)
-                states[state_name] += 1
-            if sample.state == "Z":
-                continue
-            view.processes += 1
-            if sample.state != "?":  # "?": the state could not be read
-                known_state.add(app)
-            if sample.threads is not None:
-                view.threads = (view.threads or 0) + sample.threads
-            if sample.resident_bytes is not None:
-                view.resident_bytes = (view.resident_bytes or 0) + sample.resident_bytes
-            if sample.open_fds is not None:
-                view.open_fds = (view.open_fds or 0) + sample.open_fds
-                if sample.fd_limit:
-                    ratio = sample.open_fds / sample.fd_limit
-                    if view.open_fds_limit_ratio is None or ratio > view.open_fds_limit_ratio:
-                        view.open_fds_limit_ratio = ratio
-            if sample.virtual_bytes is not None:
-                view.virtual_bytes = (view.virtual_bytes or 0) + sample.virtual_bytes
-            if sample.swap_bytes is not None:
-                view.swap_bytes = (view.swap_bytes or 0) + sample.swap_bytes
-            if sample.proportional_bytes is not None:
-                view.proportional_bytes = (view.proportional_bytes or 0) + sample.proportional_bytes
-            if sample.state == "D":
-                view.disk_wait_processes += 1
-            if view.oldest_start_time_seconds is None or sample.start_time_seconds < view.oldest_start_time_seconds:
-                view.oldest_start_time_seconds = sample.start_time_seconds
-                view.oldest_pid = sample.id.pid
-
         for proc, state, delta in leftover:  # after every process used its own credits
             self._use_pool(proc, state, delta)
 
+    def _retire(self, views: dict[str, AppView], now: float) -> list[str]:
+        """Retirement: drop the apps with no process in `views` for over `retention_seconds`."""
+        apps = self._apps
         retired = [name for name, state in apps.items()
                    if name not in views and now - state.last_seen > self.retention_seconds]
         for name in retired:
             del apps[name]
-        for name, state in apps.items():
+        return retired
+
+    def _add_totals(self, views: dict[str, AppView], known_state: set[str]) -> None:
+        """Views: every app still tracked gets its counter totals (an app with no process, an empty view)."""
+        for name, state in self._apps.items():
             view = views.get(name)
             if view is None:
                 view = views[name] = AppView(name=name)
@@ -236,8 +210,6 @@ class Tracker:
             view.voluntary_switches_total = t[VOLUNTARY]
             view.involuntary_switches_total = t[INVOLUNTARY]
             view.switches_total = t[SWITCHES]
-        self._age_credits()
-        return TrackerUpdate(apps=views, gone=gone, retired=retired)
 
     def _use_pool(self, proc: _Proc, state: _App, delta: list[float]) -> None:
         """Take pooled orphan credits out of growth this pass already added to the app's totals."""
@@ -268,6 +240,77 @@ class Tracker:
             self._orphans = [c for c in self._orphans if c.passes <= CREDIT_PASSES and not c.used]
 
 
+def _advance(proc: _Proc, now_values: tuple[float | None, ...], ppid: int, app: str) -> list[float]:
+    """The delta of a process seen before whose counters moved (or whose app changed).
+
+    A counter that went down counts 0, one unread now counts 0 and keeps its last value; reaps
+    of children already counted (the process's credits, and I/O still due from a matched reap)
+    are taken out.
+    """
+    delta = [
+        (now_v if prev_v is None else max(now_v - prev_v, 0.0)) if now_v is not None else 0.0
+        for now_v, prev_v in zip(now_values, proc.last, strict=True)
+    ]
+    if proc.io_pending is not None:
+        _use_io(proc.io_pending, delta)
+        proc.io_pending = None
+    if proc.credits:
+        _use_credits(proc, delta, proc.credits)
+        proc.credits = [c for c in proc.credits if not c.used] or None
+    proc.last = tuple(now if now is not None else prev for now, prev in zip(now_values, proc.last, strict=True))
+    proc.ppid = ppid
+    proc.app = app
+    return delta
+
+
+def _gauge_views(named: list[tuple[ProcSample, str]]) -> tuple[dict[str, AppView], set[str]]:
+    """Views: one `AppView` per app with a process this pass, its gauges summed over its processes.
+
+    Returns the views (in the order their apps first appear) and the apps at least one of whose
+    live processes had a readable state. A zombie counts only in `states`.
+    """
+    views: dict[str, AppView] = {}
+    known_state: set[str] = set()
+    for sample, app in named:
+        view = views.get(app)
+        if view is None:
+            view = views[app] = AppView(name=app)
+        state = sample.state
+        state_name = STATE_NAMES.get(state)
+        if state_name is not None:
+            states = view.states
+            if states is None:
+                states = view.states = dict.fromkeys(STATES, 0)
+            states[state_name] += 1
+        if state == "Z":
+            continue
+        view.processes += 1
+        if state != "?":  # "?": the state could not be read
+            known_state.add(app)
+        if sample.threads is not None:
+            view.threads = (view.threads or 0) + sample.threads
+        if sample.resident_bytes is not None:
+            view.resident_bytes = (view.resident_bytes or 0) + sample.resident_bytes
+        if sample.open_fds is not None:
+            view.open_fds = (view.open_fds or 0) + sample.open_fds
+            if sample.fd_limit:
+                ratio = sample.open_fds / sample.fd_limit
+                if view.open_fds_limit_ratio is None or ratio > view.open_fds_limit_ratio:
+                    view.open_fds_limit_ratio = ratio
+        if sample.virtual_bytes is not None:
+            view.virtual_bytes = (view.virtual_bytes or 0) + sample.virtual_bytes
+        if sample.swap_bytes is not None:
+            view.swap_bytes = (view.swap_bytes or 0) + sample.swap_bytes
+        if sample.proportional_bytes is not None:
+            view.proportional_bytes = (view.proportional_bytes or 0) + sample.proportional_bytes
+        if state == "D":
+            view.disk_wait_processes = (view.disk_wait_processes or 0) + 1
+        if view.oldest_start_time_seconds is None or sample.start_time_seconds < view.oldest_start_time_seconds:
+            view.oldest_start_time_seconds = sample.start_time_seconds
+            view.oldest_pid = sample.id.pid
+    return views, known_state
+
+
 def _credit_of(child: tuple[float | None, ...], with_io: bool) -> _Credit | None:
     """The credit a vanished child leaves; None when its platform has no reaped-children counters."""
     if child[REAPED_USER] is None and child[REAPED_MINOR] is None:
@@ -277,8 +320,9 @@ def _credit_of(child: tuple[float | None, ...], with_io: bool) -> _Credit | None
         for i in IO_FIELDS:
             values[i] = child[i] or 0.0
     for reaped, own in FOLDS_INTO:
-        if child[reaped] is not None:  # a counter the parent has no reaped-children twin of never reappears
-            values[reaped] = (child[own] or 0.0) + child[reaped]
+        reaped_value = child[reaped]
+        if reaped_value is not None:  # a counter the parent has no reaped-children twin of never reappears
+            values[reaped] = (child[own] or 0.0) + reaped_value
     return _Credit(values)
 
 
