@@ -493,7 +493,7 @@ def test_darwin_raw_kinfo_start_time_survives_clock_steps() -> None:
 
 
 def test_identity_has_parent_and_working_folder_for_naming() -> None:
-    from atlas_exporter.apps.naming import default_name
+    from atlas_exporter.apps.naming_default import default_name
 
     class TableWithCwd(FakeTable):
         def cwd(self, pid: int) -> str | None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from atlas_exporter.apps.naming import Namer, app_of_unit, default_name, script_of, unit_of_cgroup
+from atlas_exporter.apps.naming import Namer
+from atlas_exporter.apps.naming_default import app_of_unit, default_name, unit_of_cgroup
+from atlas_exporter.apps.naming_scripts import script_of
 from atlas_exporter.apps.resolver import OTHER, AppFold, AppResolver
 from atlas_exporter.config import parse_config
 from atlas_exporter.model import ProcessId, ProcIdentity, ProcSample

@@ -1,6 +1,8 @@
 """Application names: configured rules first, then the process tree, then the default chain.
 
-Pure logic: files are read only through the identity's injected `read_file`.
+Pure logic: files are read only through the identity's injected `read_file`. This module holds
+the rules and the helpers (steps 1 and 2); `naming_default` the default chain (steps 3-7), and
+`naming_scripts` what interpreters and shell wrappers run.
 
 `Namer.name(identity, parent)` returns what a person calls the app a process belongs to:
   1. the first configured rule that matches (comm, exe, cmdline, user, cgroup and parent regexes,
@@ -31,65 +33,28 @@ import re
 import time
 from collections.abc import Callable, Sequence
 
+from atlas_exporter.apps.naming_default import (
+    app_of_unit,
+    default_name,
+    interpreter_of,
+    started_name,
+    tidy_name,
+    title_word,
+    unit_of_cgroup,
+)
+from atlas_exporter.apps.naming_scripts import GENERIC_FOLDERS, PYTHON, python_module
 from atlas_exporter.config import NamingRule
 from atlas_exporter.model import ProcIdentity
 
 log = logging.getLogger(__name__)
 
-MAX_NAME_LENGTH = 128
 MAX_MATCH_CHARS = 65536  # a rule sees at most this much of any field (a cmdline can be 2 MiB)
 RULES_BUDGET_SECONDS = 0.25  # rules stop being tried for a process after this long
-MAX_SHELL_SCRIPT = 4096  # characters of a `sh -c` script that are parsed
-MAX_PACKAGE_LEVELS = 32  # folders walked up looking for package.json
 
 ParentApp = Callable[[], "str | None"]
 
-# cgroup leaves that say nothing about the application inside them
-_GENERIC_UNITS = re.compile(
-    r"^(init\.scope|session-[^/]*\.scope|user@\d+\.service|user-\d+\.slice|user\.slice|system\.slice|"
-    r"machine\.slice|[^/]*\.slice|docker-[0-9a-f]+\.scope|cri-containerd-[0-9a-f]+\.scope|"
-    r"crio-[0-9a-f]+\.scope|libpod-[0-9a-f]+\.scope|run-[^/]*\.scope|run-[^/]*\.service|"
-    r"dbus-:[^/]*|vte-spawn-[^/]*\.scope|[0-9a-f]{64}|kubepods[^/]*|pod[0-9a-f_-]+)$"
-)
-_LAUNCHERS = ("gnome", "kde", "flatpak", "xfce", "xfce4", "lxqt", "mate", "cinnamon", "dbus", "systemd", "sway",
-              "i3", "hyprland", "niri", "budgie", "unity")
-_RANDOM_SUFFIX = re.compile(r"[-@](?:\d+|[0-9a-f]{8,}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$")
-_SNAP_SCOPE = re.compile(r"^snap\.([^.]+)\.")
 _TEMPLATE_FIELD = re.compile(r"{([^{}]*)}")
-_HEX_ESCAPE = re.compile(r"\\x([0-9a-fA-F]{2})")
 
-_PYTHON = re.compile(r"^python[0-9.]*[dmu]?$|^pypy[0-9.]*$")
-_NODE = re.compile(r"^(node|nodejs|bun|deno)$")
-_JAVA = re.compile(r"^java$")
-_RUBY = re.compile(r"^ruby[0-9.]*$")
-_PERL = re.compile(r"^perl[0-9.]*$")
-_SHELL = re.compile(r"^(sh|bash|dash|zsh|ksh|mksh|ash|busybox)$")
-
-_INTERPRETERS = (_PYTHON, _NODE, _JAVA, _RUBY, _PERL, _SHELL)
-
-_PY_OPTS_WITH_ARG = {"-W", "-X", "-Q"}
-_NODE_OPTS_WITH_ARG = {"-r", "--require", "--import", "--loader", "--experimental-loader", "--inspect-port",
-                       "--title", "--max-old-space-size", "-e", "--eval", "-p", "--print"}
-_JAVA_OPTS_WITH_ARG = {"-cp", "-classpath", "--class-path", "-p", "--module-path", "--add-modules",
-                       "--add-opens", "--add-exports", "--add-reads", "--patch-module", "--upgrade-module-path",
-                       "--limit-modules", "-splash"}
-_SCRIPT_SUFFIXES = (".py", ".pyw", ".pyz", ".js", ".mjs", ".cjs", ".ts", ".mts", ".jar", ".rb", ".pl", ".pm", ".sh",
-                    ".bash")
-
-# entry scripts whose name says nothing: the app is named by their folder
-GENERIC_SCRIPTS = frozenset({"main", "app", "index", "server", "run", "start", "cli", "manage", "wsgi", "asgi",
-                             "__main__", "__init__"})
-# folders that say nothing either: the folder above is tried (the nearest is kept if all are generic)
-_GENERIC_FOLDERS = frozenset({"src", "lib", "bin", "sbin", "dist", "build", "out", "app", "apps", "server", "source",
-                              "sources", "scripts", "cmd", "srv", "opt", "usr", "local", "home", "var", "tmp",
-                              "root", "www", "share", "current"})
-# node package managers that run a package's scripts: named by the package they run
-_NODE_LAUNCHERS = frozenset({"npm", "npx", "yarn", "yarnpkg", "pnpm", "pnpx", "corepack"})
-_NODE_LAUNCHER_SCRIPTS = frozenset({"npm-cli.js", "npx-cli.js", "yarn.js", "yarn.cjs", "pnpm.cjs", "pnpm.mjs",
-                                    "pnpx.cjs", "corepack.cjs"})
-# services whose processes are other programs (jobs), each named as if it had no unit
-JOB_RUNNER_UNITS = frozenset({"cron", "crond", "cronie", "anacron", "atd", "supervisor", "supervisord", "circus",
-                              "circusd"})
 # crash handlers started by an application for itself
 CRASH_HANDLERS = frozenset({"chrome_crashpad_handler", "crashpad_handler"})
 # parents whose children are applications of their own: a helper never joins these
@@ -102,401 +67,14 @@ _MP_HELPER_CODE = re.compile(r"^\s*from\s+(multiprocessing|billiard|joblib\.exte
 _MP_HELPER_MODULES = ("joblib.externals.loky.backend.", "loky.backend.")  # loky starts its workers with -m
 
 
-def unit_of_cgroup(cgroup: str | None) -> str | None:
-    """The deepest systemd unit in a cgroup path that names an application, else None."""
-    if not cgroup or cgroup == "/":
-        return None
-    for part in reversed(cgroup.strip("/").split("/")):
-        if not part or _GENERIC_UNITS.match(part):
-            continue
-        if part.endswith((".service", ".scope")):
-            return part
-    return None
-
-
-def app_of_unit(unit: str) -> str | None:
-    """What a person calls the app of a systemd unit (suffixes, launchers and random ids stripped)."""
-    name = _HEX_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), unit)
-    snap = _SNAP_SCOPE.match(name)
-    if snap:
-        return snap.group(1)
-    name = name.rsplit(".", 1)[0]  # .service / .scope
-    if "@" in name:
-        name = name.split("@", 1)[0]
-    if name.startswith("app-"):
-        name = name[4:]
-        name = _RANDOM_SUFFIX.sub("", name)
-        first, sep, rest = name.partition("-")
-        if sep and first in _LAUNCHERS and rest:
-            name = rest
-        name = _RANDOM_SUFFIX.sub("", name)
-        if name.endswith(".desktop"):
-            name = name[: -len(".desktop")]
-        if name.count(".") >= 2:  # reverse-DNS application id: org.mozilla.firefox
-            name = name.rsplit(".", 1)[1]
-    return name or None
-
-
-def _has_short_flag(args: Sequence[str], flag: str) -> bool:
-    return any(a.startswith("-") and not a.startswith("--") and flag in a[1:] for a in args)
-
-
-def _folder_name(folder: str) -> str | None:
-    """The name of an app's folder: the nearest folder that is not a generic one (`src`, `bin`)."""
-    parts = [p for p in folder.split("/") if p and p not in (".", "..")]
-    for part in reversed(parts):
-        if part not in _GENERIC_FOLDERS:
-            return part
-    return parts[-1] if parts else None
-
-
-def script_path(path: str, cwd: str | None) -> str:
-    """A script's path, made absolute against the process's working folder when it is relative."""
-    if path.startswith("/") or not cwd:
-        return path
-    return os.path.normpath(os.path.join(cwd, path))
-
-
-def _strip_script(path: str, cwd: str | None = None) -> str | None:
-    """The app name of a script: its name without suffix, or its folder's for a generic entry script."""
-    if path.startswith(("/dev/fd/", "/proc/", "/dev/stdin")):
-        return None  # a script fed through a pipe or fd has no name of its own
-    full = script_path(path, cwd).rstrip("/")
-    base = os.path.basename(full)
-    stem = base
-    for suffix in _SCRIPT_SUFFIXES:
-        if base.endswith(suffix) and len(base) > len(suffix):
-            stem = base[: -len(suffix)]
-            break
-    if stem in GENERIC_SCRIPTS:
-        return _folder_name(os.path.dirname(full)) or stem
-    return stem or None
-
-
-def _first_operand(args: Sequence[str], with_arg: set[str]) -> str | None:
-    skip = False
-    for arg in args:
-        if skip:
-            skip = False
-            continue
-        if arg == "--":
-            continue
-        if arg.startswith("-"):
-            if arg in with_arg:
-                skip = True
-            continue
-        return arg
-    return None
-
-
-def python_module(args: Sequence[str]) -> str | None:
-    """The module of `python -m pkg.mod` (`pkg.mod`; `pkg.__main__` -> `pkg`), else None."""
-    skip = False
-    for i, arg in enumerate(args):
-        if skip:
-            skip = False
-            continue
-        if arg == "-m" or (arg.startswith("-m") and len(arg) > 2):
-            module = args[i + 1] if arg == "-m" and i + 1 < len(args) else arg[2:]
-            if module.endswith(".__main__"):
-                module = module[: -len(".__main__")]
-            return module or None
-        if arg in _PY_OPTS_WITH_ARG:
-            skip = True
-        elif not arg.startswith("-") or arg == "-c" or _has_short_flag([arg], "c"):
-            return None
-    return None
-
-
-def _python_operand(args: Sequence[str]) -> str | None:
-    skip = False
-    for arg in args:
-        if skip:
-            skip = False
-            continue
-        if arg == "-c" or (arg.startswith("-") and not arg.startswith("--") and "c" in arg[1:]):
-            return None
-        if arg in _PY_OPTS_WITH_ARG:
-            skip = True
-            continue
-        if arg.startswith("-"):
-            continue
-        return arg
-    return None
-
-
-def script_of(interpreter: str, args: Sequence[str], cwd: str | None = None) -> str | None:
-    """The script or main module an interpreter runs, from its arguments (argv[1:]); None if inline."""
-    if _PYTHON.match(interpreter):
-        module = python_module(args)
-        if module:
-            return module
-        operand = _python_operand(args)
-        return _strip_script(operand, cwd) if operand else None
-    if _NODE.match(interpreter):
-        if any(a in ("-e", "--eval", "-p", "--print") for a in args):
-            return None
-        operand = _first_operand(args, _NODE_OPTS_WITH_ARG)
-        return _strip_script(operand, cwd) if operand and operand not in ("run", "start") else None
-    if _JAVA.match(interpreter):
-        for i, arg in enumerate(args):
-            if arg == "-jar" and i + 1 < len(args):
-                return _strip_script(args[i + 1], cwd)
-            if arg in ("-m", "--module") and i + 1 < len(args):
-                return args[i + 1].split("/")[-1].rsplit(".", 1)[-1]
-        operand = _first_operand(args, _JAVA_OPTS_WITH_ARG)
-        return operand.rsplit(".", 1)[-1] if operand else None
-    if _RUBY.match(interpreter) or _PERL.match(interpreter):
-        if any(a == "-e" or a == "-E" for a in args):
-            return None
-        operand = _first_operand(args, {"-I", "-r"})
-        return _strip_script(operand, cwd) if operand else None
-    if _SHELL.match(interpreter):
-        if _has_short_flag(args, "c"):
-            return None
-        operand = _first_operand(args, {"-o", "+o", "-O", "+O"})
-        return _strip_script(operand, cwd) if operand else None
-    return None
-
-
-def package_name(ident: ProcIdentity, folder: str | None) -> str | None:
-    """The `name` in the nearest package.json at or above `folder`, scope dropped; None if none.
-
-    The search starts above any `node_modules` (code of a dependency belongs to the project
-    that installed it) and stops at the first package.json found, named or not.
-    """
-    read = ident.read_file
-    if read is None or not folder or not folder.startswith("/"):
-        return None
-    import json  # only node processes need it
-    folder = os.path.normpath(folder)
-    if "/node_modules/" in folder + "/":  # a dependency's code: the app is the project that holds it
-        folder = folder[: (folder + "/").index("/node_modules/")] or "/"
-    for _ in range(MAX_PACKAGE_LEVELS):
-        data = read(folder.rstrip("/") + "/package.json")
-        if data is not None:
-            try:
-                manifest = json.loads(data)
-            except (ValueError, RecursionError):
-                return None
-            name = manifest.get("name") if isinstance(manifest, dict) else None
-            if not isinstance(name, str):
-                return None
-            return _clean(name.rsplit("/", 1)[-1] if name.startswith("@") else name) or None
-        if folder == "/":
-            return None
-        folder = os.path.dirname(folder)
-    return None
-
-
-def _node_app(interpreter: str, ident: ProcIdentity) -> str | None:
-    """node: a launcher (npm, yarn...) by the package it runs, a script by its package or its name."""
-    args = ident.cmdline[1:]
-    title = os.path.basename(_title_word(ident.cmdline[0])) if ident.cmdline else ""
-    operand = None
-    if not any(a in ("-e", "--eval", "-p", "--print") for a in args):
-        operand = _first_operand(args, _NODE_OPTS_WITH_ARG)
-    launcher = title if title in _NODE_LAUNCHERS else None
-    if launcher is None and operand is not None:
-        base = os.path.basename(operand)
-        if base in _NODE_LAUNCHERS or base in _NODE_LAUNCHER_SCRIPTS:
-            launcher = base.split(".")[0].split("-")[0]
-    if launcher is not None:
-        return package_name(ident, ident.cwd) or launcher
-    if operand is None or operand in ("run", "start"):
-        return None
-    path = script_path(operand, ident.cwd)
-    if path.startswith("/") and not path.startswith(("/dev/", "/proc/")):
-        found = package_name(ident, os.path.dirname(path))
-        if found:
-            return found
-    return _strip_script(operand, ident.cwd)
-
-
-# words that run the command after them in the same process (or whose child is the command)
-_PREFIX_COMMANDS = {"exec": set(), "nohup": set(), "setsid": set(), "env": {"-u", "--unset", "-C", "--chdir"},
-                    "nice": {"-n", "--adjustment"}, "ionice": {"-c", "-n", "-p", "-t"}, "stdbuf": set(),
-                    "chrt": set(), "taskset": set(), "time": set(), "command": set(), "builtin": set(),
-                    "timeout": {"-s", "--signal", "-k", "--kill-after"}, "flock": {"-w", "--timeout", "-E"},
-                    "sudo": {"-u", "--user", "-g", "--group", "-C", "-D", "-h", "-p", "-r", "-t", "-U", "-T"}}
-_TAKES_ONE_OPERAND = {"timeout", "chrt", "taskset", "flock"}  # a duration, priority, cpu mask or lock file
-# commands that set things up and are not the program a wrapper runs
-_SETUP_COMMANDS = frozenset({"cd", "export", "set", "unset", "umask", "ulimit", ":", "true", "false", "trap",
-                             "echo", "printf", "sleep", "test", "[", "[[", "wait", "read", "shift", "local",
-                             "source", ".", "mkdir", "rm", "touch", "cp", "mv", "ln", "chmod", "chown", "date",
-                             "cat", "tee", "logger", "!", "{", "}", "if", "then", "else", "elif", "fi", "while",
-                             "until", "do", "done", "alias", "declare", "typeset", "readonly"})
-_KEYWORDS = frozenset({"if", "then", "else", "elif", "while", "until", "do", "!", "{", "time"})
-_SEPARATORS = frozenset({";", "&&", "||", "|", "&", "(", ")", "((", "))", ";;", "|&", ";&"})
-_REDIRECTS = frozenset({">", ">>", "<", "<<", "<<<", ">&", "<&", "&>", "&>>", ">|", "<>"})
-_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
-
-
-def _simple_commands(script: str) -> list[list[str]] | None:
-    """The simple commands of a shell script, in order (words without redirections); None if unparsable."""
-    import shlex  # only shell wrappers need it
-    lexer = shlex.shlex(script.replace("\n", ";"), posix=True, punctuation_chars=";&|()<>")
-    lexer.whitespace_split = True
-    lexer.commenters = ""
-    commands: list[list[str]] = [[]]
-    skip_next = False
-    try:
-        for token in lexer:
-            if skip_next:
-                skip_next = False
-                continue
-            if token in _SEPARATORS:
-                commands.append([])
-            elif token in _REDIRECTS or (token and token[0] in "<>" and set(token) <= set("<>&|")):
-                skip_next = True  # the redirection's target
-            else:
-                commands[-1].append(token)
-    except ValueError:  # unbalanced quotes
-        return None
-    return [c for c in commands if c]
-
-
-def _program_of_command(words: list[str]) -> list[str] | None:
-    """argv of the program a simple command runs, past assignments and prefixes (`exec`, `nohup`...)."""
-    i = 0
-    while i < len(words):
-        word = words[i]
-        if _ASSIGNMENT.match(word) or word in _KEYWORDS:
-            i += 1
-            continue
-        prefix = os.path.basename(word)
-        if prefix in _PREFIX_COMMANDS:
-            with_arg = _PREFIX_COMMANDS[prefix]
-            i += 1
-            while i < len(words) and words[i].startswith("-") and words[i] != "-":
-                i += 2 if words[i] in with_arg else 1
-            if prefix in _TAKES_ONE_OPERAND and i < len(words):
-                i += 1
-            continue
-        return words[i:]
-    return None
-
-
-def shell_command(args: Sequence[str], cwd: str | None) -> tuple[list[str], str | None] | None:
-    """The program `sh -c SCRIPT` runs (its argv) and its working folder; None if not found.
-
-    The first command that is not set-up (`cd`, `export`, `sleep`...) or shell syntax counts;
-    a `cd` before it moves the working folder.
-    """
-    script = _first_operand(args, {"-o", "+o", "-O", "+O"})
-    if not script or len(script) > MAX_SHELL_SCRIPT:
-        return None
-    commands = _simple_commands(script)
-    if not commands:
-        return None
-    for command in commands:
-        argv = _program_of_command(command)
-        if not argv:
-            continue
-        program = argv[0]
-        if program == "cd":
-            target = argv[1] if len(argv) > 1 else None
-            if target and not target.startswith(("$", "~", "-")):
-                cwd = script_path(target, cwd) if (cwd or target.startswith("/")) else None
-            continue
-        if program in ("for", "select", "case", "function", "coproc") or program.startswith(("$", "`")):
-            return None  # too much shell to know which program it runs
-        if program in _SETUP_COMMANDS:
-            continue
-        return argv, cwd
-    return None
-
-
-def _shell_app(ident: ProcIdentity, depth: int) -> str | None:
-    """`sh -c 'SCRIPT'`: the name of the program the script runs, as if it were the process."""
-    found = shell_command(ident.cmdline[1:], ident.cwd)
-    if found is None:
-        return None
-    argv, cwd = found
-    base = os.path.basename(argv[0])
-    if not base:
-        return None
-    if base.endswith(_SCRIPT_SUFFIXES):  # a script run by its #! interpreter: named as that process is
-        return _strip_script(argv[0], cwd)
-    child = ProcIdentity(comm=base[:15], cmdline=tuple(argv), user=ident.user, cwd=cwd, read_file=ident.read_file)
-    return _default(child, depth + 1)
-
-
-def _title_word(title: str) -> str:
-    """The first word of a process title ("nginx: worker process" -> "nginx", "npm start" -> "npm")."""
-    if title.isprintable() and " " not in title:
-        return title
-    return (title.split() or [""])[0].rstrip(":")
-
-
-def started_name(ident: ProcIdentity) -> str:
-    """The executable's name as it was started, untruncated.
-
-    comm is the first 15 bytes of the file name that was executed: prefer argv[0]'s or the
-    exe's basename when comm is a prefix of it (a symlinked tool keeps its own name). A
-    retitled argv[0] ("nginx: worker process", "npm start") counts by its first word. A
-    program run from a memfd has no file name: its argv[0] names it.
-    """
-    argv0 = _title_word(ident.cmdline[0]) if ident.cmdline else None
-    # a process that retitled itself (its argv[0] holds spaces) set its comm from the same title
-    comm = _title_word(ident.comm) if ident.cmdline and argv0 != ident.cmdline[0] else ident.comm
-    exe = ident.exe if ident.exe and not os.path.basename(ident.exe).startswith("memfd:") else None
-    for path in (argv0, exe):
-        if path:
-            base = os.path.basename(path)
-            if base and comm and base.startswith(comm):
-                return base
-    if comm.startswith("memfd:") and argv0:
-        return os.path.basename(argv0) or comm
-    if exe and not comm:
-        return os.path.basename(exe)
-    return comm
-
-
-def _interpreter(ident: ProcIdentity) -> str:
-    argv0 = _title_word(ident.cmdline[0]) if ident.cmdline else None
-    for path in (ident.exe, argv0):
-        if path:
-            base = os.path.basename(path)
-            if any(p.match(base) for p in _INTERPRETERS):
-                return base
-    return ""
-
-
-def _default(ident: ProcIdentity, depth: int) -> str:
-    unit = unit_of_cgroup(ident.cgroup)
-    if unit:
-        name = app_of_unit(unit)
-        if name and name not in JOB_RUNNER_UNITS:
-            return _clean(name)
-    if ident.bundle:
-        return _clean(ident.bundle)
-    interp = _interpreter(ident)
-    if interp:
-        if _NODE.match(interp):
-            script = _node_app(interp, ident)
-        elif _SHELL.match(interp) and _has_short_flag(ident.cmdline[1:], "c"):
-            script = _shell_app(ident, depth) if depth < 3 else None
-        else:
-            script = script_of(interp, ident.cmdline[1:], ident.cwd) if len(ident.cmdline) > 1 else None
-        if script:
-            return _clean(script)
-    return _clean(started_name(ident)) or "unknown"
-
-
-def default_name(ident: ProcIdentity) -> str:
-    """The default app name of a process (steps 3-7 of the module docstring)."""
-    return _default(ident, 0)
-
-
 def is_helper(ident: ProcIdentity) -> bool:
     """A process that works for its parent: multiprocessing workers and trackers, crash handlers."""
     if started_name(ident) in CRASH_HANDLERS:
         return True
     if "--multiprocessing-fork" in ident.cmdline:
         return True
-    interp = _interpreter(ident)
-    if interp and _PYTHON.match(interp):
+    interp = interpreter_of(ident)
+    if interp and PYTHON.match(interp):
         args = ident.cmdline[1:]
         module = python_module(args)
         if module:
@@ -506,13 +84,6 @@ def is_helper(ident: ProcIdentity) -> bool:
                 return bool(_MP_HELPER_CODE.search(args[i + 1][:1000]))
     return False
 
-
-def _clean(name: str) -> str:
-    """No whitespace or control characters (each run becomes one `_`), at most MAX_NAME_LENGTH characters."""
-    name = name.strip()
-    if not name.isprintable() or any(ch.isspace() for ch in name):
-        name = re.sub(r"\s+", "_", "".join(ch if ch.isprintable() else " " for ch in name).strip())
-    return name[:MAX_NAME_LENGTH]
 
 
 class _Parent:
@@ -570,11 +141,11 @@ class Namer:
             joined = parent_app()
             if joined and joined not in MANAGERS:
                 return joined
-            path = ident.exe or (_title_word(ident.cmdline[0]) if ident.cmdline else "")
+            path = ident.exe or (title_word(ident.cmdline[0]) if ident.cmdline else "")
             if started_name(ident) in CRASH_HANDLERS and path.startswith("/"):
                 folder = os.path.basename(os.path.dirname(path))  # /usr/lib/chromium/chrome_crashpad_handler
-                if folder and folder not in _GENERIC_FOLDERS:
-                    return _clean(folder) or "unknown"
+                if folder and folder not in GENERIC_FOLDERS:
+                    return tidy_name(folder) or "unknown"
         return default_name(ident) or "unknown"
 
 
@@ -616,7 +187,7 @@ def apply_rule(rule: NamingRule, ident: ProcIdentity, parent: ParentApp | None =
             return context[key]
         return _template_value(key, ident, parent_app)
 
-    name = _clean(_TEMPLATE_FIELD.sub(render, rule.name))
+    name = tidy_name(_TEMPLATE_FIELD.sub(render, rule.name))
     return name or None
 
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from atlas_exporter.apps.naming import unit_of_cgroup
+from atlas_exporter.apps.naming_default import unit_of_cgroup
 from atlas_exporter.apps.resolver import AppNaming, as_naming
 from atlas_exporter.collectors.network.sockdiag_linux import TcpSocketInfo
 from atlas_exporter.model import AppOfPid, ProcessId
