@@ -189,7 +189,7 @@ def as_naming(naming: AppNaming | Callable[[int], str | None]) -> AppNaming:
     """An `AppNaming` for a resolver or for a plain `pid -> name` function."""
     if hasattr(naming, "app_of_pid"):
         return naming  # type: ignore[return-value]
-    return PidNaming(naming)  # type: ignore[arg-type]
+    return PidNaming(naming)
 
 
 class AppResolver:

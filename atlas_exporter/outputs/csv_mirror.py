@@ -32,13 +32,22 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from atlas_exporter.config import Config, CsvOptions
+from atlas_exporter.loop import BackgroundLoop
+from atlas_exporter.metrics import MetricSpec
 from atlas_exporter.model import AppView, Snapshot, SourceStatus
 
 log = logging.getLogger(__name__)
+
+ROWS_WRITTEN = MetricSpec("atlas_csv_rows_written_total", "counter", "Rows written to the CSV mirror file.")
+WRITE_ERRORS = MetricSpec(
+    "atlas_csv_write_errors_total", "counter",
+    "Intervals whose rows could not be written to the CSV mirror file (disk full, path unusable, no snapshot).")
+LAST_WRITE = MetricSpec("atlas_csv_last_write_timestamp_seconds", "gauge",
+                        "Unix time of the last successful write to the CSV mirror file.", unit="seconds")
+METRICS: tuple[MetricSpec, ...] = (ROWS_WRITTEN, WRITE_ERRORS, LAST_WRITE)
 
 HEADER: tuple[str, ...] = (
     "timestamp", "app_name", "pid", "cpu_percent", "memory_mb", "threads",
@@ -308,7 +317,8 @@ class CsvMirror:
     """Writes the top apps to a CSV file every `interval_seconds`, from the exporter's shared snapshots.
 
     The first snapshot only primes the deltas (`start` takes it at once); each later one writes
-    one interval's rows. Failures are logged (rate-limited) and counted, never raised.
+    one interval's rows. Failures are logged (rate-limited) and counted, never raised. The writes
+    run on `loop`, a `BackgroundLoop` (`loops`: the exporter fails the "csv" collector when it dies).
     """
 
     name = "csv"
@@ -332,8 +342,10 @@ class CsvMirror:
         self._failed_in_a_row = 0
         self._last_error_log: float | None = None
         self._suppressed = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._next_write: float | None = None  # monotonic time the next interval is due
+        self.loop = BackgroundLoop("atlas-csv-mirror", self._guarded_write, interval=self._until_next_write,
+                                   log=log, immediate=True)
+        self.loops = (self.loop,)
 
     # -- the writing side ---------------------------------------------------------------------
 
@@ -391,35 +403,32 @@ class CsvMirror:
     # -- the Source protocol ------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the daemon thread: prime at once, then write every `interval_seconds`."""
-        if self._thread is not None and self._thread.is_alive():
+        """Start the loop: prime at once, then write every `interval_seconds`."""
+        if self.loop.running:
             return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="atlas-csv-mirror", daemon=True)
-        self._thread.start()
+        self._next_write = None
+        self.loop.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=max(5.0, self.options.interval_seconds))
-            self._thread = None
+        self.loop.stop(timeout=max(5.0, self.options.interval_seconds))
 
-    def _run(self) -> None:
+    def _until_next_write(self) -> float:
+        """Seconds from now to the next interval: writes keep a fixed rate; one that fell behind (a slow
+        disk, a suspended machine) moves the schedule on rather than bursting."""
+        now = self._clock()
         interval = self.options.interval_seconds
-        self._guarded_write()
-        deadline = self._clock() + interval
-        while not self._stop.wait(max(0.0, deadline - self._clock())):
-            self._guarded_write()
-            now = self._clock()
-            deadline += interval
-            if deadline <= now:  # fell behind (a slow disk or a suspended machine): skip, don't burst
-                deadline = now + interval
-        log.debug("CSV mirror thread stopped")
+        if self._next_write is None:
+            self._next_write = now + interval
+        else:
+            self._next_write += interval
+            if self._next_write <= now:
+                self._next_write = now + interval
+        return max(0.0, self._next_write - now)
 
     def _guarded_write(self) -> None:
         try:
             self.write_interval()
-        except Exception as err:  # never let the thread die
+        except Exception as err:  # an unexpected failure costs one interval and counts as a write error
             self._failed(f"unexpected error: {err}", exc=err)
 
     def statuses(self) -> list[SourceStatus]:
@@ -431,26 +440,11 @@ class CsvMirror:
 
     def collect(self, snapshot: Snapshot) -> Iterable[Metric]:
         with self._lock:
-            values = {"rows": self._rows_written, "errors": self._write_errors, "last": self._last_write}
-        for name, kind, help_text, key in METRICS:
-            value = values[key]
-            if value is None:
-                continue
-            family = kind(name, help_text)
-            family.add_metric([], float(value))
-            yield family
-
-
-# name, type, help, value key
-METRICS: tuple[tuple[str, type[CounterMetricFamily] | type[GaugeMetricFamily], str, str], ...] = (
-    ("atlas_csv_rows_written", CounterMetricFamily,
-     "Rows written to the CSV mirror file.", "rows"),
-    ("atlas_csv_write_errors", CounterMetricFamily,
-     "Intervals whose rows could not be written to the CSV mirror file (disk full, path unusable, no snapshot).",
-     "errors"),
-    ("atlas_csv_last_write_timestamp_seconds", GaugeMetricFamily,
-     "Unix time of the last successful write to the CSV mirror file.", "last"),
-)
+            rows, errors, last = self._rows_written, self._write_errors, self._last_write
+        yield ROWS_WRITTEN.value(float(rows))
+        yield WRITE_ERRORS.value(float(errors))
+        if last is not None:
+            yield LAST_WRITE.value(float(last))
 
 
 def make_csv_mirror(config: Config, take_snapshot: Callable[[], Snapshot]) -> CsvMirror | None:
