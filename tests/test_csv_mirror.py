@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from atlas_exporter.config import Config, CsvOptions, parse_config
-from atlas_exporter.model import AppView, Snapshot
+from atlas_exporter.model import AppView, Looping, Snapshot
 from atlas_exporter.outputs.csv_mirror import (
     CORE_BURNER_PERCENT,
     HEADER,
@@ -562,6 +562,37 @@ def test_thread_writes_every_interval_and_survives_failures(tmp_path: Path) -> N
     assert values["atlas_csv_write_errors_total"] == 1
     rows = all_lines_complete(path)
     assert len(rows) - 1 == values["atlas_csv_rows_written_total"]
+
+
+def test_writes_keep_a_fixed_rate_and_a_late_one_moves_the_schedule(tmp_path: Path) -> None:
+    clock = [100.0]
+    mirror = CsvMirror(options(tmp_path / "a.csv", interval_seconds=10.0), feed_forever(), clock=lambda: clock[0])
+    assert mirror._until_next_write() == 10.0  # after the priming write
+    clock[0] = 112.0  # that write took 2 s
+    assert mirror._until_next_write() == 8.0
+    clock[0] = 145.0  # a slow disk or a suspended machine: no burst of catch-up writes
+    assert mirror._until_next_write() == 10.0
+
+
+def test_a_dead_writer_loop_is_seen_by_the_exporter(tmp_path: Path) -> None:
+    import time
+
+    mirror = CsvMirror(options(tmp_path / "a.csv", interval_seconds=0.05), feed_forever(), fsync=False)
+    assert isinstance(mirror, Looping) and [loop.name for loop in mirror.loops] == ["atlas-csv-mirror"]
+
+    def die() -> None:
+        raise SystemExit("the writer thread ends")
+
+    mirror.loop.step = die
+    mirror.start()
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not mirror.loop.dead:
+            time.sleep(0.01)
+        assert mirror.loop.dead and "atlas-csv-mirror" in mirror.loop.dead_reason()
+    finally:
+        mirror.stop()
+    assert not mirror.loop.dead  # stopped on purpose
 
 
 def test_rows_text_is_written_in_one_call(tmp_path: Path) -> None:
