@@ -41,7 +41,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from atlas_exporter.apps.naming import Namer
 from atlas_exporter.model import ProcessId, ProcessSource, ProcIdentity, ProcSample
@@ -185,6 +185,20 @@ class PidNaming:
         return name
 
 
+@runtime_checkable
+class Probing(Protocol):
+    """A process source that reads a live pid's identity, comm and kernel-thread flag in one read (Linux)."""
+
+    def probe(self, pid: int) -> tuple[ProcessId, str, bool] | None: ...
+
+
+@runtime_checkable
+class CgroupReading(Protocol):
+    """A process source that reads the cgroup path of a live process (Linux)."""
+
+    def cgroup_of(self, pid: ProcessId) -> str | None: ...
+
+
 def as_naming(naming: AppNaming | Callable[[int], str | None]) -> AppNaming:
     """An `AppNaming` for a resolver or for a plain `pid -> name` function."""
     if hasattr(naming, "app_of_pid"):
@@ -195,9 +209,9 @@ def as_naming(naming: AppNaming | Callable[[int], str | None]) -> AppNaming:
 class AppResolver:
     """Names processes through a `Namer` and an `AppFold`, reading identities from `source`.
 
-    `source` may offer `probe(pid) -> (ProcessId, comm, is_kernel_thread) | None` (one read of
-    the stat file) and `cgroup_of(ProcessId) -> str | None`; without them comm and cgroup
-    changes are only seen by the scans.
+    `source` may also be `Probing` (`probe(pid) -> (ProcessId, comm, is_kernel_thread) | None`,
+    one read of the stat file) and `CgroupReading` (`cgroup_of(ProcessId) -> str | None`); without
+    them comm and cgroup changes are only seen by the scans.
     """
 
     def __init__(self, source: ProcessSource, namer: Namer, max_apps: int, *,
@@ -206,8 +220,8 @@ class AppResolver:
         self.namer = namer
         self.fold = AppFold(max_apps)
         self.clock = clock
-        self._probe = getattr(source, "probe", None)
-        self._cgroup_of = getattr(source, "cgroup_of", None)
+        self._probe = source.probe if isinstance(source, Probing) else None
+        self._cgroup_of = source.cgroup_of if isinstance(source, CgroupReading) else None
         self._lock = threading.Lock()
         # names of scanned processes; dropped when they exit
         self._cache: dict[ProcessId, _Entry] = {}
