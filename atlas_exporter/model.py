@@ -211,7 +211,7 @@ AppOfPid = Callable[[int], str | None]
 
 
 class ProcessSource(Protocol):
-    """A platform's process table reader (`process_linux`, `process_darwin`).
+    """A platform's process table reader (`collectors/process/source_linux.py`, `source_darwin.py`).
 
     `reaped_io_in_parent` says whether a parent's I/O counters grow by a child's when it
     reaps it (Linux /proc/<pid>/io does; macOS rusage_info does not).

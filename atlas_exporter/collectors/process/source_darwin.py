@@ -56,7 +56,15 @@ from atlas_exporter.collectors.process.libproc_darwin import (
     Timebase,
     pick_ticks_per_second,
 )
-from atlas_exporter.model import ProcessId, ProcessScan, ProcIdentity, ProcSample, ReadErrors, SourceStatus
+from atlas_exporter.model import (
+    ProcessId,
+    ProcessScan,
+    ProcessSource,
+    ProcIdentity,
+    ProcSample,
+    ReadErrors,
+    SourceStatus,
+)
 
 if TYPE_CHECKING:
     import psutil
@@ -259,7 +267,7 @@ def calibrate_timebase(libproc: LibProcLayer, reported: Timebase, *, pid: int | 
     return Timebase(rate)
 
 
-class DarwinProcessSource:
+class DarwinProcessSource(ProcessSource):
     """Reads the macOS process table through an injected sysctl table and libproc layer.
 
     `thread_states` reads each thread's run state of processes with no running thread, to

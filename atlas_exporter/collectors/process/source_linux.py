@@ -50,7 +50,16 @@ from atlas_exporter.collectors.process.readers_linux import (
     read_identity,
     read_proc_file,
 )
-from atlas_exporter.model import ProcessId, ProcessScan, ProcIdentity, ProcSample, ReadErrors, SourceStatus
+from atlas_exporter.model import (
+    ProcessId,
+    ProcessScan,
+    ProcessSource,
+    ProcIdentity,
+    ProcSample,
+    PssReading,
+    ReadErrors,
+    SourceStatus,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +80,12 @@ class _Seen:
         self.limits_at = float("-inf")  # when limits was read
 
 
-class LinuxProcessSource:
+class LinuxProcessSource(ProcessSource, PssReading):
     """Reads the process table under `procfs` (default `/proc`).
 
     The fd count comes from `stat(/proc/<pid>/fd).st_size` where the kernel provides it
     (Linux 6.2+), else from listing the folder. `read_pss` adds `smaps_rollup` (PSS) reads.
+    A parent's `/proc/<pid>/io` grows by a child's I/O when it reaps it (`reaped_io_in_parent`).
     """
 
     reaped_io_in_parent = True
