@@ -26,7 +26,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +39,7 @@ from atlas_exporter.collectors.process.parsers_linux import PF_KTHREAD, split_st
 from atlas_exporter.collectors.process.readers_linux import current_privilege, read_proc_file
 from atlas_exporter.config import Config
 from atlas_exporter.loop import BackgroundLoop
-from atlas_exporter.model import AppOfPid, Snapshot, Source, SourceStatus
+from atlas_exporter.model import AppOfPid, Looping, Retiring, Snapshot, Source, SourceStatus
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ def scan_blocked_tasks(procfs: Path) -> BlockedScan:
     return BlockedScan(blocked, comms, tasks, errors)
 
 
-class LinuxHangSource:
+class LinuxHangSource(Retiring, Looping):
     """The `hang` sub-collector on Linux: a background loop that checks, plus per-app hang series."""
 
     name = "hang"
@@ -174,25 +174,22 @@ class LinuxHangSource:
         self._hung_by_app: dict[str, int] = {}
         self._lock = threading.Lock()
         self._status = SourceStatus("hang_task_scan", False, "none", "not started")
-        # a failed check is logged and the next one runs an interval later
-        self.loops: list[BackgroundLoop] = []
+        # one check at once, then one every interval; a failed check is logged and the next one runs
+        self._loop = BackgroundLoop("atlas-hang-watcher", self.check, interval=check_interval_seconds, log=log,
+                                    immediate=True)
+        self.loops: Sequence[BackgroundLoop] = (self._loop,)
 
     def start(self) -> None:
-        if self.loops:
+        if self._loop.running:
             return
         if not (self.procfs / "self" / "task").is_dir():
             self._status = SourceStatus("hang_task_scan", False, "none", f"{self.procfs} has no task folders")
             return
         self._status = SourceStatus("hang_task_scan", True, current_privilege(self.procfs), "")
-        loop = BackgroundLoop("atlas-hang-watcher", self.check, interval=self.check_interval_seconds, log=log,
-                              immediate=True)
-        self.loops = [loop]
-        loop.start()
+        self._loop.start()
 
     def stop(self) -> None:
-        for loop in self.loops:
-            loop.stop(timeout=10)
-        self.loops = []
+        self._loop.stop(timeout=10)
 
     def _app(self, process: tuple[int, int], comms: dict[tuple[int, int], str]) -> str:
         app = self._apps.get(process)
