@@ -18,4 +18,5 @@ venv=${ATLAS_TEST_VENV:-.venv}
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/pip" install --quiet --disable-pip-version-check -e '.[test]'
 "$venv/bin/ruff" check .
+"$venv/bin/mypy"  # --strict on atlas_exporter/, as pyproject.toml sets
 exec "$venv/bin/python" -m pytest -q -rfEs "$@"

@@ -139,6 +139,7 @@ class _Entry:
     recheck_every: float = FIRST_CGROUP_RECHECK_SECONDS
 
 
+@runtime_checkable
 class AppNaming(Protocol):
     """What a source needs from the identity service (an `AppResolver`, or a test stand-in)."""
 
@@ -201,8 +202,8 @@ class CgroupReading(Protocol):
 
 def as_naming(naming: AppNaming | Callable[[int], str | None]) -> AppNaming:
     """An `AppNaming` for a resolver or for a plain `pid -> name` function."""
-    if hasattr(naming, "app_of_pid"):
-        return naming  # type: ignore[return-value]
+    if isinstance(naming, AppNaming):
+        return naming
     return PidNaming(naming)
 
 

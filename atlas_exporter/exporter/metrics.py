@@ -43,7 +43,7 @@ HTTP_CONNECTIONS_CLOSED = MetricSpec(
     "Connections closed by the server, by reason.", labels=("reason",))
 HTTP_ACCEPT_ERRORS = MetricSpec(
     "atlas_exporter_http_accept_errors_total", "counter",
-    "accept() failures for lack of file descriptors or memory.")
+    "Connections the server could not accept() for lack of file descriptors or memory.")
 HTTP_AUTH_TURNED_AWAY = MetricSpec(
     "atlas_exporter_http_auth_turned_away_total", "counter",
     "Requests answered 429 because too many password checks were waiting.")
