@@ -147,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     if PLATFORM_NAME == "linux" and not (procfs / "stat").is_file():
         return _fail(f"--path.procfs: {procfs} is not a procfs mount (no {procfs / 'stat'})", 2)
     if args.self_check:
-        from atlas_exporter import selfcheck
+        from atlas_exporter.selfcheck import check as selfcheck
 
         return selfcheck.main(config, procfs)
     enabled = {name for name in COLLECTORS if getattr(args, f"collector_{name}")}

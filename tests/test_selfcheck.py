@@ -15,14 +15,14 @@ import pytest
 from test_darwin_process import FakeLibProc, FakeTable
 from test_macos_exporter import machine
 
-from atlas_exporter import selfcheck as sc
-from atlas_exporter import selfcheck_references as refs
 from atlas_exporter.apps.naming import Namer
 from atlas_exporter.collectors.process.source_darwin import DarwinProcessSource
 from atlas_exporter.collectors.process.source_linux import make_process_source
 from atlas_exporter.config import parse_config
 from atlas_exporter.model import ProcessScan
-from atlas_exporter.selfcheck_report import render
+from atlas_exporter.selfcheck import check as sc
+from atlas_exporter.selfcheck import references as refs
+from atlas_exporter.selfcheck.report import render
 
 REPO = Path(__file__).resolve().parent.parent
 WORKLOAD = Path(__file__).with_name("workload.py")

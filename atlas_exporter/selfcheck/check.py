@@ -21,8 +21,8 @@ compared. It prints one table (app, quantity, exporter, reference, difference, v
 line per data source saying whether it was used and why not, and returns 0 when every row
 agrees, 1 otherwise. Nothing here needs root or writes a file.
 
-This module runs the check; the references are in `selfcheck_references`, the tolerances,
-result and report in `selfcheck_report`.
+This module runs the check; the references are in `references`, the tolerances,
+result and report in `report`.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from atlas_exporter.apps.naming import Namer
 from atlas_exporter.apps.resolver import AppResolver
 from atlas_exporter.config import Config
 from atlas_exporter.model import ProcessScan, ProcessSource, ProcSample
-from atlas_exporter.selfcheck_references import (
+from atlas_exporter.selfcheck.references import (
     PsReference,
     PsutilReference,
     Reading,
@@ -50,7 +50,7 @@ from atlas_exporter.selfcheck_references import (
     reference_report_kind,
     run_command,
 )
-from atlas_exporter.selfcheck_report import TOLERANCES, Result, Row, SourceLine, privilege_word, render
+from atlas_exporter.selfcheck.report import TOLERANCES, Result, Row, SourceLine, privilege_word, render
 
 log = logging.getLogger(__name__)
 
