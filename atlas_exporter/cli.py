@@ -22,8 +22,8 @@ from atlas_exporter.platform import COLLECTORS, PLATFORM_NAME
 
 if TYPE_CHECKING:
     from atlas_exporter.exporter.runtime import Exporter
-    from atlas_exporter.exporter.server import RunningServer
-    from atlas_exporter.exporter.webconfig import WebConfig
+    from atlas_exporter.web.server import RunningServer
+    from atlas_exporter.web.webconfig import WebConfig
 
 DEFAULT_PORT = 9858
 DEFAULT_LISTEN = f":{DEFAULT_PORT}"
@@ -124,14 +124,14 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config_file)
     web_config = None
     if args.web_config:
-        from atlas_exporter.exporter.webconfig import WebConfigError
-        from atlas_exporter.exporter.websettings import load_web_config
+        from atlas_exporter.web.webconfig import WebConfigError
+        from atlas_exporter.web.websettings import load_web_config
 
         try:
             web_config = load_web_config(args.web_config)
         except WebConfigError as err:
             return _fail(str(err))
-    from atlas_exporter.exporter.listen import ServerError, parse_listen_address
+    from atlas_exporter.web.listen import ServerError, parse_listen_address
 
     try:
         parse_listen_address(args.listen_address)
@@ -189,8 +189,8 @@ def _file_digest(path: str | None) -> bytes | None:
 def reload_on_hangup(args: argparse.Namespace, server: RunningServer, config_digest: bytes | None) -> None:
     """SIGHUP: reread --web.config.file (certificates, users, headers) and use it for new requests;
     report whether --config.file changed, since that one is applied at a restart. Never fatal."""
-    from atlas_exporter.exporter.webconfig import WebConfigError
-    from atlas_exporter.exporter.websettings import load_web_config
+    from atlas_exporter.web.webconfig import WebConfigError
+    from atlas_exporter.web.websettings import load_web_config
 
     if args.web_config:
         try:
@@ -212,10 +212,10 @@ def reload_on_hangup(args: argparse.Namespace, server: RunningServer, config_dig
 
 
 def serve(args: argparse.Namespace, exporter: Exporter, web_config: WebConfig | None) -> int:
-    from atlas_exporter.exporter.connections import raise_open_files_limit
-    from atlas_exporter.exporter.listen import ServerError
-    from atlas_exporter.exporter.server import ServerMetrics, start_server
-    from atlas_exporter.exporter.webconfig import WebConfigError
+    from atlas_exporter.web.connections import raise_open_files_limit
+    from atlas_exporter.web.listen import ServerError
+    from atlas_exporter.web.server import ServerMetrics, start_server
+    from atlas_exporter.web.webconfig import WebConfigError
 
     config_digest = _file_digest(args.config_file)
     before, after = raise_open_files_limit()

@@ -15,10 +15,10 @@ from atlas_exporter.collectors.crash.source_linux import LinuxCrashSource
 from atlas_exporter.collectors.hang.source_linux import LinuxHangSource
 from atlas_exporter.config import MAX_CONFIG_BYTES, ConfigError, load_config, parse_config
 from atlas_exporter.exporter.collector import AtlasCollector
-from atlas_exporter.exporter.webconfig import WebConfigError
-from atlas_exporter.exporter.websettings import load_web_config
 from atlas_exporter.loop import BackgroundLoop
 from atlas_exporter.model import Snapshot
+from atlas_exporter.web.webconfig import WebConfigError
+from atlas_exporter.web.websettings import load_web_config
 from conftest import REPO
 
 ERROR_LINE = "atlas-exporter: error: "

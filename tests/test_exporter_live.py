@@ -17,8 +17,8 @@ from prometheus_client.metrics_core import Metric
 
 from atlas_exporter.config import parse_config
 from atlas_exporter.exporter.runtime import Exporter
-from atlas_exporter.exporter.server import start_server
 from atlas_exporter.model import Snapshot, SourceStatus
+from atlas_exporter.web.server import start_server
 from conftest import REPO, free_port, parse_exposition, wait_for
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux /proc")

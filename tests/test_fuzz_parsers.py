@@ -13,8 +13,8 @@ from atlas_exporter.collectors.hang import source_linux as hang_linux
 from atlas_exporter.collectors.network import source_darwin as network_darwin
 from atlas_exporter.collectors.process import parsers_linux as process_parsers
 from atlas_exporter.config import ConfigError, parse_config
-from atlas_exporter.exporter.basicauth import parse_basic_authorization
-from atlas_exporter.exporter.webconfig import WebConfigError, parse_web_config
+from atlas_exporter.web.basicauth import parse_basic_authorization
+from atlas_exporter.web.webconfig import WebConfigError, parse_web_config
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -19,8 +19,8 @@ FAMILY_TYPES = ("CounterMetricFamily", "GaugeMetricFamily", "InfoMetricFamily", 
 OWN_THREADS = {
     "atlas_exporter/cli.py",
     "atlas_exporter/loop.py",
-    "atlas_exporter/exporter/handler.py",
-    "atlas_exporter/exporter/basicauth.py",
+    "atlas_exporter/web/handler.py",
+    "atlas_exporter/web/basicauth.py",
     "atlas_exporter/collectors/network/sockdiag_linux.py",
     "atlas_exporter/collectors/process/identity_linux.py",
 }

@@ -15,10 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from test_server_support import METRICS_BODY, METRICS_TYPE, open_fds, poll, raw_exchange, request, serving
 
-from atlas_exporter.exporter import handler as handler_module
-from atlas_exporter.exporter.http_request import accepts_gzip
-from atlas_exporter.exporter.listen import ServerError, parse_listen_address
-from atlas_exporter.exporter.server import start_server
+from atlas_exporter.web import handler as handler_module
+from atlas_exporter.web.http_request import accepts_gzip
+from atlas_exporter.web.listen import ServerError, parse_listen_address
+from atlas_exporter.web.server import start_server
 
 
 def test_metrics_status_and_head():
@@ -96,7 +96,7 @@ def test_render_failure_is_a_500_and_the_server_survives(caplog):
             raise RuntimeError("snapshot broke\nsecond line")
         return METRICS_BODY, METRICS_TYPE
 
-    caplog.set_level(logging.DEBUG, logger="atlas_exporter.exporter.handler")
+    caplog.set_level(logging.DEBUG, logger="atlas_exporter.web.handler")
     with serving(render_metrics=render) as srv:
         status, headers, body = request(srv.address[1])
         assert status == 500
@@ -245,7 +245,7 @@ def test_at_the_cap_the_oldest_idle_connection_makes_room():
 
 
 def test_requests_are_logged_at_debug_level_not_on_stderr(caplog, capfd):
-    caplog.set_level(logging.DEBUG, logger="atlas_exporter.exporter.handler")
+    caplog.set_level(logging.DEBUG, logger="atlas_exporter.web.handler")
     with serving() as srv:
         request(srv.address[1], "/metrics")
         request(srv.address[1], "/nope")

@@ -36,11 +36,11 @@ from test_server_support import (
     serving,
 )
 
-from atlas_exporter.exporter import connections as connections_module
-from atlas_exporter.exporter import handler as handler_module
-from atlas_exporter.exporter.basicauth import BasicAuth
-from atlas_exporter.exporter.webconfig import WebConfig
-from atlas_exporter.exporter.websettings import load_web_config
+from atlas_exporter.web import connections as connections_module
+from atlas_exporter.web import handler as handler_module
+from atlas_exporter.web.basicauth import BasicAuth
+from atlas_exporter.web.webconfig import WebConfig
+from atlas_exporter.web.websettings import load_web_config
 
 HOSTILE = 2000
 
@@ -321,7 +321,7 @@ def test_passwords_longer_than_72_bytes_follow_bcrypts_rule():
 # -- running out of file descriptors -------------------------------------------------------------
 
 def test_accept_backs_off_when_out_of_file_descriptors(caplog):
-    caplog.set_level(logging.WARNING, logger="atlas_exporter.exporter.server")
+    caplog.set_level(logging.WARNING, logger="atlas_exporter.web.server")
     with serving() as srv:
         port = srv.address[1]
         real_accept = srv._accept
@@ -430,7 +430,7 @@ def test_sighup_without_a_web_config_is_logged(tmp_path):
 
 def test_raise_open_files_limit():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    code = ("import resource; from atlas_exporter.exporter.connections import raise_open_files_limit as r; "
+    code = ("import resource; from atlas_exporter.web.connections import raise_open_files_limit as r; "
             "print(r(), resource.getrlimit(resource.RLIMIT_NOFILE))")
     result = subprocess.run(["sh", "-c", f"ulimit -S -n 64 && exec {sys.executable} -c '{code}'"],
                             capture_output=True, text=True, timeout=60, cwd=os.path.dirname(os.path.dirname(
@@ -537,7 +537,7 @@ def test_at_the_cap_a_client_that_stopped_reading_makes_room():
 
 
 def test_reload_swaps_certificates_for_new_connections(certs, tmp_path):
-    from atlas_exporter.exporter.webconfig import WebConfigError
+    from atlas_exporter.web.webconfig import WebConfigError
 
     renewed = make_certs(tmp_path / "renewed")
     first, second = tmp_path / "first.yml", tmp_path / "second.yml"

@@ -17,8 +17,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from atlas_exporter.exporter.server import RunningServer, start_server
-from atlas_exporter.exporter.webconfig import WebConfig
+from atlas_exporter.web.server import RunningServer, start_server
+from atlas_exporter.web.webconfig import WebConfig
 
 OPENSSL = shutil.which("openssl")
 EC = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]

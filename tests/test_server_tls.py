@@ -24,8 +24,8 @@ from test_server_support import (
     serving,
 )
 
-from atlas_exporter.exporter.webconfig import WebConfig
-from atlas_exporter.exporter.websettings import load_web_config
+from atlas_exporter.web.webconfig import WebConfig
+from atlas_exporter.web.websettings import load_web_config
 
 pytestmark = pytest.mark.skipif(OPENSSL is None, reason="needs openssl")
 PASSWORD = "correct horse"

@@ -12,10 +12,10 @@ import bcrypt
 import pytest
 from test_server_support import OPENSSL, Certs, basic, make_certs
 
-from atlas_exporter.exporter.basicauth import BasicAuth, parse_basic_authorization
-from atlas_exporter.exporter.tls import build_ssl_context, peer_san_allowed
-from atlas_exporter.exporter.webconfig import WebConfigError
-from atlas_exporter.exporter.websettings import load_web_config
+from atlas_exporter.web.basicauth import BasicAuth, parse_basic_authorization
+from atlas_exporter.web.tls import build_ssl_context, peer_san_allowed
+from atlas_exporter.web.webconfig import WebConfigError
+from atlas_exporter.web.websettings import load_web_config
 
 HASH = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
 
@@ -150,8 +150,8 @@ def test_unreadable_file_as_nobody(tmp_path, nobody_python):
     prefix, env = nobody_python
     result = subprocess.run(
         [*prefix, "-c",
-         "from atlas_exporter.exporter.websettings import load_web_config as l\n"
-         "from atlas_exporter.exporter.webconfig import WebConfigError as E\n"
+         "from atlas_exporter.web.websettings import load_web_config as l\n"
+         "from atlas_exporter.web.webconfig import WebConfigError as E\n"
          f"try: l({str(path)!r})\nexcept E as e: print(e)"],
         capture_output=True, text=True, timeout=60, cwd="/", env=env)
     assert result.stdout.strip() == f"{path}: cannot read: Permission denied"
@@ -196,7 +196,7 @@ def test_ssl_context_settings(certs):
 def test_bcrypt_is_imported_only_for_basic_auth(certs, tmp_path):
     plain = _write(tmp_path, "http_server_config:\n  headers:\n    X-Content-Type-Options: nosniff\n", "plain.yml")
     users = _write(tmp_path, f"basic_auth_users:\n  alice: {HASH}\n", "users.yml")
-    code = ("import sys\nfrom atlas_exporter.exporter.websettings import load_web_config\n"
+    code = ("import sys\nfrom atlas_exporter.web.websettings import load_web_config\n"
             "load_web_config(sys.argv[1])\nprint('bcrypt' in sys.modules)")
     root = Path(__file__).parent.parent
     for path, expected in ((plain, "False"), (users, "True")):
@@ -284,7 +284,7 @@ def test_peer_san_allowed(cert, allowed, expected):
 def test_the_documented_example_is_valid():
     import yaml
 
-    from atlas_exporter.exporter.webconfig import parse_web_config
+    from atlas_exporter.web.webconfig import parse_web_config
 
     folder = Path(__file__).parent / "fixtures" / "webconfig"
     example = (folder / "web-config.example.yml").read_text()
@@ -298,7 +298,7 @@ def test_the_documented_example_is_valid():
 
 
 def test_bcrypt_workers_end_when_idle(monkeypatch):
-    from atlas_exporter.exporter import basicauth
+    from atlas_exporter.web import basicauth
 
     monkeypatch.setattr(basicauth._FairQueue, "IDLE_EXIT", 0.2)
     auth = BasicAuth({"u": bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4)).decode()})

@@ -14,7 +14,7 @@ import errno
 import socket
 from typing import Any
 
-from atlas_exporter.exporter.http_request import DECIMAL
+from atlas_exporter.web.http_request import DECIMAL
 
 BACKLOG = 1024
 

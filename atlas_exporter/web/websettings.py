@@ -13,9 +13,9 @@ import ssl
 from pathlib import Path
 
 from atlas_exporter.config import read_yaml_file
-from atlas_exporter.exporter.basicauth import BasicAuth, import_bcrypt
-from atlas_exporter.exporter.tls import build_ssl_context
-from atlas_exporter.exporter.webconfig import WebConfig, WebConfigError, parse_web_config
+from atlas_exporter.web.basicauth import BasicAuth, import_bcrypt
+from atlas_exporter.web.tls import build_ssl_context
+from atlas_exporter.web.webconfig import WebConfig, WebConfigError, parse_web_config
 
 
 def load_web_config(path: str | os.PathLike[str]) -> WebConfig:

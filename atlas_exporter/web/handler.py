@@ -33,8 +33,8 @@ from email.utils import formatdate
 from typing import Any
 from urllib.parse import urlsplit
 
-from atlas_exporter.exporter.connections import Closed, Connection, ConnectionTable
-from atlas_exporter.exporter.http_request import (
+from atlas_exporter.web.connections import Closed, Connection, ConnectionTable
+from atlas_exporter.web.http_request import (
     DECIMAL,
     HEAD_END,
     MAX_HEADER_BYTES,
@@ -46,8 +46,8 @@ from atlas_exporter.exporter.http_request import (
     one_line,
     parse_head,
 )
-from atlas_exporter.exporter.tls import peer_san_allowed
-from atlas_exporter.exporter.websettings import ServerSettings
+from atlas_exporter.web.tls import peer_san_allowed
+from atlas_exporter.web.websettings import ServerSettings
 
 log = logging.getLogger(__name__)
 

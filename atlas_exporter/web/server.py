@@ -30,18 +30,18 @@ import time
 
 from prometheus_client.metrics_core import Metric
 
-from atlas_exporter.exporter.basicauth import BasicAuth
-from atlas_exporter.exporter.connections import Connection, ConnectionTable, connection_cap
-from atlas_exporter.exporter.handler import RenderMetrics, RenderStatus, RequestHandler
-from atlas_exporter.exporter.listen import ServerError, listen, resolve
 from atlas_exporter.exporter.metrics import (
     HTTP_ACCEPT_ERRORS,
     HTTP_AUTH_TURNED_AWAY,
     HTTP_CONNECTIONS,
     HTTP_CONNECTIONS_CLOSED,
 )
-from atlas_exporter.exporter.webconfig import WebConfig, WebConfigError
-from atlas_exporter.exporter.websettings import ServerSettings, server_settings
+from atlas_exporter.web.basicauth import BasicAuth
+from atlas_exporter.web.connections import Connection, ConnectionTable, connection_cap
+from atlas_exporter.web.handler import RenderMetrics, RenderStatus, RequestHandler
+from atlas_exporter.web.listen import ServerError, listen, resolve
+from atlas_exporter.web.webconfig import WebConfig, WebConfigError
+from atlas_exporter.web.websettings import ServerSettings, server_settings
 
 log = logging.getLogger(__name__)
 

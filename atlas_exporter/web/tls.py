@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from atlas_exporter.config import read_regular_file
-from atlas_exporter.exporter.webconfig import TLS_VERSIONS, TlsConfig, WebConfigError
+from atlas_exporter.web.webconfig import TLS_VERSIONS, TlsConfig, WebConfigError
 
 MAX_TLS_FILE_BYTES = 4 * 1024 * 1024  # certificate chains and CA bundles
 

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from types import ModuleType
 
-from atlas_exporter.exporter.webconfig import WebConfigError
+from atlas_exporter.web.webconfig import WebConfigError
 
 BCRYPT_WORKERS = 2  # threads that run bcrypt: a flood of wrong passwords uses at most this many cores
 BCRYPT_PER_CLIENT = 4  # checks one client address may have waiting; more are answered 429
