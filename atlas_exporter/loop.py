@@ -4,9 +4,13 @@ A loop calls `step()` on a daemon thread, waits `interval` seconds, and repeats 
 A step that raises is logged with its traceback (then at most once a minute while it keeps
 failing), counted in `errors`, and the loop goes on. A loop whose thread ended without being
 stopped is `dead`: the exporter then reports its collector with
-`atlas_scrape_collector_success` 0 and shows the reason on the status page.
+`atlas_scrape_collector_success` 0. When the loop is `essential` (the collector's values stop
+moving without it) the collector exports nothing more and every data source it reports shows
+as off, with the reason, on the status page; a loop that is not essential (one that adds to
+values another loop keeps fresh) leaves the collector's other values exported, and the source
+reports what it fed as off.
 
-    loop = BackgroundLoop("atlas-hang-watcher", watcher.poll, interval=1.0, log=log)
+    loop = BackgroundLoop("atlas-hang-watcher", source.check, interval=5.0, log=log)
     loop.start()
     ...
     loop.stop()
@@ -31,9 +35,10 @@ class BackgroundLoop:
     """
 
     def __init__(self, name: str, step: Callable[[], object], *, interval: float | Callable[[], float],
-                 log: logging.Logger, immediate: bool = False, error_pause: float = 0.1,
+                 log: logging.Logger, immediate: bool = False, error_pause: float = 0.1, essential: bool = True,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.name = name
+        self.essential = essential
         self.step = step
         self.interval = interval
         self.immediate = immediate

@@ -77,3 +77,25 @@ def test_capabilities_are_protocols_not_attribute_probes() -> None:
     for path in [PACKAGE / "exporter" / "runtime.py", PACKAGE / "exporter" / "collector.py",
                  *(PACKAGE / "apps").glob("*.py"), *(PACKAGE / "collectors").rglob("source_*.py")]:
         assert "hasattr(" not in path.read_text(), relative(path)
+
+
+def imported_modules(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+        elif isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+    return names
+
+
+def test_layers_import_only_downstream() -> None:
+    """collectors/ and apps/ never reach into the exporter, the HTTP server or the outputs; apps/ not into
+    collectors/ either."""
+    rules = {"collectors": ("atlas_exporter.exporter", "atlas_exporter.web", "atlas_exporter.outputs"),
+             "apps": ("atlas_exporter.exporter", "atlas_exporter.web", "atlas_exporter.outputs",
+                      "atlas_exporter.collectors")}
+    for package, forbidden in rules.items():
+        for path in (PACKAGE / package).rglob("*.py"):
+            bad = sorted(m for m in imported_modules(path) if m.startswith(forbidden))
+            assert not bad, f"{relative(path)} imports {bad}"

@@ -115,7 +115,7 @@ def success_of(collector: AtlasCollector, name: str) -> float | None:
     return None
 
 
-def test_a_dead_loop_sets_success_0_and_turns_its_sources_off_on_the_status_page() -> None:
+def test_a_dead_loop_sets_success_0_and_turns_its_sources_off_on_the_status_page(caplog) -> None:
     alive = LoopingSource(lambda: time.sleep(0.01))
     collector = AtlasCollector(FixedSnapshots(), [alive])  # type: ignore[arg-type]
     alive.start()
@@ -132,9 +132,40 @@ def test_a_dead_loop_sets_success_0_and_turns_its_sources_off_on_the_status_page
     collector = AtlasCollector(FixedSnapshots(), [dying])  # type: ignore[arg-type]
     dying.start()
     assert wait_for(lambda: dying.loops[0].dead)
-    assert success_of(collector, "fake") == 0
+    with caplog.at_level(logging.ERROR, logger="atlas_exporter.exporter.collector"):
+        assert success_of(collector, "fake") == 0
+        assert success_of(collector, "fake") == 0
+    reports = [r for r in caplog.records
+               if r.name == "atlas_exporter.exporter.collector" and "atlas-fake-watcher has ended" in r.getMessage()]
+    assert len(reports) == 1, "a dead loop is logged once, not at every scrape"
     [status] = collector.statuses()
     assert status.name == "fake-events" and not status.active
     assert "atlas-fake-watcher has ended" in status.reason and "unrecoverable" in status.reason
     dying.stop()
     assert success_of(collector, "fake") == 1, "a loop stopped on purpose is not dead"
+
+
+def test_a_dead_loop_that_is_not_essential_keeps_the_other_values_exported() -> None:
+    """A loop that only adds to values another loop keeps fresh: success 0, the source's families still out."""
+
+    class Partial(LoopingSource):
+        def __init__(self) -> None:
+            super().__init__(die)
+            self.loops[0].essential = False
+
+        def collect(self, snapshot: Snapshot) -> Iterable[Metric]:
+            from prometheus_client.core import GaugeMetricFamily
+            return [GaugeMetricFamily("atlas_fake_value", "Still measured.", value=1)]
+
+    def die() -> None:
+        raise SystemExit("listener gave up")
+
+    partial = Partial()
+    collector = AtlasCollector(FixedSnapshots(), [partial])  # type: ignore[arg-type]
+    partial.start()
+    assert wait_for(lambda: partial.loops[0].dead)
+    families = {f.name for f in collector.collect()}
+    assert "atlas_fake_value" in families
+    assert success_of(collector, "fake") == 0
+    assert collector.statuses()[0].active, "the source itself says what the dead loop fed"
+    partial.stop()

@@ -137,7 +137,7 @@ class NoSnapshots:
         return Snapshot(wall_time=time.time(), monotonic=time.monotonic())
 
 
-def test_listener_that_ended_fails_the_collector_and_reports_destroy_events_inactive(listening) -> None:
+def test_listener_that_ended_reports_destroy_events_inactive_and_success_0(listening) -> None:
     destroy = FakeDestroy([fails(ThreadKilled())])
     source = listening(destroy)
     source._opened = True  # as after start(): the totals are exported
@@ -150,10 +150,16 @@ def test_listener_that_ended_fails_the_collector_and_reports_destroy_events_inac
     statuses = {s.name: s for s in collector.statuses()}
     assert not statuses["network.destroy_events"].active
     assert "atlas-network-destroy has ended" in statuses["network.destroy_events"].reason
+    assert statuses["network.destroy_events"].privilege == "none"
+    assert statuses["network.sock_diag"].active, "the sampler still counts"
+    assert not source.destroy_active()
     families = list(collector.collect())
     success = next(m for m in families if m.name == "atlas_scrape_collector_success")
     assert [(s.labels["collector"], s.value) for s in success.samples] == [("network", 0)]
-    assert "atlas_network_destroy_events_lost" not in {m.name for m in families}
+    names = {m.name for m in families}
+    assert "atlas_network_destroy_events_lost" not in names
+    assert {"atlas_app_network_receive_bytes", "atlas_network_unattributed_transmit_bytes"} <= names, \
+        "the byte counters the sampler keeps fresh stay exported"
 
 
 def namespace_scan(tmp_path: Path, destroy: FakeDestroy) -> tuple[LinuxNetworkSource, FakeSpace]:

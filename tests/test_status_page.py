@@ -343,3 +343,25 @@ def test_a_dead_loop_shows_its_reason_on_the_page_and_fails_its_collector() -> N
         assert values['atlas_source_active{privilege="root",source="fake-events"}'] == 0
     finally:
         exporter.stop()
+
+
+def test_the_status_page_says_when_its_own_sampler_has_ended() -> None:
+    from atlas_exporter.config import parse_config
+    from atlas_exporter.exporter.runtime import Exporter
+
+    exporter = Exporter(parse_config({}), enabled={"process"}, sources=[])
+    page = exporter.status_page
+    assert 'id="stale"' not in exporter.render_status()
+
+    def die() -> None:
+        raise SystemExit("sampler gave up")
+
+    page.loop.step = die
+    page.loop.immediate = True
+    page.loop.start()
+    try:
+        wait_for(lambda: page.loop.dead, timeout=5, message="the sampler loop to die")
+        html = exporter.render_status()
+        assert 'id="stale"' in html and "atlas-status-sampler has ended" in html and "sampler gave up" in html
+    finally:
+        page.loop.stop()

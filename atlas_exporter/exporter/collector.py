@@ -39,13 +39,11 @@ from atlas_exporter.model import Looping, Source, SourceStatus
 log = logging.getLogger(__name__)
 
 
-def dead_loop(source: Source) -> BackgroundLoop | None:
-    """The first of a source's background loops whose thread has ended on its own, if any."""
+def dead_loops(source: Source) -> list[BackgroundLoop]:
+    """A source's background loops whose threads have ended on their own."""
     if isinstance(source, Looping):
-        for loop in source.loops:
-            if loop.dead:
-                return loop
-    return None
+        return [loop for loop in source.loops if loop.dead]
+    return []
 
 
 class AtlasCollector:
@@ -62,24 +60,36 @@ class AtlasCollector:
         self.platform_name = platform_name or sys.platform
         self.clock = clock
         self._scrape_lock = threading.Lock()
+        self._reported_dead: set[int] = set()  # id() of loops already logged as dead
 
     def describe(self) -> Iterable[Metric]:
         return []  # an unchecked collector: its series depend on the machine
 
     def statuses(self) -> list[SourceStatus]:
-        """Every source's statuses, a failing source reported as inactive."""
+        """Every source's statuses: a failing source, or one whose essential loop died, reported as off."""
         out: list[SourceStatus] = []
         for source in self.sources:
             try:
                 statuses = list(source.statuses())
             except Exception as err:
                 statuses = [SourceStatus(name=source.name, active=False, reason=f"status unavailable: {err}")]
-            dead = dead_loop(source)
-            if dead is not None:  # its data no longer moves: every source it reports is off
-                statuses = [replace(s, active=False, reason=dead.dead_reason()) for s in statuses] or [
-                    SourceStatus(name=source.name, active=False, reason=dead.dead_reason())]
+            essential = [loop for loop in dead_loops(source) if loop.essential]
+            if essential:  # its data no longer moves: every source it reports is off
+                reason = essential[0].dead_reason()
+                statuses = [replace(s, active=False, reason=reason) for s in statuses] or [
+                    SourceStatus(name=source.name, active=False, reason=reason)]
             out.extend(statuses)
         return out
+
+    def _dead_loops(self, source: Source) -> list[BackgroundLoop]:
+        """`dead_loops(source)`, each logged once, when first seen."""
+        dead = dead_loops(source)
+        for loop in dead:
+            if id(loop) not in self._reported_dead:
+                self._reported_dead.add(id(loop))
+                log.error("collector %s: %s%s", source.name, loop.dead_reason(),
+                          "; its values are no longer exported" if loop.essential else "")
+        return dead
 
     def collect(self) -> Iterable[Metric]:
         with self._scrape_lock:
@@ -93,17 +103,16 @@ class AtlasCollector:
         duration.add_metric(["snapshot"], self.clock() - t0)
         for source in self.sources:
             t0 = self.clock()
-            try:
-                dead = dead_loop(source)
-                if dead is not None:
-                    raise RuntimeError(f"{dead.dead_reason()}; its values are no longer updated")
-                metrics = list(source.collect(snapshot))
-            except Exception:
-                log.exception("collector %s failed", source.name)
-                success.add_metric([source.name], 0)
-                metrics = []
-            else:
-                success.add_metric([source.name], 1)
+            dead = self._dead_loops(source)
+            ok = not dead
+            metrics: list[Metric] = []
+            if not any(loop.essential for loop in dead):
+                try:
+                    metrics = list(source.collect(snapshot))
+                except Exception:
+                    log.exception("collector %s failed", source.name)
+                    ok, metrics = False, []
+            success.add_metric([source.name], 1 if ok else 0)
             duration.add_metric([source.name], self.clock() - t0)
             yield from metrics
         yield success

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from prometheus_client.metrics_core import Metric
 
 from atlas_exporter import __version__
+from atlas_exporter.collectors.crash.metrics import CRASHES, EXITS
+from atlas_exporter.collectors.hang.metrics import HANGS, HUNG_PROCESSES
 from atlas_exporter.loop import BackgroundLoop
 from atlas_exporter.model import AppView, Snapshot, SourceStatus
 
@@ -38,9 +40,8 @@ HOUR = 3600.0
 SAMPLE_SECONDS = 60.0
 MIN_RATE_SECONDS = 1.0
 # Per-app counters read off the collectors' families: (sample name, label that splits it or "").
-COUNTERS = {"atlas_app_crashes_total": "reason", "atlas_app_hangs_total": "", "atlas_app_exits_total": "outcome"}
-GAUGES = {"atlas_app_hung_processes"}
-OUTCOMES = ("success", "error", "signal")
+COUNTERS = {CRASHES.name: "reason", HANGS.name: "", EXITS.name: "outcome"}
+GAUGES = {HUNG_PROCESSES.name}
 FOLD_APP = "other"
 
 
@@ -274,19 +275,19 @@ class StatusPage:
                     row.hung_now = (row.hung_now or 0.0) + value
                     continue
                 counted = hour.get((metric, app_name, label), 0.0)
-                if metric == "atlas_app_crashes_total":
+                if metric == CRASHES.name:
                     row.crashes = (row.crashes or 0.0) + counted
-                elif metric == "atlas_app_hangs_total":
+                elif metric == HANGS.name:
                     row.hangs = (row.hangs or 0.0) + counted
                 else:
                     row.exits[label] = row.exits.get(label, 0.0) + counted
         if now is not None:  # measured and none: 0, not an empty cell
             for row in rows.values():
-                if row.crashes is None and "atlas_app_crashes_total" in now.measured:
+                if row.crashes is None and CRASHES.name in now.measured:
                     row.crashes = 0.0
-                if row.hangs is None and "atlas_app_hangs_total" in now.measured and row.app.processes > 0:
+                if row.hangs is None and HANGS.name in now.measured and row.app.processes > 0:
                     row.hangs = 0.0
-                if row.hung_now is None and "atlas_app_hung_processes" in now.measured and row.app.processes > 0:
+                if row.hung_now is None and HUNG_PROCESSES.name in now.measured and row.app.processes > 0:
                     row.hung_now = 0.0
         shown = [r for r in rows.values() if r.app.processes > 0 or r.crashes or r.hangs or any(r.exits.values())]
         shown.sort(key=lambda r: (r.cpu_percent or 0.0, r.app.resident_bytes or 0), reverse=True)
@@ -313,6 +314,8 @@ class StatusPage:
                     f'{" (raise max_apps or group processes with naming rules)" if count else ""}.</p>')
         rates = (f"Rates over the last {seconds:.0f} s" if seconds is not None and seconds >= 1
                  else "Rates appear after the next sample")
+        stale = (f'<p class="bad" id="stale">Rates and counts are no longer updated: {esc(self.loop.dead_reason())}.'
+                 '</p>\n' if self.loop.dead else "")  # its own sampler ended
         counts = ("counts over the last hour" if span >= HOUR - self.sample_seconds
                   else f"counts since the exporter started ({span / 60:.0f} min ago)")
         heads = "".join(f'<th data-key="{k}" data-kind="{kind}" title="sort">{esc(h)}</th>' for k, h, kind in COLUMNS)
@@ -337,7 +340,7 @@ Metrics: <a href="{path}">{path}</a>. {live} apps with live processes.</p>{fold}
 {rows_sources}
 </table>
 <h2>Apps</h2>
-<p id="window">{rates}; {counts}. CPU % is of one core; click a header to sort.</p>
+{stale}<p id="window">{rates}; {counts}. CPU % is of one core; click a header to sort.</p>
 <table id="apps"><thead><tr>{heads}</tr></thead>
 <tbody>
 {body}

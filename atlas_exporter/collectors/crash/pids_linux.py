@@ -143,6 +143,9 @@ class PidNames:
     def __init__(self, naming: AppNaming, pids: PidApps, *, procfs: Path, names_per_second: float,
                  monotonic: Callable[[], float]) -> None:
         self.naming = naming
+        # optional capabilities, looked up once: an isinstance() on a Protocol costs microseconds
+        self._capturing = naming if isinstance(naming, Capturing) else None
+        self._label_if_exported = naming.label_if_exported if isinstance(naming, ExportChecking) else naming.export
         self.pids = pids
         self.procfs = procfs
         self.monotonic = monotonic
@@ -193,10 +196,10 @@ class PidNames:
         return app or self.comm(pid)
 
     def _capture(self, pid: int) -> None:
-        if not isinstance(self.naming, Capturing):
+        if self._capturing is None:
             return
         try:
-            ident = self.naming.capture(pid)
+            ident = self._capturing.capture(pid)
         except Exception:  # a failed read must not stop the watcher
             log.debug("capturing pid %d failed", pid, exc_info=True)
             return
@@ -204,10 +207,10 @@ class PidNames:
             self.pids.capture(pid, ident)
 
     def _name_captured(self, ident: ProcIdentity) -> str | None:
-        if not isinstance(self.naming, Capturing):
+        if self._capturing is None:
             return None
         try:
-            return self.naming.name_of_identity(ident)
+            return self._capturing.name_of_identity(ident)
         except Exception:  # a naming failure must not stop the watcher
             log.debug("naming a captured identity failed", exc_info=True)
             return None
@@ -222,11 +225,7 @@ class PidNames:
         """
         if outcome != "success":
             return self.naming.export(app)
-        if isinstance(self.naming, ExportChecking):
-            label = self.naming.label_if_exported(app)
-        else:
-            label = self.naming.export(app)
-        return label or OTHER_APP
+        return self._label_if_exported(app) or OTHER_APP
 
     def app_of_cgroup(self, cgroup: str) -> str | None:
         try:

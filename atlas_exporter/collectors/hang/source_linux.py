@@ -175,8 +175,8 @@ class LinuxHangSource(Retiring, Looping):
         self._lock = threading.Lock()
         self._status = SourceStatus("hang_task_scan", False, "none", "not started")
         # one check at once, then one every interval; a failed check is logged and the next one runs
-        self._loop = BackgroundLoop("atlas-hang-watcher", self.check, interval=check_interval_seconds, log=log,
-                                    immediate=True)
+        self._loop = BackgroundLoop("atlas-hang-watcher", self.check, interval=lambda: self.check_interval_seconds,
+                                    log=log, immediate=True)
         self.loops: Sequence[BackgroundLoop] = (self._loop,)
 
     def start(self) -> None:

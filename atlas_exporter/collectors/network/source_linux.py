@@ -86,7 +86,9 @@ class LinuxNetworkSource:
         self._sample_lock = threading.Lock()
         self.sampler = BackgroundLoop("atlas-network-sampler", self._sampler_step,
                                       interval=min(NEW_SOCKET_CHECK_SECONDS, sample_interval), log=log)
-        self.listener = BackgroundLoop("atlas-network-destroy", self._listen_once, interval=0.0, log=log)
+        # not essential: without it the sampler still counts, only the final bytes of closed sockets are missed
+        self.listener = BackgroundLoop("atlas-network-destroy", self._listen_once, interval=0.0, log=log,
+                                       essential=False)
         self.loops: Sequence[BackgroundLoop] = (self.sampler, self.listener)
         self._namespaces: dict[int, NetNamespace] = {}
         self._home_ns = 0
@@ -343,7 +345,9 @@ class LinuxNetworkSource:
             yield DESTROY_EVENTS_LOST.value(self.lost_events)
 
     def destroy_active(self) -> bool:
-        """True while some namespace has a destroy subscription (the listener loop reads them)."""
+        """True while some namespace has a destroy subscription and the listener loop reads them."""
+        if self.listener.dead:
+            return False
         return any(s.destroy is not None for s in list(self._namespaces.values()))  # a copy: no lock needed
 
     def statuses(self) -> list[SourceStatus]:
@@ -360,6 +364,8 @@ class LinuxNetworkSource:
         out = [SourceStatus("network.sock_diag", opened and not self._diag_error, privilege, diag_reason)]
         destroy = self.destroy_active()
         destroy_reason = self._destroy_error or ("" if destroy else "not started")
+        if self.listener.dead:
+            destroy_reason = self.listener.dead_reason()
         out.append(SourceStatus("network.destroy_events", destroy, privilege if destroy else "none", destroy_reason))
         if self._wanted_namespaces:
             if self._all_namespaces:

@@ -12,15 +12,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 from prometheus_client.metrics_core import Metric
 
 from atlas_exporter.apps.tracker import STATES
-from atlas_exporter.exporter.snapshot import Snapshotter
 from atlas_exporter.metrics import MetricSpec, MetricType
 from atlas_exporter.model import AppView, Snapshot, SourceStatus
 
 Getter = Callable[[AppView], float | None]
+
+
+class ScanState(Protocol):
+    """What the per-app collectors need of the snapshotter: why the last process scan failed, if it did."""
+
+    scan_error: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +135,7 @@ class ProcessMetrics:
 
     name = "process"
 
-    def __init__(self, snapshotter: Snapshotter, statuses: Callable[[], list[SourceStatus]]) -> None:
+    def __init__(self, snapshotter: ScanState, statuses: Callable[[], list[SourceStatus]]) -> None:
         self.snapshotter = snapshotter
         self._statuses = statuses
 

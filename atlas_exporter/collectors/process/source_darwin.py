@@ -40,7 +40,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from atlas_exporter.collectors.process.bundles_darwin import BundleNamer, shared_bundle_namer
 from atlas_exporter.collectors.process.libproc_darwin import (
@@ -101,6 +101,13 @@ class ProcessTable(Protocol):
     def name(self, pid: int) -> str: ...
 
     def cmdline(self, pid: int) -> tuple[str, ...]: ...
+
+
+@runtime_checkable
+class CwdReading(Protocol):
+    """A process table that also reads a process's working folder (psutil's does; test tables may not)."""
+
+    def cwd(self, pid: int) -> str | None: ...
 
 
 class LibProcLayer(Protocol):
@@ -281,6 +288,7 @@ class DarwinProcessSource(ProcessSource):
                  thread_states: bool = True, euid: Callable[[], int] = os.geteuid,
                  user_name: Callable[[int], str] | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.table: ProcessTable = table if table is not None else PsutilTable()
+        self._cwd_of = self.table.cwd if isinstance(self.table, CwdReading) else None
         self.libproc: LibProcLayer = libproc if libproc is not None else LibProc()
         self.bundles = bundles if bundles is not None else BundleNamer()
         self._timebase = timebase
@@ -334,9 +342,8 @@ class DarwinProcessSource(ProcessSource):
             ident.cmdline = self.table.cmdline(pid.pid)
         except (ProcessGone, AccessDenied, OSError):
             pass
-        cwd = getattr(self.table, "cwd", None)  # optional in a ProcessTable
-        if cwd is not None:
-            ident.cwd = cwd(pid.pid)
+        if self._cwd_of is not None:
+            ident.cwd = self._cwd_of(pid.pid)
         ident.bundle = self.bundles.name_for_exe(ident.exe)
         return ident
 

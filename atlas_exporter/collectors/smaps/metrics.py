@@ -12,8 +12,7 @@ from collections.abc import Iterable
 
 from prometheus_client.metrics_core import Metric
 
-from atlas_exporter.collectors.process.metrics import AppMetric, app_families
-from atlas_exporter.exporter.snapshot import Snapshotter
+from atlas_exporter.collectors.process.metrics import AppMetric, ScanState, app_families
 from atlas_exporter.metrics import MetricSpec
 from atlas_exporter.model import Snapshot, SourceStatus
 
@@ -30,7 +29,7 @@ class SmapsMetrics:
 
     name = "smaps"
 
-    def __init__(self, snapshotter: Snapshotter) -> None:
+    def __init__(self, snapshotter: ScanState) -> None:
         self.snapshotter = snapshotter
 
     def start(self) -> None:
