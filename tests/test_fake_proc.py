@@ -177,3 +177,30 @@ def test_status_is_reread_only_when_stat_changes_and_limits_when_due(tmp_path: P
     assert busy.fd_limit == 1024  # limits are cached per process for limits_ttl_seconds
     now[0] = 601.0
     assert nginx_master().fd_limit == 2048
+
+
+def test_a_process_read_mid_exec_is_read_again_once_its_arguments_are_in_place(tmp_path: Path) -> None:
+    """For a moment during an exec the kernel shows the new comm and exe with no arguments yet: naming
+    from that reading would name a script by its interpreter, for good."""
+    from atlas_exporter.collectors.process.readers_linux import EXEC_SETTLE_TRIES, read_identity
+    from atlas_exporter.model import ProcessId
+
+    root = tmp_path / "proc"
+    write_proc(root, 700, comm="python3", exe="/usr/bin/python3.11", start=700)  # cmdline empty
+    waits: list[float] = []
+
+    def exec_finishes(seconds: float) -> None:
+        waits.append(seconds)
+        (root / "700" / "cmdline").write_bytes(b"python3\0/srv/etl/etl.py\0")
+
+    ident = read_identity(str(root), ProcessId(700, 700), lambda uid: "root", sleep=exec_finishes)
+    assert ident is not None and ident.cmdline == ("python3", "/srv/etl/etl.py") and len(waits) == 1
+
+    write_proc(root, 701, comm="worker", state="Z", start=701)  # a zombie's arguments are gone for good
+    waits.clear()
+    ident = read_identity(str(root), ProcessId(701, 701), lambda uid: "root", sleep=waits.append)
+    assert ident is not None and ident.cmdline == () and waits == []
+
+    write_proc(root, 702, comm="bare", start=702)  # a live process that really has no arguments
+    ident = read_identity(str(root), ProcessId(702, 702), lambda uid: "root", sleep=waits.append)
+    assert ident is not None and ident.comm == "bare" and len(waits) == EXEC_SETTLE_TRIES - 1

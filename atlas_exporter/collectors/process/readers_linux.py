@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import pwd
 import stat
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,6 +29,9 @@ from atlas_exporter.collectors.process.parsers_linux import (
     privilege_of,
 )
 from atlas_exporter.model import ProcessId, ProcIdentity, clean_label
+
+EXEC_SETTLE_TRIES = 5
+EXEC_SETTLE_SECONDS = 0.002
 
 
 def current_privilege(procfs: Path | str = "/proc") -> str:
@@ -113,20 +117,40 @@ class UserNames:
         return name
 
 
-def read_identity(procfs: str, pid: ProcessId, user_name: Callable[[int], str]) -> ProcIdentity | None:
+def read_identity(procfs: str, pid: ProcessId, user_name: Callable[[int], str], *,
+                  sleep: Callable[[float], None] = time.sleep) -> ProcIdentity | None:
     """Read comm, exe, cwd, cmdline, user and cgroup of a live or zombie process.
 
     None if it is gone (or its pid was reused) or is a kernel thread (kernel threads belong to
     no application). A zombie keeps its comm, user and cgroup; its exe and cmdline are gone.
     The reads of cmdline, exe and cgroup may block (see `identity_linux`).
+
+    A live process with no arguments is in the middle of an exec: for a moment the kernel shows
+    the new comm and exe while the new arguments are not in place yet (and, just after a fork,
+    the parent's comm). Such a reading is taken again, up to `EXEC_SETTLE_TRIES` times
+    `EXEC_SETTLE_SECONDS` apart, so that the process is not named from half an exec; a process
+    that really runs with no arguments costs those waits once, when it is first named.
     """
+    ident, mid_exec = _read_identity_once(procfs, pid, user_name)
+    tries = 1
+    while mid_exec and tries < EXEC_SETTLE_TRIES:
+        sleep(EXEC_SETTLE_SECONDS)
+        ident, mid_exec = _read_identity_once(procfs, pid, user_name)
+        tries += 1
+    return ident
+
+
+def _read_identity_once(procfs: str, pid: ProcessId,
+                        user_name: Callable[[int], str]) -> tuple[ProcIdentity | None, bool]:
+    """One reading of `read_identity`, and whether it looks like the middle of an exec (a live
+    process whose cmdline reads empty)."""
     base = f"{procfs}/{pid.pid}"
     try:
         st = parse_stat(read_proc_file(f"{base}/stat"))
     except (OSError, ParseError):
-        return None
+        return None, False
     if st.starttime != pid.started or st.flags & PF_KTHREAD:
-        return None
+        return None, False
     ident = ProcIdentity(comm=st.comm, ppid=st.ppid)
     try:
         exe = os.readlink(f"{base}/exe")
@@ -139,9 +163,11 @@ def read_identity(procfs: str, pid: ProcessId, user_name: Callable[[int], str]) 
         ident.cwd = os.readlink(f"{base}/cwd")
     except OSError:
         pass
+    mid_exec = False
     try:
         raw = read_proc_file(f"{base}/cmdline")
         ident.cmdline = tuple(a.decode("utf-8", "replace") for a in raw.rstrip(b"\0").split(b"\0") if raw)
+        mid_exec = not raw and st.state not in ("Z", "X")
     except OSError:
         pass
     uid: int | None = None
@@ -157,4 +183,4 @@ def read_identity(procfs: str, pid: ProcessId, user_name: Callable[[int], str]) 
         ident.cgroup = parse_cgroup(read_proc_file(f"{base}/cgroup").decode("utf-8", "replace"))
     except OSError:
         pass
-    return ident
+    return ident, mid_exec
