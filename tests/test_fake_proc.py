@@ -185,6 +185,9 @@ def test_a_process_read_mid_exec_is_read_again_once_its_arguments_are_in_place(t
     from atlas_exporter.collectors.process.readers_linux import EXEC_SETTLE_TRIES, read_identity
     from atlas_exporter.model import ProcessId
 
+    def just_started(ticks: int):  # the boot-time clock a moment after a process started at `ticks`
+        return lambda: ticks / CLK_TCK + 0.01
+
     root = tmp_path / "proc"
     write_proc(root, 700, comm="python3", exe="/usr/bin/python3.11", start=700)  # cmdline empty
     waits: list[float] = []
@@ -193,14 +196,21 @@ def test_a_process_read_mid_exec_is_read_again_once_its_arguments_are_in_place(t
         waits.append(seconds)
         (root / "700" / "cmdline").write_bytes(b"python3\0/srv/etl/etl.py\0")
 
-    ident = read_identity(str(root), ProcessId(700, 700), lambda uid: "root", sleep=exec_finishes)
+    ident = read_identity(str(root), ProcessId(700, 700), lambda uid: "root", sleep=exec_finishes,
+                          since_boot=just_started(700))
     assert ident is not None and ident.cmdline == ("python3", "/srv/etl/etl.py") and len(waits) == 1
 
     write_proc(root, 701, comm="worker", state="Z", start=701)  # a zombie's arguments are gone for good
     waits.clear()
-    ident = read_identity(str(root), ProcessId(701, 701), lambda uid: "root", sleep=waits.append)
+    ident = read_identity(str(root), ProcessId(701, 701), lambda uid: "root", sleep=waits.append,
+                          since_boot=just_started(701))
     assert ident is not None and ident.cmdline == () and waits == []
 
     write_proc(root, 702, comm="bare", start=702)  # a live process that really has no arguments
-    ident = read_identity(str(root), ProcessId(702, 702), lambda uid: "root", sleep=waits.append)
+    ident = read_identity(str(root), ProcessId(702, 702), lambda uid: "root", sleep=waits.append,
+                          since_boot=just_started(702))
     assert ident is not None and ident.comm == "bare" and len(waits) == EXEC_SETTLE_TRIES - 1
+    waits.clear()  # ... and once it has run for a while, it is not waited for at all
+    ident = read_identity(str(root), ProcessId(702, 702), lambda uid: "root", sleep=waits.append,
+                          since_boot=lambda: 702 / CLK_TCK + 60)
+    assert ident is not None and ident.cmdline == () and waits == []

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from atlas_exporter.collectors.process.parsers_linux import (
+    CLK_TCK,
     PF_KTHREAD,
     ParseError,
     parse_cgroup,
@@ -32,6 +33,7 @@ from atlas_exporter.model import ProcessId, ProcIdentity, clean_label
 
 EXEC_SETTLE_TRIES = 5
 EXEC_SETTLE_SECONDS = 0.002
+EXEC_SETTLE_AGE_SECONDS = 5.0
 
 
 def current_privilege(procfs: Path | str = "/proc") -> str:
@@ -118,20 +120,27 @@ class UserNames:
 
 
 def read_identity(procfs: str, pid: ProcessId, user_name: Callable[[int], str], *,
-                  sleep: Callable[[float], None] = time.sleep) -> ProcIdentity | None:
+                  sleep: Callable[[float], None] = time.sleep,
+                  since_boot: Callable[[], float] | None = None) -> ProcIdentity | None:
     """Read comm, exe, cwd, cmdline, user and cgroup of a live or zombie process.
 
     None if it is gone (or its pid was reused) or is a kernel thread (kernel threads belong to
     no application). A zombie keeps its comm, user and cgroup; its exe and cmdline are gone.
     The reads of cmdline, exe and cgroup may block (see `identity_linux`).
 
-    A live process with no arguments is in the middle of an exec: for a moment the kernel shows
-    the new comm and exe while the new arguments are not in place yet (and, just after a fork,
-    the parent's comm). Such a reading is taken again, up to `EXEC_SETTLE_TRIES` times
-    `EXEC_SETTLE_SECONDS` apart, so that the process is not named from half an exec; a process
-    that really runs with no arguments costs those waits once, when it is first named.
+    A young live process with no arguments is in the middle of an exec: for a moment the kernel
+    shows the new comm and exe while the new arguments are not in place yet (and, just after a
+    fork, the parent's comm). A process that started less than `EXEC_SETTLE_AGE_SECONDS` ago
+    (`since_boot` is the boot-time clock its start time counts on) is read again in that case, up
+    to `EXEC_SETTLE_TRIES` times `EXEC_SETTLE_SECONDS` apart, so that it is not named from half an
+    exec (`sh -c 'exec ...'`, `env`, `nohup` exec within milliseconds of the fork).
     """
     ident, mid_exec = _read_identity_once(procfs, pid, user_name)
+    if not mid_exec:
+        return ident
+    now = since_boot() if since_boot is not None else time.clock_gettime(time.CLOCK_BOOTTIME)
+    if now - pid.started / CLK_TCK > EXEC_SETTLE_AGE_SECONDS:
+        return ident  # an old process that really runs with no arguments
     tries = 1
     while mid_exec and tries < EXEC_SETTLE_TRIES:
         sleep(EXEC_SETTLE_SECONDS)
