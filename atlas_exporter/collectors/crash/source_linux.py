@@ -157,9 +157,9 @@ class LinuxCrashSource:
         """Detect every source, take a baseline of existing reports, start the watcher loop."""
         if self._started:
             return
-        self._started = True
         self._detect()
         self._wake_r, self._wake_w = os.pipe()
+        self._started = True
         self._rescanned = False
         self._loop.error_pause = self.poll_interval_seconds
         self._loop.start()
