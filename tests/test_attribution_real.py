@@ -182,12 +182,17 @@ def test_exec_chain_crashes_count_under_the_program(shared_dir: Path) -> None:
     with exporter_as("root", {}, None, shared_dir, enabled={"process", "crash"}) as scraper:
         assert scraper.exporter is not None
         crash = next(s for s in scraper.exporter.sources if s.name == "crash")
+        wait_for(lambda: crash.names.last_rescan > float("-inf"), timeout=30,
+                 message="the crash watcher to learn the processes already running")
         before = crash.book.crashes()
         for argv in runs:
             proc = subprocess.Popen(argv, preexec_fn=_no_core, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             assert proc.wait(timeout=60) == -signal.SIGSEGV
-        wait_for(lambda: crash.book.crashes().get((app, "SIGSEGV"), 0) >= len(runs), timeout=30,
-                 message=f"{len(runs)} crashes of {app} (crashes now: {crash.book.crashes()})")
+        try:
+            wait_for(lambda: crash.book.crashes().get((app, "SIGSEGV"), 0) >= len(runs), timeout=30,
+                     message=f"{len(runs)} crashes of {app}")
+        except AssertionError as err:
+            raise AssertionError(f"{err}; crashes counted: {crash.book.crashes()}") from None
         time.sleep(1.5)  # a kernel-log copy of the same crashes must not add to them
         after = crash.book.crashes()
         assert after[(app, "SIGSEGV")] == len(runs)
@@ -225,11 +230,16 @@ def test_a_crashing_thread_is_one_crash_of_its_process(shared_dir: Path, procs: 
         crash = next(s for s in scraper.exporter.sources if s.name == "crash")
         active = {s.name: s.active for s in crash.statuses()}
         assert active["proc_connector"] and active["kernel_log"]
+        wait_for(lambda: crash.names.last_rescan > float("-inf"), timeout=30,
+                 message="the crash watcher to learn the processes already running")
         scraper.values()
         proc.stdin.write("go\n")
         proc.stdin.flush()
         assert proc.wait(timeout=30) == -signal.SIGSEGV
-        wait_for(lambda: crash.book.crashes().get((app, "SIGSEGV"), 0) >= 1, timeout=30, message="the crash")
+        try:
+            wait_for(lambda: crash.book.crashes().get((app, "SIGSEGV"), 0) >= 1, timeout=30, message="the crash")
+        except AssertionError as err:
+            raise AssertionError(f"{err}; crashes counted: {crash.book.crashes()}") from None
         time.sleep(3)  # the kernel-log line (tid, thread comm) arrives too
         crashes = crash.book.crashes()
         assert crashes[(app, "SIGSEGV")] == 1

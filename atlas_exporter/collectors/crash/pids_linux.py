@@ -274,7 +274,6 @@ class PidNames:
         except OSError:
             return
         now = self.monotonic()
-        self.last_rescan = now
         live = set()
         for name in entries:
             if not name.isdigit():
@@ -286,3 +285,4 @@ class PidNames:
                 self.pids.learn(pid, app)
         for pid in self.pids.pids() - live:
             self.pids.died(pid, now)
+        self.last_rescan = now  # set once done: the first rescan's end is when every pid is known
