@@ -12,17 +12,9 @@ from prometheus_client.metrics_core import Metric
 from atlas_exporter.exporter.collector import AtlasCollector
 from atlas_exporter.loop import BackgroundLoop
 from atlas_exporter.model import Snapshot, SourceStatus
+from conftest import wait_for
 
 log = logging.getLogger("test-loop")
-
-
-def wait_for(condition, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
 
 
 def test_steps_repeat_until_stopped() -> None:
@@ -30,7 +22,7 @@ def test_steps_repeat_until_stopped() -> None:
     loop = BackgroundLoop("t-repeat", lambda: calls.append(time.monotonic()), interval=0.01, log=log,
                           immediate=True)
     loop.start()
-    assert wait_for(lambda: len(calls) >= 5)
+    wait_for(lambda: len(calls) >= 5, timeout=5, interval=0.01, message="five steps")
     loop.stop()
     seen = len(calls)
     time.sleep(0.05)
@@ -49,7 +41,7 @@ def test_a_failing_step_is_counted_logged_once_and_the_loop_goes_on(caplog) -> N
     loop = BackgroundLoop("t-fail", step, interval=0.0, log=log, immediate=True, error_pause=0.01)
     with caplog.at_level(logging.WARNING, logger="test-loop"):
         loop.start()
-        assert wait_for(lambda: calls >= 5)
+        wait_for(lambda: calls >= 5, timeout=5, interval=0.01, message="five failed steps")
         loop.stop()
     assert loop.errors >= 5 and not loop.dead
     reports = [r for r in caplog.records if "t-fail: a step failed" in r.getMessage()]
@@ -63,7 +55,7 @@ def test_a_thread_that_ends_on_its_own_is_dead_with_its_reason() -> None:
 
     loop = BackgroundLoop("t-dead", step, interval=0.0, log=log, immediate=True)
     loop.start()
-    assert wait_for(lambda: loop.dead)
+    wait_for(lambda: loop.dead, timeout=5, interval=0.01, message="the loop to die")
     assert "t-dead has ended" in loop.dead_reason() and "watcher gave up" in loop.dead_reason()
 
 
@@ -131,7 +123,7 @@ def test_a_dead_loop_sets_success_0_and_turns_its_sources_off_on_the_status_page
     dying = LoopingSource(die)
     collector = AtlasCollector(FixedSnapshots(), [dying])  # type: ignore[arg-type]
     dying.start()
-    assert wait_for(lambda: dying.loops[0].dead)
+    wait_for(lambda: dying.loops[0].dead, timeout=5, interval=0.01, message="the loop to die")
     with caplog.at_level(logging.ERROR, logger="atlas_exporter.exporter.collector"):
         assert success_of(collector, "fake") == 0
         assert success_of(collector, "fake") == 0
@@ -163,7 +155,7 @@ def test_a_dead_loop_that_is_not_essential_keeps_the_other_values_exported() -> 
     partial = Partial()
     collector = AtlasCollector(FixedSnapshots(), [partial])  # type: ignore[arg-type]
     partial.start()
-    assert wait_for(lambda: partial.loops[0].dead)
+    wait_for(lambda: partial.loops[0].dead, timeout=5, interval=0.01, message="the loop to die")
     families = {f.name for f in collector.collect()}
     assert "atlas_fake_value" in families
     assert success_of(collector, "fake") == 0
