@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 import urllib.request
 import zlib
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ import pytest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from atlas_exporter.exporter.status import StatusPage
+from atlas_exporter.exporter.status import MIN_RATE_SECONDS, StatusPage
 from atlas_exporter.model import AppView, Snapshot, SourceStatus
 from conftest import free_port, wait_for
 
@@ -126,12 +127,16 @@ def page_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             return text if name in text else None
 
         wait_for(lambda: metrics(APP), timeout=30, interval=0.5, message=f"{APP} in /metrics")
+        serving = time.monotonic()  # the priming sample is taken before the server answers
         crash = subprocess.run(["sh", "-c", 'exec "$0" -c "import os; os.abort()" "$1"', sys.executable,
                                 CRASHER_MARK], preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_CORE, (0, 0)),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30)
         assert crash.returncode == -signal.SIGABRT
         wait_for(lambda: metrics(f'atlas_app_crashes_total{{app="{CRASHER}"'), timeout=30, interval=0.5,
                  message=f"the crash of {CRASHER} in /metrics")
+        # rates need MIN_RATE_SECONDS between the priming sample and the first view; on a fast, idle
+        # machine all of the above can take less than that
+        time.sleep(max(0.0, serving + MIN_RATE_SECONDS + 0.2 - time.monotonic()))
         yield url
     finally:
         for proc in (exporter, burner):
